@@ -1,0 +1,38 @@
+# `make demo` and `make test` do all the set-up on a fresh machine and are idempotent.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install data bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The stamp re-runs the install only when the package metadata changes.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package when it is missing (needs root, as on CI here).
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ -z "$$PRUNEKIT_DATA" ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	  echo "could not install dataset-fashion-mnist; prunekit will try to download it"; \
+	fi
+
+demo: install data
+	$(BIN)/prunekit demo --out demo_out
+
+test: install data
+	$(BIN)/python -m pytest
+
+bench: install data
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
