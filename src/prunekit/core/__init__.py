@@ -1,1 +1,14 @@
+"""The core: prunable tensors, scores, allocations, masks and their enforcement, accounting.
 
+Import light: this package needs only torch.
+"""
+from .allocation import ALLOCATIONS, PrunableTensor, erk_densities
+from .mask import Mask, MaskEnforcer, enforce
+from .prune import check_sparsity, prune
+from .scores import SCORES
+from .targets import prunable_parameters
+
+__all__ = [
+    "ALLOCATIONS", "SCORES", "Mask", "MaskEnforcer", "PrunableTensor", "check_sparsity",
+    "enforce", "erk_densities", "prunable_parameters", "prune",
+]

@@ -1,0 +1,147 @@
+"""Layer-wise allocations: how many weights each prunable tensor keeps.
+
+Every allocation has the signature ``allocate(tensors, density) -> list[int]``: ``tensors`` is
+a sequence of :class:`PrunableTensor` (name, shape, scores) in model order and ``density`` the
+global fraction kept. The counts are exact integers summing to ``round(density * N)`` for the
+N prunable weights (SPEC.md section 1); rounding uses largest remainders and ties are broken
+deterministically (earlier layer, then lower index).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Sequence, Tuple
+
+import torch
+
+from ..registry import Registry
+from .thresholds import global_counts, largest_remainder
+
+Allocation = Callable[[Sequence["PrunableTensor"], float], List[int]]
+ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+
+
+@dataclass
+class PrunableTensor:
+    """A prunable tensor as the allocations see it: its name, shape and per-weight scores."""
+
+    name: str
+    shape: Tuple[int, ...]
+    scores: torch.Tensor
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def kept_total(tensors: Sequence[PrunableTensor], density: float) -> int:
+    """round(density * N): the exact number of weights kept over all prunable tensors."""
+    return int(round(density * sum(t.numel for t in tensors)))
+
+
+@ALLOCATIONS.register("global")
+def global_(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
+    """One threshold over the scores of all tensors (global magnitude; LAMP with lamp scores)."""
+    return global_counts([t.scores for t in tensors], kept_total(tensors, density))
+
+
+@ALLOCATIONS.register("uniform")
+def uniform(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
+    """Every tensor keeps the same fraction ``density`` (up to one weight of rounding)."""
+    sizes = [t.numel for t in tensors]
+    return largest_remainder([density * n for n in sizes], kept_total(tensors, density), sizes)
+
+
+@ALLOCATIONS.register("uniform_plus")
+def uniform_plus(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
+    """Uniform+ (Gale et al. 2019): the first conv stays dense, the last linear keeps at least
+    20%, and the remaining budget is spread uniformly over the other tensors.
+
+    Raises ``ValueError`` when the budget cannot cover the dense first conv and 20% of the
+    last linear.
+    """
+    sizes = [t.numel for t in tensors]
+    total = kept_total(tensors, density)
+    first = next((i for i, t in enumerate(tensors) if len(t.shape) > 2), None)
+    last = next((i for i in reversed(range(len(tensors))) if len(tensors[i].shape) == 2), None)
+    if last == first:
+        last = None
+    fixed = sizes[first] if first is not None else 0
+    rest = [i for i in range(len(tensors)) if i not in (first, last)]
+    rest_size = sum(sizes[i] for i in rest)
+    # First try: the last linear shares the uniform density of the rest.
+    shared = rest_size + (sizes[last] if last is not None else 0)
+    d_rest = (total - fixed) / shared if shared else 0.0
+    last_density = d_rest
+    if last is not None and d_rest < 0.2:
+        last_density = 0.2
+        d_rest = (total - fixed - 0.2 * sizes[last]) / rest_size if rest_size else 0.0
+    if d_rest < 0 or d_rest > 1 or (not rest and last is None and total != fixed):
+        need = fixed + (0.2 * sizes[last] if last is not None else 0)
+        raise ValueError(
+            f"uniform_plus cannot reach density {density:.4f}: the dense first conv and 20% of the "
+            f"last linear alone keep {need:.0f} of {sum(sizes)} weights ({need / sum(sizes):.2%}); "
+            "use a lower sparsity or another allocation (global, uniform, erk)"
+        )
+    real = [d_rest * n for n in sizes]
+    if first is not None:
+        real[first] = float(sizes[first])
+    if last is not None:
+        real[last] = last_density * sizes[last]
+    return largest_remainder(real, total, sizes)
+
+
+def erk_densities(shapes: Sequence[Tuple[int, ...]], density: float) -> List[float]:
+    """Erdos-Renyi-Kernel densities (Evci et al. 2020), SPEC.md section 1.
+
+    density_l = eps * sum(shape_l) / prod(shape_l), e.g. (out+in+kh+kw)/(out*in*kh*kw), with
+    one global eps chosen so that sum_l density_l * n_l = density * N. Any layer whose density
+    would exceed 1 is made dense and eps recomputed, until none saturate.
+    """
+    sizes = [math.prod(s) for s in shapes]
+    raw = [sum(s) / n for s, n in zip(shapes, sizes)]
+    target = density * sum(sizes)
+    dense: set = set()
+    while True:
+        budget = target - sum(sizes[i] for i in dense)
+        divisor = sum(raw[i] * sizes[i] for i in range(len(sizes)) if i not in dense)
+        eps = budget / divisor if divisor > 0 else 0.0
+        saturated = {i for i in range(len(sizes)) if i not in dense and eps * raw[i] > 1.0}
+        if not saturated:
+            break
+        dense |= saturated
+    return [1.0 if i in dense else eps * raw[i] for i in range(len(sizes))]
+
+
+@ALLOCATIONS.register("erk")
+def erk(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
+    """ERK allocation; every layer keeps at least one weight."""
+    sizes = [t.numel for t in tensors]
+    total = kept_total(tensors, density)
+    densities = erk_densities([tuple(t.shape) for t in tensors], density)
+    counts = largest_remainder([d * n for d, n in zip(densities, sizes)], total, sizes)
+    return ensure_nonempty(counts, sizes, "erk")
+
+
+def ensure_nonempty(counts: List[int], sizes: Sequence[int], who: str) -> List[int]:
+    """Give every empty layer one weight, taken from the layers that keep the most."""
+    if sum(counts) < len(counts):
+        raise ValueError(
+            f"{who} keeps at least one weight per layer, but only {sum(counts)} weights are kept "
+            f"over {len(counts)} layers; use a lower sparsity"
+        )
+    counts = list(counts)
+    for i, c in enumerate(counts):
+        if c == 0 and sizes[i] > 0:
+            donor = max(range(len(counts)), key=lambda j: (counts[j], -j))
+            counts[donor] -= 1
+            counts[i] = 1
+    return counts
+
+
+def get(name: str) -> Allocation:
+    return ALLOCATIONS.get(name)
+
+
+def names():
+    return ALLOCATIONS.names()

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models whose counts can be checked by hand."""
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv -> depthwise conv -> BN -> linear -> linear: every kind of prunable tensor."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = torch.relu(self.bn(self.depthwise(x)))
+        x = nn.functional.max_pool2d(x, 2).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.fixture
+def tiny_net():
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests run side by side with other work on 2 cores; one thread keeps timings stable.
+    torch.set_num_threads(1)
+    yield
