@@ -1,0 +1,329 @@
+"""``fit``: the training loop shared by every method and pipeline."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from prunekit.training.callbacks import Callback, TrainState
+from prunekit.training.checkpoint import (CheckpointError, check_payload, load_checkpoint,
+                                          save_checkpoint)
+from prunekit.training.metrics import History, evaluate, to_device, topk_correct
+from prunekit.training.optim import make_optimizer
+from prunekit.training.schedules import SCHEDULES, Schedule, make_schedule
+
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = "prunekit.fit/1"
+
+
+def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epochs: int = 1,
+        optimizer: Union[str, torch.optim.Optimizer] = "sgd",
+        schedule: Union[str, Schedule, Callable[[int, int], float]] = "constant",
+        callbacks: Sequence[Callback] = (), checkpoint_dir: Optional[Union[str, Path]] = None,
+        resume: bool = True, device: Any = "cpu", progress: Optional[bool] = None,
+        seed: Optional[int] = None, loss_fn: Optional[Callable] = None, lr: float = 0.1,
+        momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 5e-4,
+        optimizer_kwargs: Optional[Dict[str, Any]] = None,
+        schedule_kwargs: Optional[Dict[str, Any]] = None,
+        recipe: Optional[Dict[str, Any]] = None) -> History:
+    """Train ``model`` for ``epochs`` epochs over ``train`` (batches of ``(x, y)``).
+
+    ``train`` must have ``len()`` (batches per epoch), which lays out the per-iteration lr
+    schedule; if it has ``set_epoch(epoch)`` it is called at the start of every epoch with
+    the 0-based epoch, so batch order is reproducible and resumable. After each epoch the
+    model is evaluated on ``test`` (if given) and one dict is appended to the returned
+    :class:`History`: epoch (1-based), train_loss (task loss, batch-weighted mean),
+    train_top1, test_loss, test_top1, test_top5, lr (first param group's lr at the epoch's
+    last step), seconds, step (global), plus train_penalty when a callback adds a penalty,
+    plus whatever callbacks add in ``on_epoch_end``.
+
+    ``optimizer`` is "sgd", "adamw" (built by :func:`make_optimizer` from lr, momentum,
+    nesterov, weight_decay and ``optimizer_kwargs``) or a ready optimizer (those arguments
+    then do not apply). ``schedule`` is a name, a :class:`Schedule` of ``epochs * len(train)``
+    steps or a function ``f(step, total_steps) -> factor``; it multiplies every param group's
+    own base lr (``initial_lr`` when an earlier scheduler set one, else ``lr``) and is
+    stepped after every optimizer step.
+
+    With ``checkpoint_dir``, ``checkpoint_dir/last.pt`` is written atomically after every
+    epoch. With ``resume`` and an existing one, training continues after its last epoch
+    (a finished run restores the model, trains nothing, calls ``on_fit_end`` and returns the
+    stored history). Resuming refuses a checkpoint whose recipe differs from this call's.
+    The saved ``recipe`` is this call's settings (optimizer, lr, momentum, nesterov,
+    weight_decay, optimizer_kwargs, schedule, schedule_kwargs, epochs, steps_per_epoch,
+    total_steps, eta_max, eta_min, seed) updated with the ``recipe`` argument.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    epochs = int(epochs)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    device = torch.device(device)
+    model.to(device)
+    loss_fn = loss_fn or F.cross_entropy
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be prunekit.training.Callback instances, "
+                            f"got {type(cb).__name__}")
+
+    steps_per_epoch = _steps_per_epoch(train)
+    total_steps = epochs * steps_per_epoch
+    if isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+    else:
+        opt = make_optimizer(model, optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
+                             weight_decay=weight_decay, **(optimizer_kwargs or {}))
+    # A zero-epoch run still gets a valid (unused) one-step schedule.
+    sched = make_schedule(schedule, max(total_steps, 1), steps_per_epoch,
+                          **(schedule_kwargs or {}))
+    run_recipe = _make_recipe(opt, optimizer, optimizer_kwargs, sched, schedule,
+                              epochs, steps_per_epoch, total_steps, seed, recipe)
+
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    payload = None
+    if path is not None and resume and path.exists():
+        payload = load_checkpoint(path)  # unreadable -> CheckpointError, file left in place
+        _check_resumable(payload, run_recipe, len(callbacks), path)
+
+    state = TrainState(model=model, optimizer=opt, steps_per_epoch=steps_per_epoch,
+                       total_steps=total_steps, epochs=epochs, device=device)
+    if payload is not None:
+        _guarded(path, "model", lambda: model.load_state_dict(payload["model"]))
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    # Built after on_fit_start so param groups added there (a method's thresholds) follow
+    # the schedule. A plain function, so LambdaLR's state_dict stays plain data.
+    state.scheduler = LambdaLR(opt, lambda t: sched.factor(t))
+    start_epoch = 0
+    if payload is not None:
+        start_epoch = _restore(payload, state, callbacks, path)
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = tqdm(total=total_steps, initial=state.step, disable=not progress,
+               dynamic_ncols=True, unit="it")
+    try:
+        for epoch in range(start_epoch, epochs):
+            bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            metrics = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar)
+            state.history.append(metrics)
+            if path is not None:
+                save_checkpoint(path, _payload(state, callbacks, run_recipe))
+    finally:
+        bar.close()
+    state.epoch = epochs
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    return state.history
+
+
+# ------------------------------------------------------------------------------ epochs
+
+
+def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[Iterable],
+               loss_fn: Callable, callbacks: List[Callback], bar) -> Dict[str, Any]:
+    model, opt = state.model, state.optimizer
+    state.epoch = epoch
+    if hasattr(train, "set_epoch"):
+        train.set_epoch(epoch)
+    model.train()
+    for cb in callbacks:
+        cb.on_epoch_start(state)
+    start = time.perf_counter()
+    loss_sum, penalty_sum, seen, correct, steps = 0.0, 0.0, 0, 0, 0
+    has_penalty, classification = False, True
+    lr = opt.param_groups[0]["lr"]
+    for x, y in train:
+        x, y = to_device(x, state.device), to_device(y, state.device)
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        task = loss_fn(out, y)
+        loss = task
+        for cb in callbacks:
+            extra = cb.penalty(state)
+            if extra is not None:
+                loss = loss + extra
+                penalty_sum += float(extra.detach() if torch.is_tensor(extra) else extra)
+                has_penalty = True
+        loss.backward()
+        lr = opt.param_groups[0]["lr"]  # the lr this step uses
+        opt.step()
+        state.scheduler.step()
+        state.step += 1
+        state.loss = float(loss.detach())
+
+        batch = len(y)
+        seen += batch
+        steps += 1
+        loss_sum += float(task.detach()) * batch
+        counts = topk_correct(out.detach(), y, ks=(1,))
+        if counts is None:
+            classification = False
+        else:
+            correct += counts.get(1, 0)
+        for cb in callbacks:
+            cb.on_step_end(state)
+        bar.update(1)
+        bar.set_postfix(loss=f"{state.loss:.4f}", refresh=False)
+
+    metrics: Dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / seen if seen else None,
+        "train_top1": 100.0 * correct / seen if seen and classification else None,
+        "test_loss": None, "test_top1": None, "test_top5": None,
+    }
+    if test is not None:
+        result = evaluate(model, test, device=state.device, loss_fn=loss_fn)
+        metrics.update(test_loss=result["loss"], test_top1=result["top1"],
+                       test_top5=result["top5"])
+    metrics.update(lr=float(lr), seconds=time.perf_counter() - start, step=state.step)
+    if has_penalty:
+        metrics["train_penalty"] = penalty_sum / steps
+    for cb in callbacks:
+        cb.on_epoch_end(state, metrics)
+    if metrics.get("test_top1") is not None:
+        bar.set_postfix(loss=f"{state.loss:.4f}", top1=f"{metrics['test_top1']:.2f}")
+    return {k: _plain_number(v) for k, v in metrics.items()}
+
+
+def _plain_number(value: Any) -> Any:
+    # Callbacks may report 0-d tensors or numpy scalars; the history must stay plain data.
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _steps_per_epoch(train: Iterable) -> int:
+    try:
+        n = len(train)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError("fit() needs len(train), the number of batches per epoch, to lay out "
+                         "the learning-rate schedule; pass a DataLoader, a list of batches, "
+                         "or an iterable with __len__") from None
+    if n < 1:
+        raise ValueError("the training loader is empty (len(train) == 0)")
+    return int(n)
+
+
+# -------------------------------------------------------------------------- recipe
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively, so a recipe compares equal after a save/load trip."""
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _make_recipe(opt: torch.optim.Optimizer, optimizer: Any, optimizer_kwargs: Optional[dict],
+                 sched: Schedule, schedule: Any, epochs: int, steps_per_epoch: int,
+                 total_steps: int, seed: Optional[int], extra: Optional[dict]) -> Dict[str, Any]:
+    # Read the hyper-parameters back from the optimizer, so a ready-made one is described
+    # as faithfully as one built here.
+    group = opt.param_groups[0]
+    base_lr = float(group.get("initial_lr", group["lr"]))
+    named = isinstance(schedule, str) and schedule in SCHEDULES
+    recipe: Dict[str, Any] = {
+        "optimizer": optimizer.lower() if isinstance(optimizer, str) else type(opt).__name__,
+        "lr": base_lr,
+        "momentum": group.get("momentum"),
+        "nesterov": group.get("nesterov"),
+        "weight_decay": group.get("weight_decay"),
+        "optimizer_kwargs": dict(optimizer_kwargs or {}),
+        "schedule": sched.name,
+        "schedule_kwargs": dict(sched.params) if named else {},
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "eta_max": base_lr * sched.max_factor(),
+        "eta_min": base_lr * sched.min_factor(),
+        "seed": seed,
+    }
+    recipe.update(extra or {})
+    recipe = _plain(recipe)
+    try:
+        check_payload(recipe, "recipe")
+    except TypeError as err:
+        raise TypeError(f"the recipe must be plain data: {err}") from None
+    return recipe
+
+
+# ------------------------------------------------------------------ checkpoint I/O
+
+
+def _payload(state: TrainState, callbacks: List[Callback], recipe: Dict[str, Any]) -> dict:
+    rng: Dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "epoch": state.epoch + 1,  # epochs completed: the resumed run starts at this index
+        "step": state.step,
+        "history": [dict(row) for row in state.history],
+        "callbacks": [cb.state_dict() for cb in callbacks],
+        "rng": rng,
+        "recipe": recipe,
+    }
+
+
+_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "history", "callbacks", "rng",
+         "recipe")
+
+
+def _check_resumable(payload: dict, recipe: Dict[str, Any], n_callbacks: int,
+                     path: Path) -> None:
+    missing = [k for k in _KEYS if k not in payload]
+    if payload.get("format") != CHECKPOINT_FORMAT or missing:
+        raise CheckpointError(
+            f"{path} is not a prunekit training checkpoint (format "
+            f"{payload.get('format')!r}, missing {missing}); delete it or pass resume=False")
+    stored = payload["recipe"]
+    diffs = [f"{k}: {stored.get(k)!r} -> {recipe.get(k)!r}"
+             for k in sorted(set(stored) | set(recipe)) if stored.get(k) != recipe.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a different training recipe ("
+            + "; ".join(diffs) + "). Use another checkpoint_dir, delete the file, or pass "
+            "resume=False to start over.")
+    if len(payload["callbacks"]) != n_callbacks:
+        raise CheckpointError(
+            f"checkpoint {path} holds the state of {len(payload['callbacks'])} callbacks but "
+            f"fit() got {n_callbacks}; pass the same callbacks, or resume=False to start over")
+
+
+def _guarded(path: Path, what: str, load: Callable[[], Any]) -> None:
+    try:
+        load()
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not match this {what}: {err}. Use another "
+            "checkpoint_dir, delete the file, or pass resume=False to start over.") from err
+
+
+def _restore(payload: dict, state: TrainState, callbacks: List[Callback], path: Path) -> int:
+    _guarded(path, "optimizer", lambda: state.optimizer.load_state_dict(payload["optimizer"]))
+    _guarded(path, "lr scheduler", lambda: state.scheduler.load_state_dict(payload["scheduler"]))
+    for i, (cb, cb_state) in enumerate(zip(callbacks, payload["callbacks"])):
+        _guarded(path, f"callback #{i} ({type(cb).__name__})",
+                 lambda: cb.load_state_dict(cb_state))
+    state.history = History(payload["history"])
+    state.step = int(payload["step"])
+    state.epoch = int(payload["epoch"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return state.epoch
