@@ -198,3 +198,26 @@ def test_global_threshold_on_more_than_16m_weights():
     n = 4096 * 4096 + 4096 * 200
     mask = pk.prune(model, 0.9)
     assert mask.kept() == round(0.1 * n)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform", "erk"])
+def test_lamp_fast_path_equals_per_weight_lamp_scores(monkeypatch, allocation):
+    """prune() keeps top-|w| per layer with counts from sorted LAMP scores; the generic path
+    with per-weight LAMP scores must choose the same weights (ties and earlier pruning too)."""
+    from prunekit.core import scores
+
+    torch.manual_seed(4)
+    base = TinyNet()
+    with torch.no_grad():
+        base.fc1.weight[:, :8] = 0.25          # many exact ties
+    masks = []
+    for fast in (True, False):
+        model = TinyNet()
+        model.load_state_dict(base.state_dict())
+        if not fast:
+            monkeypatch.delattr(scores.lamp, "sorted_scores")
+        first = pk.prune(model, 0.4, score="lamp", allocation=allocation)
+        masks.append((first, pk.prune(model, 0.85, score="lamp", allocation=allocation)))
+    (f1, f2), (s1, s2) = masks
+    for k in f1:
+        assert torch.equal(f1[k], s1[k]) and torch.equal(f2[k], s2[k]), k

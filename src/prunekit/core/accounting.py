@@ -128,9 +128,9 @@ def count_parameters(model: nn.Module, **target_kw) -> Dict[str, int]:
     prunable = prunable_parameters(model, **target_kw)
     return {
         "total": sum(p.numel() for p in params),
-        "nonzero": sum(int((p != 0).sum()) for p in params),
+        "nonzero": sum(int(torch.count_nonzero(p)) for p in params),
         "prunable": sum(p.numel() for p in prunable.values()),
-        "prunable_nonzero": sum(int((p != 0).sum()) for p in prunable.values()),
+        "prunable_nonzero": sum(int(torch.count_nonzero(p)) for p in prunable.values()),
     }
 
 
@@ -158,7 +158,7 @@ def report(
     saved = 0
     for name, p in prunable.items():
         module_name = name.rsplit(".", 1)[0] if "." in name else ""
-        kept = int((p != 0).sum())
+        kept = int(torch.count_nonzero(p))
         dense_f = per_module.get(module_name, 0)
         eff_f = int(round(dense_f * kept / p.numel())) if p.numel() else 0
         saved += dense_f - eff_f

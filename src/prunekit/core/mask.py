@@ -88,7 +88,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # Counting
     def kept(self) -> int:
-        return sum(int(m.sum()) for m in self._masks.values())
+        return sum(int(torch.count_nonzero(m)) for m in self._masks.values())
 
     def total(self) -> int:
         return sum(m.numel() for m in self._masks.values())
@@ -105,7 +105,7 @@ class Mask(Mapping[str, torch.Tensor]):
         """One row per tensor: name, shape, params, kept, density."""
         rows = []
         for name, m in self._masks.items():
-            kept = int(m.sum())
+            kept = int(torch.count_nonzero(m))
             rows.append({"name": name, "shape": tuple(m.shape), "params": m.numel(), "kept": kept,
                          "density": kept / m.numel() if m.numel() else 1.0})
         return rows
@@ -220,6 +220,6 @@ def enforce(mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Mod
 
 def density_of(tensor: torch.Tensor) -> float:
     n = tensor.numel()
-    return float((tensor != 0).sum()) / n if n else 1.0
+    return float(torch.count_nonzero(tensor)) / n if n else 1.0
 
 

@@ -77,16 +77,32 @@ def prune(
             raise ValueError(f"{name} has NaN or infinite weights: prune a model whose training did not diverge")
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    tensors = []
+    sorted_scores = getattr(score_fn, "sorted_scores", None)
+    tensors, select_by, sorted_keys = [], [], []
+    minus_inf = torch.tensor(float("-inf"))
     for name, p in params.items():
-        s = score_fn(p.detach(), generator=generator)
-        # Already-pruned weights rank below everything, so they are the first to go again.
-        s = torch.where(previous[name], s.to(torch.float64 if s.dtype == torch.float64 else torch.float32),
-                        torch.tensor(float("-inf"), dtype=s.dtype, device=s.device))
+        alive = previous[name]
+        if sorted_scores is not None:
+            # Fast path for scores that rank like |w| inside a layer (LAMP): the allocation
+            # sees each layer's scores as a multiset, the selection keeps the top w^2, whose
+            # threshold for any count is read off the sorted keys.
+            s, keys = sorted_scores(p.detach())
+            n_pruned = p.numel() - int(torch.count_nonzero(alive))
+            s[:n_pruned] = float("-inf")   # pruned weights are zeros: they sort first
+            keys[:n_pruned] = float("-inf")
+            by = torch.where(alive, score_fns.ranking_keys(p), minus_inf.to(p.device))
+            sorted_keys.append(keys)
+        else:
+            s = score_fn(p.detach(), generator=generator)
+            # Already-pruned weights rank below everything, so they are the first to go again.
+            s = torch.where(alive, s, minus_inf.to(device=s.device, dtype=s.dtype))
+            by = s
+            sorted_keys.append(None)
         tensors.append(PrunableTensor(name, tuple(p.shape), s))
+        select_by.append(by)
 
     total = sum(t.numel for t in tensors)
-    alive = [int(previous[t.name].sum()) for t in tensors]
+    alive = [int(torch.count_nonzero(previous[t.name])) for t in tensors]
     kept_target = int(round((1.0 - sparsity) * total))
     if kept_target > sum(alive):
         raise ValueError(
@@ -98,7 +114,13 @@ def prune(
         raise AssertionError(f"allocation {allocation!r} kept {sum(counts)} weights, expected {kept_target}")
     counts = _fit_to_capacity(counts, alive)
 
-    new_masks = {t.name: topk_mask(t.scores, k) for t, k in zip(tensors, counts)}
+    new_masks = {}
+    for t, by, keys, k in zip(tensors, select_by, sorted_keys, counts):
+        if keys is not None:
+            hint = float(keys[keys.numel() - k]) if 0 < k < keys.numel() else None
+        else:
+            hint = t.threshold
+        new_masks[t.name] = topk_mask(by, k, threshold=hint)
     result = Mask(new_masks, model)
     result.apply()
     return result

@@ -7,7 +7,7 @@ selection) plus an explicit rule for ties: among equal scores, the lower flat in
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -20,17 +20,30 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(values, n - k + 1).values
 
 
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask keeping exactly the ``k`` highest scores; ties go to the lower flat index."""
+def topk_mask(scores: torch.Tensor, k: int, threshold: Optional[float] = None) -> torch.Tensor:
+    """Boolean mask keeping exactly the ``k`` highest scores; ties go to the lower flat index.
+
+    ``threshold``: a value believed to be the k-th largest score (e.g. the one a global
+    selection just found). It is used when it is consistent with ``k`` (#above <= k <=
+    #at-or-above), which saves a second selection pass; otherwise it is ignored.
+    """
     flat = scores.reshape(-1)
     n = flat.numel()
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    t = kth_largest(flat, k)
-    keep = flat > t
-    missing = k - int(keep.sum())
+    keep = None
+    if threshold is not None:
+        t = torch.tensor(threshold, dtype=flat.dtype, device=flat.device)
+        keep = flat > t
+        above = int(torch.count_nonzero(keep))
+        if not above <= k <= above + int(torch.count_nonzero(flat == t)):
+            keep = None
+    if keep is None:
+        t = kth_largest(flat, k)
+        keep = flat > t
+    missing = k - int(torch.count_nonzero(keep))
     if missing > 0:
         tied = torch.nonzero(flat == t).reshape(-1)[:missing]
         keep[tied] = True
@@ -38,30 +51,35 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def global_counts(scores: Sequence[torch.Tensor], k: int) -> List[int]:
+    return global_selection(scores, k)[0]
+
+
+def global_selection(scores: Sequence[torch.Tensor], k: int) -> Tuple[List[int], Optional[float]]:
     """Per-tensor counts of the ``k`` highest scores taken over all tensors together.
 
-    Ties at the threshold go to earlier tensors, then to lower flat indices, consistent with
-    ``topk_mask`` applied to each tensor with its count. Scores are concatenated once; for
-    25M weights that is a 100 MB buffer and a single ``kthvalue``.
+    Returns ``(counts, threshold)``. Ties at the threshold go to earlier tensors, then to
+    lower flat indices, consistent with ``topk_mask`` applied to each tensor with its count.
+    Scores are concatenated once; for 25M weights that is a 100 MB buffer and a single
+    ``kthvalue``.
     """
     sizes = [s.numel() for s in scores]
     total = sum(sizes)
     if k >= total:
-        return sizes
+        return sizes, None
     if k <= 0:
-        return [0] * len(sizes)
+        return [0] * len(sizes), None
     flat = torch.cat([s.reshape(-1).to(torch.float64 if s.dtype == torch.float64 else torch.float32) for s in scores])
     t = kth_largest(flat, k)
-    counts = [int((s.reshape(-1) > t).sum()) for s in scores]
+    counts = [int(torch.count_nonzero(s.reshape(-1) > t)) for s in scores]
     missing = k - sum(counts)
     for i, s in enumerate(scores):
         if missing <= 0:
             break
-        ties = int((s.reshape(-1) == t).sum())
+        ties = int(torch.count_nonzero(s.reshape(-1) == t))
         take = min(ties, missing)
         counts[i] += take
         missing -= take
-    return counts
+    return counts, float(t)
 
 
 def largest_remainder(real_counts: Sequence[float], total: int, caps: Sequence[int]) -> List[int]:

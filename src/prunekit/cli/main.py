@@ -1,0 +1,265 @@
+"""The ``prunekit`` command: train, prune, eval, list, demo.
+
+Errors from bad input end the command with one line on stderr and exit code 2; the message
+says what was wrong and what is accepted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+EXIT_USAGE = 2
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1))))
+
+
+def _add_data_args(p: argparse.ArgumentParser, with_name: bool = True) -> None:
+    if with_name:
+        p.add_argument("--data", default="fashion_mnist", help="dataset name (see `prunekit list`)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--batch-size", type=int, default=128)
+
+
+def _add_training_args(p: argparse.ArgumentParser, epochs: int, lr: float, schedule: str) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--optimizer", default="sgd", help="sgd or adamw")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default=schedule, help="constant, step, multistep, cosine, onecycle, cosine_restarts")
+    p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of N images")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _recipe(args) -> dict:
+    return {"epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
+            "nesterov": args.nesterov, "weight_decay": args.weight_decay, "schedule": args.schedule,
+            "batch_size": args.batch_size, "train_subset": args.train_subset, "seed": args.seed}
+
+
+def _fit_kwargs(recipe: dict) -> dict:
+    return {k: recipe[k] for k in ("epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "seed")}
+
+
+def _loaders(dataset: str, args, seed: int = 0, train_subset=None):
+    from .. import data
+
+    return data.loaders(dataset, batch_size=args.batch_size, data_dir=args.data_dir, seed=seed,
+                        train_subset=train_subset)
+
+
+def _positive(value: Optional[int], what: str) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value}")
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from .. import models
+    from ..artifacts import save_model
+    from ..core.accounting import report
+    from ..training import fit
+
+    _positive(args.epochs, "--epochs")
+    _positive(args.batch_size, "--batch-size")
+    import torch
+
+    train, test, info = _loaders(args.data, args, seed=args.seed, train_subset=args.train_subset)
+    kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, "width": args.width}
+    torch.manual_seed(args.seed)
+    model = models.get(args.model, **kwargs)
+    out = Path(args.out)
+    recipe = _recipe(args)
+    history = fit(model, train, test, checkpoint_dir=out / "checkpoints", progress=None if not args.quiet else False,
+                  recipe=recipe, **_fit_kwargs(recipe))
+    metrics = {k: history[-1][k] for k in ("test_top1", "test_top5", "test_loss") if k in history[-1]}
+    rep = report(model)
+    metrics.update({"params": rep.total_params, "flops": rep.flops})
+    save_model(out / "model.pt", model, model_name=args.model, model_kwargs=kwargs, dataset=args.data,
+               metrics=metrics, recipe=recipe, history=list(history))
+    print(f"{args.model} on {args.data}: top-1 {metrics.get('test_top1', float('nan')):.2f}% after {args.epochs} epochs "
+          f"-> {out / 'model.pt'}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from ..artifacts import load_model, save_model
+    from ..core.accounting import report
+    from ..core.prune import prune
+    from ..pipelines.finetune import finetune
+    from ..training import evaluate
+
+    model, stored = load_model(args.checkpoint)
+    mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
+                 include=args.include, exclude=args.exclude, seed=args.seed)
+    metrics = {"requested_sparsity": args.sparsity}
+    dataset = stored.get("dataset")
+    if args.finetune_epochs or not args.no_eval:
+        if dataset is None:
+            raise ValueError(f"{args.checkpoint} names no dataset; cannot evaluate or fine-tune")
+        train, test, _ = _loaders(dataset, args, seed=args.seed)
+        metrics["oneshot_top1"] = evaluate(model, test)["top1"]
+        if args.finetune_epochs:
+            torch.manual_seed(args.seed)
+            history = finetune(model, mask, train, test, epochs=args.finetune_epochs, lr=args.lr,
+                               progress=None if not args.quiet else False, seed=args.seed)
+            metrics["test_top1"] = history[-1]["test_top1"]
+        else:
+            metrics["test_top1"] = metrics["oneshot_top1"]
+    rep = report(model)
+    metrics.update({"achieved_sparsity": rep.sparsity, "params": rep.total_params, "nonzero_params": rep.nonzero_params,
+                    "flops": rep.flops, "effective_flops": rep.effective_flops})
+    out = Path(args.out)
+    save_model(out, model, model_name=stored["model"]["name"], model_kwargs=stored["model"]["kwargs"],
+               dataset=dataset, mask=mask, metrics=metrics, recipe=stored.get("recipe"))
+    out.with_suffix(".report.json").write_text(json.dumps({"metrics": metrics, "report": rep.as_dict()}, indent=2))
+    print(rep.table())
+    line = f"requested sparsity {args.sparsity:.4f}, achieved {rep.sparsity:.4f}"
+    if "test_top1" in metrics:
+        line += f"; top-1 one-shot {metrics['oneshot_top1']:.2f}%"
+        if args.finetune_epochs:
+            line += f", after {args.finetune_epochs} fine-tune epochs {metrics['test_top1']:.2f}%"
+    print(line + f" -> {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..artifacts import load_model
+    from ..core.accounting import report
+    from ..training import evaluate
+
+    model, stored = load_model(args.checkpoint)
+    dataset = args.data or stored.get("dataset")
+    if dataset is None:
+        raise ValueError(f"{args.checkpoint} names no dataset: pass --data")
+    _, test, _ = _loaders(dataset, args)
+    result = evaluate(model, test)
+    rep = report(model)
+    print(rep.table())
+    print(f"{dataset} test: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .. import data, models
+    from ..core import ALLOCATIONS, SCORES
+
+    for title, names in [("datasets", data.names()), ("models", models.names()),
+                         ("scores", SCORES.names()), ("allocations", ALLOCATIONS.names())]:
+        print(f"{title}: {', '.join(names)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+             finetune_subset=args.finetune_subset, data_dir=args.data_dir, seed=args.seed,
+             quiet=args.quiet, dataset=args.data)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune PyTorch networks and tell the truth about the result.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a registered model on a dataset")
+    p.add_argument("--model", required=True)
+    p.add_argument("--width", type=float, default=1.0)
+    _add_data_args(p)
+    _add_training_args(p, epochs=8, lr=0.05, schedule="cosine")
+    p.add_argument("--out", required=True, help="output folder (model.pt, checkpoints/)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="prune a model file one-shot (optionally fine-tune)")
+    p.add_argument("checkpoint")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights removed, in [0, 1)")
+    p.add_argument("--score", default="magnitude")
+    p.add_argument("--allocation", default="global")
+    p.add_argument("--include", nargs="*", default=None, help="name patterns of tensors to prune")
+    p.add_argument("--exclude", nargs="*", default=None, help="name patterns of tensors to leave dense")
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_args(p, with_name=False)
+    p.add_argument("--out", required=True, help="pruned model file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="accuracy and size report of a model file")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default=None, help="dataset (default: the one in the file)")
+    _add_data_args(p, with_name=False)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("list", help="list datasets, models, scores, allocations")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", help="LeNet-5 on Fashion-MNIST: train, prune with each allocation, fine-tune, table + plot")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-subset", type=int, default=20000, help="images per fine-tune epoch (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    try:  # run, sweep, runs, report (the experiments layer)
+        from .experiments import register as register_experiments
+    except ImportError:  # pragma: no cover - only while the experiments layer is absent
+        register_experiments = None
+    if register_experiments is not None:
+        register_experiments(sub)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"prunekit {__version__}"
+
+
+def _user_errors():
+    from ..training.checkpoint import CheckpointError
+
+    return (ValueError, KeyError, FileNotFoundError, CheckpointError, TypeError)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _threads()
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        if os.environ.get("PRUNEKIT_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"prunekit {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
