@@ -101,7 +101,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated/garbled/foreign files
-        reason = (str(err).splitlines() or [""])[0]
+        # torch's own message suggests weights_only=False, which is exactly what we refuse.
+        reason = (str(err).splitlines() or [""])[0].split(" In PyTorch 2.6")[0].split(". Re-running")[0]
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {reason}). It is truncated, "
             "corrupt, or holds objects that are not plain data. The file was left untouched: "
