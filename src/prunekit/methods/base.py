@@ -1,0 +1,103 @@
+"""The ``Method`` protocol: pruning that happens during training, in anyone's loop.
+
+    method = prunekit.methods.get("gmp")(final_sparsity=0.9, start_step=0, end_step=1000)
+    method.attach(model, optimizer)          # before building LR schedulers
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y) + method.penalty()
+        optimizer.zero_grad(); loss.backward(); optimizer.step(); method.step()
+    mask = method.finalize()                 # plain model, exact zeros, dense state_dict keys
+
+``attach`` adds the method's own trainable parameters (thresholds, block scales) to the
+user's optimizer as a new param group with its own learning rate and no weight decay; the
+weight used in the forward pass is computed by a forward pre-hook, so state_dict keys stay the
+dense model's. ``step`` takes no argument: the method counts its own steps and keeps the count
+in its state_dict. Inside ``prunekit.training.fit``, :class:`MethodCallback` does the wiring.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..core.mask import Mask
+from ..registry import Registry
+from ..training.callbacks import Callback, TrainState
+
+METHODS: Registry = Registry("method")
+
+
+class Method:
+    """Base class with the default behaviour of every hook (no penalty, nothing to attach)."""
+
+    def __init__(self) -> None:
+        self.model: Optional[nn.Module] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.steps = 0
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "Method":
+        """Bind to ``model`` and ``optimizer``. Subclasses call ``super().attach`` first."""
+        self.model, self.optimizer = model, optimizer
+        return self
+
+    def penalty(self) -> torch.Tensor:
+        """The term to add to the task loss this step (0 when the method has none)."""
+        device = next(self.model.parameters()).device if self.model is not None else "cpu"
+        return torch.zeros((), device=device)
+
+    def step(self) -> None:
+        """Call after ``optimizer.step()``; counts the step."""
+        self.steps += 1
+
+    def finalize(self) -> Mask:
+        """Hard-prune, remove every hook, and return the Mask of the plain model."""
+        raise NotImplementedError
+
+    def metrics(self) -> Dict[str, Any]:
+        """Numbers worth logging each epoch (e.g. achieved sparsity)."""
+        return {}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
+
+    def _require_attached(self) -> None:
+        if self.model is None or self.optimizer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached: call method.attach(model, optimizer) first")
+
+
+class MethodCallback(Callback):
+    """Runs a :class:`Method` inside ``prunekit.training.fit``."""
+
+    def __init__(self, method: Method):
+        self.method = method
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if self.method.model is None:
+            self.method.attach(state.model, state.optimizer)
+
+    def penalty(self, state: TrainState) -> Optional[torch.Tensor]:
+        return self.method.penalty()
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.method.step()
+
+    def on_epoch_end(self, state: TrainState, metrics: Dict[str, Any]) -> None:
+        metrics.update(self.method.metrics())
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.method.load_state_dict(state)
+
+
+def get(name: str):
+    """The Method class registered under ``name``."""
+    return METHODS.get(name)
+
+
+def names():
+    return METHODS.names()
