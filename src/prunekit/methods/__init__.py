@@ -6,3 +6,4 @@ package imports them all.
 from .base import METHODS, Method, MethodCallback, get, names
 
 __all__ = ["METHODS", "Method", "MethodCallback", "get", "names"]
+from . import gmp  # noqa: E402,F401  (registers "gmp")
