@@ -32,7 +32,7 @@ test: install data
 	$(BIN)/python -m pytest
 
 bench: install data
-	$(BIN)/python benchmarks/run_all.py
+	cd benchmarks && ../$(BIN)/python run_all.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

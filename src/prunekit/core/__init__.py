@@ -2,6 +2,7 @@
 
 Import light: this package needs only torch.
 """
+from . import accounting
 from .allocation import ALLOCATIONS, PrunableTensor, erk_densities
 from .mask import Mask, MaskEnforcer, enforce
 from .prune import check_sparsity, prune
