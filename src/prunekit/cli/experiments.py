@@ -1,0 +1,154 @@
+"""``prunekit run | sweep | runs | report``: the experiments layer on the command line.
+
+``register(subparsers)`` adds the four subcommands to the main parser (cli/main.py calls it).
+Bad input raises ValueError/KeyError/FileNotFoundError, which main() prints as one line with
+exit code 2. A sweep with failed runs exits with 1 after finishing the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_DIR = "runs"
+
+
+def _load(path: str, data_dir=None):
+    from ..experiments.spec import Sweep
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no experiment file {path}")
+    return Sweep.from_yaml(Path(path)).with_data_dir(data_dir)  # a location: ids stay
+
+
+def _finish(summary, quiet: bool) -> int:
+    if not quiet or summary.failed:
+        print(summary.line())
+    for outcome in summary.failed:
+        print(f"  failed {outcome.id}: {outcome.error}", file=sys.stderr)
+    return 1 if summary.failed or summary.blocked else 0
+
+
+def cmd_run(args) -> int:
+    from ..experiments.sweep import run_sweep
+
+    spec = _load(args.spec, args.data_dir)
+    if spec.grid:
+        raise ValueError(f"{args.spec} has a grid ({', '.join(spec.grid)}): run it with `prunekit sweep`")
+    summary = run_sweep(args.dir, spec, workers=1, quiet=args.quiet, fit_progress=False if args.quiet else None, echo=print)
+    return _finish(summary, args.quiet)
+
+
+def cmd_sweep(args) -> int:
+    from ..experiments.sweep import plan, run_sweep
+
+    spec = _load(args.spec, args.data_dir)
+    if args.dry_run:
+        from ..experiments.project import Project
+
+        project = Project(args.dir)
+        runs = plan(spec)
+        for item in runs:
+            state = "done" if project.is_done(item.spec.id) else "todo"
+            s = item.spec.requested_sparsity
+            where = (f" s={s:g}" if s is not None else "") + f" seed={item.spec.seed}"
+            print(f"{state:<5} {item.role:<10} {item.spec.id:<42} {item.spec.label}{where}")
+        print(f"{len(runs)} runs, {sum(project.is_done(r.spec.id) for r in runs)} done")
+        return 0
+    summary = run_sweep(args.dir, spec, workers=args.workers, quiet=args.quiet)
+    return _finish(summary, args.quiet)
+
+
+def cmd_runs(args) -> int:
+    from ..experiments.project import Project
+
+    project = Project(args.dir)
+    if not project.db_path.is_file():
+        raise FileNotFoundError(f"no results database in {args.dir} ({project.db_path} is missing); "
+                                "run `prunekit run` or `prunekit sweep` first")
+    with project.store() as store:
+        rows = store.runs(sweep=args.sweep, status=None)
+    for row in rows:  # "running" rows whose process is gone are really interrupted
+        if row["status"] == "running" and project.is_locked(row["id"]) is False:
+            row["status"] = "interrupted"
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    print(format_runs(rows))
+    return 0
+
+
+def format_runs(rows) -> str:
+    head = (f"{'id':<42} {'status':<11} {'label':<30} {'seed':>4} {'req.':>6} {'achieved':>8} "
+            f"{'top-1':>7} {'epochs':>6} {'time':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        def num(key, fmt):
+            return format(r[key], fmt) if r.get(key) is not None else "-"
+        lines.append(f"{r['id']:<42} {r['status']:<11} {str(r['label'])[:30]:<30} {r['seed']:>4} "
+                     f"{num('requested_sparsity', '.4g'):>6} {num('achieved_sparsity', '.4f'):>8} "
+                     f"{num('top1', '.2f'):>7} {num('epochs', 'g'):>6} {num('elapsed', '.1f'):>7}")
+        if r["status"] in ("failed", "blocked") and r.get("error"):
+            lines.append(f"    {r['error']}")
+    lines.append(f"{len(rows)} runs")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> int:
+    from ..experiments.report import write_report
+
+    paths = write_report(args.dir, out=args.out, sweep=args.sweep, y=args.y)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add run, sweep, runs and report to the ``prunekit`` parser's subparsers."""
+    p = subparsers.add_parser("run", help="run an experiment spec (each seed, method and baseline)")
+    p.add_argument("spec", help="experiment YAML file (see examples/)")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("sweep", help="run a grid of experiments (skips done runs, resumes interrupted ones)")
+    p.add_argument("spec", help="experiment YAML file with a grid: section")
+    _common(p)
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="parallel worker processes (each gets cores/workers torch threads)")
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs and which are done")
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser("runs", help="list the runs in a project folder")
+    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"project folder (default: {DEFAULT_DIR})")
+    p.add_argument("--sweep", default=None, help="only this sweep's runs")
+    p.add_argument("--status", default=None,
+                   choices=["pending", "running", "interrupted", "done", "failed", "blocked"])
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    p.set_defaults(func=cmd_runs)
+
+    p = subparsers.add_parser("report", help="Markdown + HTML report with tables and figures")
+    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"project folder (default: {DEFAULT_DIR})")
+    p.add_argument("--sweep", default=None, help="only this sweep (default: every sweep, one section each)")
+    p.add_argument("--out", default=None, help="output folder (default: DIR/report)")
+    p.add_argument("--y", choices=["accuracy", "error"], default="accuracy",
+                   help="plot top-1 accuracy or top-1 error (log scale)")
+    p.set_defaults(func=cmd_report)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default=DEFAULT_DIR, help=f"project folder for runs and results (default: {DEFAULT_DIR})")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files (not part of run ids)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

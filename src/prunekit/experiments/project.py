@@ -1,0 +1,119 @@
+"""A project folder: where runs, the results database and reports live.
+
+::
+
+    DIR/
+      results.sqlite            the results store (SQLite, WAL): an index of the folders
+      sweeps/<name>.yaml        each sweep's resolved experiment spec
+      runs/<run id>/            one folder per run, named by the hash of its canonical spec
+        spec.yaml               the resolved run spec (loads back to the same id)
+        checkpoints/<phase>/    fit checkpoints (an interrupted run resumes from them)
+        model.pt                the final model (prunekit.artifacts format, with its mask)
+        metrics.json            written last: its presence means "done"
+        error.log               the traceback of the last failure, if any
+        .lock                   held (flock) by the process running the run
+      report/                   what ``prunekit report`` writes
+
+The files are the truth and the database is an index: a run whose ``metrics.json`` exists is
+done whatever the database says, and is (re)ingested when found missing there.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
+
+DB_NAME = "results.sqlite"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, we want the usual permissions
+METRICS = "metrics.json"
+SPEC = "spec.yaml"
+MODEL = "model.pt"
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file + rename: a crash leaves the old file or the
+    new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: Union[str, Path], data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n")
+
+
+class Project:
+    """Paths and locks of one project folder (created on first use)."""
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = Path(root)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    def run_folder(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def sweep_file(self, name: str) -> Path:
+        return self.root / "sweeps" / f"{name}.yaml"
+
+    def is_done(self, run_id: str) -> bool:
+        return (self.run_folder(run_id) / METRICS).is_file()
+
+    def read_record(self, run_id: str) -> Dict[str, Any]:
+        """The ``metrics.json`` record of a finished run."""
+        path = self.run_folder(run_id) / METRICS
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"run {run_id} has not finished: no {path}") from None
+
+    def store(self):
+        from .store import Store
+
+        return Store(self.db_path)
+
+    @contextlib.contextmanager
+    def lock(self, run_id: str) -> Iterator[None]:
+        """Hold the run's lock (blocking). The kernel drops it when the process dies, so a
+        run left "running" by a killed process is simply picked up by the next one."""
+        folder = self.run_folder(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def is_locked(self, run_id: str) -> Optional[bool]:
+        """True while some live process runs ``run_id``; None when the folder is absent."""
+        path = self.run_folder(run_id) / ".lock"
+        if not path.exists():
+            return None
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False

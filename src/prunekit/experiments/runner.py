@@ -1,0 +1,143 @@
+"""Run one :class:`RunSpec` in its folder: skip it when done, resume it when interrupted.
+
+``execute(root, spec)`` is the whole life of a run:
+
+1. take the run's lock (a concurrent process running the same id makes us wait, then skip);
+2. done already (``metrics.json`` exists)? make sure the store has it, and return;
+3. write ``spec.yaml``, mark the run running, call the pipeline (or baseline) with a
+   :class:`Context`; its ``fit`` calls resume from their checkpoints;
+4. evaluate the final model, count parameters / FLOPs per layer, save ``model.pt``, then
+   ``metrics.json`` (atomically, last: the "done" marker), then the store rows (one
+   transaction).
+
+A SIGKILL at any point leaves either no ``metrics.json`` (the next attempt resumes from the
+last checkpoint) or a complete one (the next attempt only re-ingests it).
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from ..pipelines.registry import PipelineResult
+from .context import Context
+from .project import MODEL, METRICS, SPEC, Project, atomic_write_json, atomic_write_text
+from .spec import RunSpec
+
+RECORD_FORMAT = "prunekit.run/1"
+
+
+@dataclass
+class Outcome:
+    """What happened to a run: status is "done" (ran now), "skipped" (was done) or "failed"."""
+
+    id: str
+    status: str
+    label: str
+    seed: int
+    requested_sparsity: Optional[float]
+    metrics: Optional[Dict[str, Any]] = None
+    elapsed: float = 0.0
+    error: Optional[str] = None
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        s = self.requested_sparsity
+        head = f"{self.status:>7}  {self.label}" + (f" s={s:g}" if s is not None else "") + f" seed={self.seed}"
+        if self.status == "failed":
+            return f"{head}: {self.error} [{self.id}]"
+        m = self.metrics or {}
+        top1 = m.get("top1")
+        acc = f"top-1 {top1:.2f}%" if top1 is not None else "top-1 n/a"
+        return (f"{head}: {acc}, sparsity {m.get('achieved_sparsity', 0):.4f}, "
+                f"{m.get('nonzero_params', 0):,} nonzero params ({self.elapsed:.1f} s) [{self.id}]")
+
+
+def execute(root: Union[str, Path], spec: RunSpec, progress: bool = False) -> Outcome:
+    """Run ``spec`` in project folder ``root`` unless it is done (see the module docstring)."""
+    project = Project(root)
+    with project.lock(spec.id):
+        with project.store() as store:
+            if project.is_done(spec.id):
+                record = project.read_record(spec.id)
+                row = store.run(spec.id)
+                if row is None or row["status"] != "done":  # killed between file and store
+                    store.finish(spec, record)
+                return _outcome(spec, "skipped", record["metrics"], record.get("elapsed") or 0.0)
+            return _run(project, store, spec, progress)
+
+
+def _outcome(spec: RunSpec, status: str, metrics=None, elapsed=0.0, error=None) -> Outcome:
+    return Outcome(spec.id, status, spec.label, spec.seed, spec.requested_sparsity, metrics, elapsed, error)
+
+
+def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
+    folder = project.run_folder(spec.id)
+    atomic_write_text(folder / SPEC, f"# prunekit run {spec.id}\n# sha256 of the canonical spec: {spec.digest}\n"
+                      + spec.to_yaml())
+    store.start(spec)
+    started = time.time()
+    try:
+        ctx = Context(project, spec, progress, run_required=lambda dep: execute(project.root, dep, progress))
+        if spec.baseline is not None:
+            result = spec.baseline.entry.run(ctx, spec.baseline.params, ctx.main_run())
+        else:
+            result = spec.method.pipeline.run(ctx, spec.method.params)
+        if not isinstance(result, PipelineResult):
+            raise TypeError(f"{spec.label}: the run function returned {type(result).__name__}, "
+                            "expected a PipelineResult (use ctx.result(model, mask))")
+        record = summarize(ctx, result)
+        _save_model(ctx, result, record)
+        record["elapsed"] = time.time() - started
+        record["finished"] = time.time()
+        atomic_write_json(folder / METRICS, record)
+    except Exception as err:  # a failed run is recorded; the sweep goes on with the others
+        atomic_write_text(folder / "error.log", traceback.format_exc())
+        message = f"{type(err).__name__}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"
+        store.fail(spec.id, message)
+        return _outcome(spec, "failed", elapsed=time.time() - started, error=message)
+    store.finish(spec, record)
+    return _outcome(spec, "done", record["metrics"], record["elapsed"])
+
+
+def summarize(ctx: Context, result: PipelineResult) -> Dict[str, Any]:
+    """The run's record: final accuracy, sizes, per-layer counts, history and trail."""
+    from ..core.accounting import report
+    from ..training import evaluate
+
+    spec, model = ctx.spec, result.model
+    final = evaluate(model, ctx.test)
+    shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
+    rep = report(model, input_shape=shape)
+    requested = result.metrics.get("requested_sparsity", spec.requested_sparsity)
+    metrics = {
+        "top1": final["top1"], "top5": final["top5"], "loss": final["loss"],
+        "requested_sparsity": requested, "achieved_sparsity": rep.sparsity,
+        "params": rep.total_params, "nonzero_params": rep.nonzero_params,
+        "prunable_params": rep.prunable_params, "prunable_nonzero": rep.prunable_nonzero,
+        "flops": rep.flops, "effective_flops": rep.effective_flops,
+        "epochs": result.epochs, "steps": result.steps,
+        # Training seconds from the epochs' own timings: they survive a resume intact.
+        "wall_time": sum(row.get("seconds") or 0.0 for row in result.history),
+    }
+    extra = {k: v for k, v in result.metrics.items() if k not in metrics}
+    layers = [{"name": r.name, "shape": list(r.shape), "params": r.params, "kept": r.kept,
+               "sparsity": 1.0 - r.density, "flops": r.flops, "effective_flops": r.effective_flops}
+              for r in rep.layers]
+    trail = list(result.trail) + [{"phase": "final", "sparsity": rep.sparsity, "top1": final["top1"],
+                                   "top5": final["top5"], "loss": final["loss"],
+                                   "nonzero_params": rep.nonzero_params}]
+    return {"format": RECORD_FORMAT, "id": spec.id, "label": spec.label, "metrics": metrics,
+            "extra": extra, "layers": layers, "history": list(result.history), "trail": trail}
+
+
+def _save_model(ctx: Context, result: PipelineResult, record: Dict[str, Any]) -> None:
+    from ..artifacts import save_model
+
+    spec = ctx.spec
+    save_model(ctx.folder / MODEL, result.model, model_name=spec.model.name,
+               model_kwargs=result.model_kwargs or ctx.model_kwargs(), dataset=spec.data.name,
+               mask=result.mask, metrics=record["metrics"], recipe=spec.train.fit_kwargs(),
+               history=record["history"])

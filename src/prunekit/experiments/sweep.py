@@ -1,0 +1,229 @@
+"""Sweeps: expand an experiment's grid into runs, and run what is not done, in parallel.
+
+``plan(sweep)`` lists every run: each grid point's main runs (one per seed), their
+baselines, and what they require (the shared dense runs), each once, requirements first.
+``run_sweep(root, sweep, workers)`` records the plan in the store, skips finished runs,
+and executes the others, a run only once everything it requires is done. With ``workers > 1``
+the runs go to a pool of spawned processes, each with ``cores // workers`` torch threads (on
+this 2-core machine two workers gain little over one: the cores are the limit, not Python).
+
+Robustness: every run holds a file lock while it runs and writes its "done" marker last (see
+:mod:`.runner`), so killing a sweep at any moment and starting it again finishes the work
+with every run present once; runs the killed sweep left "running" resume from their last
+checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+from .project import Project, atomic_write_text
+from .runner import Outcome, execute
+from .spec import ExperimentSpec, RunSpec, Sweep
+
+ROLE_RANK = {"dependency": 0, "baseline": 1, "main": 2}
+
+
+@dataclass
+class PlannedRun:
+    """One run of a sweep: its spec, why it is there, and the ids it waits for."""
+
+    spec: RunSpec
+    role: str  # main, baseline or dependency
+    requires: List[str] = field(default_factory=list)
+
+
+def plan(sweep: Union[Sweep, ExperimentSpec]) -> List[PlannedRun]:
+    """Every run of ``sweep``, deduplicated by id, requirements before dependents."""
+    sweep = _as_sweep(sweep)
+    runs: Dict[str, PlannedRun] = {}
+
+    def add(spec: RunSpec, role: str) -> None:
+        known = runs.get(spec.id)
+        if known is not None:
+            if ROLE_RANK[role] > ROLE_RANK[known.role]:
+                known.role = role
+            return
+        requires = spec.requirements()
+        for dep in requires:
+            add(dep, "dependency")
+        runs[spec.id] = PlannedRun(spec, role, [dep.id for dep in requires])
+
+    for point in sweep.points:
+        for main in point.run_specs():
+            add(main, "main")
+            for baseline in point.baseline_specs(main):
+                add(baseline, "baseline")
+    return list(runs.values())
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    total: int
+    skipped: int = 0
+    ran: int = 0
+    failed: List[Outcome] = field(default_factory=list)
+    blocked: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        text = (f"sweep {self.name}: {self.total} runs, {self.skipped} already done, {self.ran} ran, "
+                f"{len(self.failed)} failed, {len(self.blocked)} blocked ({self.seconds:.1f} s)")
+        return text
+
+
+def threads_per_worker(workers: int) -> int:
+    cores = int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1))
+    return max(1, cores // max(1, workers))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _execute_in_worker(root: str, spec_dict: dict) -> Outcome:
+    # Specs cross the process boundary as plain data and are re-validated on arrival.
+    spec = RunSpec.from_dict(spec_dict)
+    try:
+        return execute(root, spec, progress=False)
+    except Exception as err:  # e.g. a store error; execute records pipeline errors itself
+        return Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
+                       error=f"{type(err).__name__}: {err}")
+
+
+def _as_sweep(spec: Union[Sweep, ExperimentSpec]) -> Sweep:
+    return spec if isinstance(spec, Sweep) else Sweep.of(spec)
+
+
+def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], workers: int = 1, quiet: bool = False,
+              fit_progress: Optional[bool] = False, echo: Optional[Callable[[str], None]] = None) -> SweepSummary:
+    """Run every run of ``sweep`` (or of one spec) in project folder ``root`` not done yet.
+
+    ``workers``: parallel processes (1: in this process). ``quiet``: no progress bar and no
+    per-run lines. ``fit_progress``: per-epoch bars instead of the bar over runs (True, or
+    None for "when stderr is a terminal"; used with one worker).
+    ``echo``: where per-run lines go (default: ``tqdm.write``).
+    """
+    from tqdm import tqdm
+
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    started = time.time()
+    project = Project(root)
+    project.root.mkdir(parents=True, exist_ok=True)
+    sweep = _as_sweep(sweep)
+    planned = plan(sweep)
+    atomic_write_text(project.sweep_file(sweep.name), sweep.to_yaml())
+    done = _reconcile(project, sweep, planned)
+    summary = SweepSummary(sweep.name, len(planned), skipped=len(done))
+    # One kind of bar at a time: per-epoch bars (``prunekit run``) or one bar over the runs.
+    bar = tqdm(total=len(planned), initial=len(done), unit="run", desc=sweep.name,
+               disable=True if quiet or fit_progress is not False else None, dynamic_ncols=True)
+    say = (lambda text: None) if quiet else (echo or bar.write)
+    failed: Dict[str, Outcome] = {}
+    blocked: Dict[str, str] = {}
+
+    def settle(outcome: Outcome) -> None:
+        bar.update(1)
+        say(outcome.line())
+        if outcome.status == "failed":
+            failed[outcome.id] = outcome
+            summary.failed.append(outcome)
+        else:
+            done.add(outcome.id)
+            summary.ran += outcome.status == "done"
+            summary.skipped += outcome.status == "skipped"
+
+    def stuck(item: PlannedRun) -> Optional[str]:
+        for dep in item.requires:
+            if dep in failed or dep in blocked:
+                return dep
+        return None
+
+    def block(item: PlannedRun, dep: str) -> None:
+        blocked[item.spec.id] = dep
+        summary.blocked.append(item.spec.id)
+        bar.update(1)
+        with project.store() as store:
+            store.set_status([item.spec.id], "blocked", f"requires {dep}, which did not finish")
+        say(f"blocked  {item.spec.label} seed={item.spec.seed}: requires {dep}, which did not finish")
+
+    queue = [p for p in planned if p.spec.id not in done]
+    try:
+        if workers == 1:
+            for item in queue:
+                dep = stuck(item)
+                if dep is not None:
+                    block(item, dep)
+                    continue
+                settle(execute(project.root, item.spec, progress=fit_progress))
+        else:
+            _run_pool(project, queue, workers, done, stuck, block, settle)
+    finally:
+        bar.close()
+    summary.seconds = time.time() - started
+    return summary
+
+
+def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set, stuck, block, settle) -> None:
+    """Dispatch runs to ``workers`` spawned processes, each as soon as its requirements are
+    done; at most ``workers`` in flight, so the plan's order is the priority."""
+    context = get_context("spawn")  # fork would copy torch's thread pools and locks
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads_per_worker(workers),)) as pool:
+        running = {}
+        while queue or running:
+            for item in list(queue):
+                dep = stuck(item)
+                if dep is not None:
+                    queue.remove(item)
+                    block(item, dep)
+                elif len(running) < workers and all(d in done for d in item.requires):
+                    queue.remove(item)
+                    future = pool.submit(_execute_in_worker, str(project.root), item.spec.to_dict())
+                    running[future] = item
+            if not running:
+                break  # nothing can start (cannot happen with a valid plan)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                item = running.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the worker process died (e.g. out of memory)
+                    spec = item.spec
+                    outcome = Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
+                                      error=f"worker died: {type(err).__name__}: {err}")
+                settle(outcome)
+
+
+def _reconcile(project: Project, sweep: Sweep, planned: List[PlannedRun]) -> set:
+    """Register the sweep and bring the store in line with the folders; return the done ids.
+
+    Finished folders missing from the store (a kill between the two writes) are ingested;
+    rows left "running" by a process that no longer holds the run's lock become
+    "interrupted" (the run will resume from its checkpoint).
+    """
+    done = set()
+    with project.store() as store:
+        store.register_sweep(sweep.name, sweep.to_dict(), sweep.points[0].to_dict(), planned)
+        status = {row["id"]: row["status"] for row in store.runs(sweep=sweep.name)}
+        stale = []
+        for item in planned:
+            run_id = item.spec.id
+            if project.is_done(run_id):
+                done.add(run_id)
+                if status.get(run_id) != "done":
+                    store.finish(item.spec, project.read_record(run_id))
+            elif status.get(run_id) == "running" and not project.is_locked(run_id):
+                stale.append(run_id)
+        if stale:
+            store.set_status(stale, "interrupted", "its process stopped; it resumes from its last checkpoint")
+    return done
