@@ -66,6 +66,7 @@ def test_history_counts_the_whole_cost(data):
     assert result.total_seconds == pytest.approx(sum(r["seconds"] for r in result.history))
     assert result.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-4)
     assert result.top1 is not None and "total: 6 epochs" in result.table()
+    assert [r["stage"] for r in result.epochs_log] == ["dense"] * 2 + ["phase_01"] * 2 + ["phase_02"] * 2
 
 
 def test_allr_peak_stays_between_its_bounds(data):
@@ -107,6 +108,7 @@ def test_interrupted_after_phase_two_resumes_at_phase_three(data, tmp_path, monk
     for name in resumed.mask:                           # same result as the uninterrupted run
         assert torch.equal(resumed.mask[name], reference.mask[name])
     assert resumed.history[3]["top1"] == reference.history[3]["top1"]
+    assert [r["stage"] for r in resumed.epochs_log] == [r["stage"] for r in reference.epochs_log]
 
     calls.update(fit=[], prune=0)
     imp(small_model(), data, 0.9, folder=tmp_path / "run", **kwargs)  # finished: nothing reruns

@@ -55,7 +55,7 @@ def gmp(model: nn.Module, data: Any, target_sparsity: float, *, recipe: Optional
     if stage.done():
         saved = stage.load(model.to(device))
         return PruneResult(model, Mask(saved["mask"], model), [json.loads((stage.path / "metrics.json").read_text())],
-                           stage.path)
+                           stage.path, [{"stage": "gmp", **r} for r in saved.get("history") or []])
     method = GMP(target_sparsity, end_step=end, start_step=start, prune_every=dt, initial_sparsity=initial_sparsity,
                  score=score, allocation=allocation, include=include, exclude=exclude, seed=seed)
     hist = fit(model, train, test, checkpoint_dir=stage.checkpoints, seed=seed, progress=progress, device=device,
@@ -66,5 +66,5 @@ def gmp(model: nn.Module, data: Any, target_sparsity: float, *, recipe: Optional
              "top1": hist[-1].get("test_top1") if hist else _top1(model, test, device),
              "epochs": int(settings["epochs"]), "seconds": _seconds(hist),
              "start_step": start, "end_step": end, "prune_every": dt}]
-    stage.save(model, mask, rows[0], dict(model_info or {}), dict(settings, steps_per_epoch=len(train)))
-    return PruneResult(model, mask, rows, stage.path)
+    stage.save(model, mask, rows[0], dict(model_info or {}), dict(settings, steps_per_epoch=len(train)), history=hist)
+    return PruneResult(model, mask, rows, stage.path, [{"stage": "gmp", **r} for r in hist])

@@ -66,13 +66,15 @@ class PruneResult:
     ``requested_sparsity``, ``sparsity`` (achieved, of the prunable weights), ``kept``,
     ``pruned_top1`` (right after pruning), ``top1`` (after the stage's training), ``epochs`` and
     ``seconds`` (the stage's training cost, wall time including evaluation), plus stage details
-    (``schedule``, ``lr_peak``, ``change``).
+    (``schedule``, ``lr_peak``, ``change``). ``epochs_log`` has fit's per-epoch rows of every
+    stage, each with a ``stage`` key (``dense``, ``phase_01``, ...).
     """
 
     model: nn.Module
     mask: Optional[Mask]
     history: List[Dict[str, Any]] = field(default_factory=list)
     folder: Optional[Path] = None
+    epochs_log: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_epochs(self) -> float:
@@ -195,7 +197,8 @@ class _Stage:
         return data
 
     def save(self, model: nn.Module, mask: Optional[Mask], row: Dict[str, Any], model_info: Mapping[str, Any],
-             recipe: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> None:
+             recipe: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None,
+             history: Sequence[Mapping[str, Any]] = ()) -> None:
         if self.path is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -205,14 +208,14 @@ class _Stage:
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
         save_model(self.path / "model.pt", model, model_name=model_info.get("name") or type(model).__name__,
                    model_kwargs=model_info.get("kwargs"), dataset=model_info.get("dataset"), mask=mask,
-                   metrics=metrics, recipe={**(recipe or {}), **(extra or {})})
+                   metrics=metrics, recipe={**(recipe or {}), **(extra or {})}, history=[dict(r) for r in history])
 
 
 # ------------------------------------------------------------------------- dense stage
 
 
 def _train_dense(model, train, test, recipe, rewind_step, stage: _Stage, seed, progress, device, model_info):
-    """Train dense (resumable); returns (history row, full recipe, rewind weights or None)."""
+    """Train dense (resumable); returns (history row, full recipe, rewind weights or None, fit history)."""
     if stage.done():
         data = stage.load(model)
         rewind_file = stage.path / "rewind.pt"
@@ -220,7 +223,7 @@ def _train_dense(model, train, test, recipe, rewind_step, stage: _Stage, seed, p
         if rewind_step is not None and weights is None:
             raise CheckpointError(f"{stage.path} holds a dense run without the weights of iteration {rewind_step}; "
                                   "delete the folder to train again with rewinding")
-        return dict(data["metrics"]), dict(data["recipe"]), weights
+        return dict(data["metrics"]), dict(data["recipe"]), weights, list(data.get("history") or [])
     callbacks = [RewindPoint(rewind_step)] if rewind_step is not None else []
     history = fit(model, train, test, checkpoint_dir=stage.checkpoints, seed=seed, progress=progress,
                   device=device, callbacks=callbacks, **recipe)
@@ -231,12 +234,12 @@ def _train_dense(model, train, test, recipe, rewind_step, stage: _Stage, seed, p
     weights = callbacks[0].weights if callbacks else None
     if stage.path is not None and weights is not None:
         save_checkpoint(stage.path / "rewind.pt", {"step": rewind_step, "weights": weights})
-    stage.save(model, None, row, model_info, full)  # last: its model.pt marks the stage finished
-    return row, full, weights
+    stage.save(model, None, row, model_info, full, history=history)  # last: model.pt marks it finished
+    return row, full, weights, list(history)
 
 
 def _given_dense(model, pretrained, recipe, test, device):
-    """A model trained elsewhere: (history row, its recipe). ``pretrained`` is True (the model
+    """A model trained elsewhere: (history row, its recipe, its fit history). ``pretrained`` is True (the model
     as given) or a prunekit model file / fit checkpoint whose weights are loaded."""
     stored_recipe, history = {}, []
     if pretrained is not True:
@@ -250,7 +253,7 @@ def _given_dense(model, pretrained, recipe, test, device):
     row = {"phase": 0, "stage": "given", "requested_sparsity": 0.0, "sparsity": 0.0, "kept": None,
            "pruned_top1": None, "top1": _top1(model, test, device), "epochs": full.get("epochs"),
            "seconds": _seconds(history) if history else None}
-    return row, full
+    return row, full, history
 
 
 # ---------------------------------------------------------------------------------- IMP
@@ -308,16 +311,17 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
     # Stage 0: the dense model and the original schedule it was trained with.
     weights = None
     if pretrained:
-        row, full_recipe = _given_dense(model, pretrained, recipe, test, device)
+        row, full_recipe, dense_log = _given_dense(model, pretrained, recipe, test, device)
         if rewind is not None:
             if rewind_weights is None:
                 raise ValueError("rewinding a pretrained model needs rewind_weights: the state_dict of iteration "
                                  f"{rewind} of its training")
             weights = {k: v.detach().cpu().clone() for k, v in rewind_weights.items()}
     else:
-        row, full_recipe, weights = _train_dense(model, train, test, dense_recipe(recipe), rewind,
+        row, full_recipe, weights, dense_log = _train_dense(model, train, test, dense_recipe(recipe), rewind,
                                                  _Stage(folder, "dense"), seed, progress, device, model_info)
     history: List[Dict[str, Any]] = [row]
+    log = [{"stage": "dense", **r} for r in dense_log]
     orig = OriginalSchedule.from_recipe(full_recipe, steps_per_epoch=len(train)).replace(eta_max=eta_max, eta_min=eta_min)
     settings = dense_recipe(full_recipe)
     epochs_so_far = int(row.get("epochs") or 0)
@@ -336,16 +340,18 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
             saved = stage.load(model)
             mask = Mask(saved["mask"], model)
             row = json.loads((stage.path / "metrics.json").read_text())
+            hist = list(saved.get("history") or [])
         else:
-            row, mask = _phase(model, mask, j, phases, target_sparsity, train, test, stage, orig, settings,
+            row, mask, hist = _phase(model, mask, j, phases, target_sparsity, train, test, stage, orig, settings,
                                schedule=schedule, retrain_epochs=retrain_epochs, score=score,
                                allocation=allocation, include=include, exclude=exclude, rewind=rewind,
                                weights=weights, epoch_offset=epochs_so_far, seed=seed, progress=progress,
                                device=device)
-            stage.save(model, mask, row, model_info, {"retrain_schedule": schedule, "phase": j})
+            stage.save(model, mask, row, model_info, {"retrain_schedule": schedule, "phase": j}, history=hist)
         history.append(row)
+        log.extend({"stage": f"phase_{j:02d}", **r} for r in hist)
         epochs_so_far += int(row["epochs"])
-    return PruneResult(model, mask, history, folder)
+    return PruneResult(model, mask, history, folder, log)
 
 
 def _claim_folder(folder: Optional[Path], config: Dict[str, Any]) -> None:
@@ -369,7 +375,7 @@ def _claim_folder(folder: Optional[Path], config: Dict[str, Any]) -> None:
 def _phase(model, mask, j, phases, target, train, test, stage: _Stage, orig: OriginalSchedule, settings, *,
            schedule, retrain_epochs, score, allocation, include, exclude, rewind, weights, epoch_offset,
            seed, progress, device):
-    """Prune to phase ``j``'s sparsity, then retrain (resumable). Returns (row, mask)."""
+    """Prune to phase ``j``'s sparsity, then retrain (resumable). Returns (row, mask, fit history)."""
     start = time.perf_counter()
     requested = phase_sparsity(target, j, phases)
     params = prunable_parameters(model, include=include, exclude=exclude)
@@ -403,7 +409,7 @@ def _phase(model, mask, j, phases, target, train, test, stage: _Stage, orig: Ori
            "sparsity": mask.sparsity(), "kept": mask.kept(), "pruned_top1": pruned_top1, "top1": top1,
            "epochs": epochs, "seconds": prune_seconds + _seconds(hist), "change": change,
            "pruned_fraction": pruned_fraction, "lr_peak": sched.max_factor(), "schedule": sched.name}
-    return row, mask
+    return row, mask, list(hist)
 
 
 # ------------------------------------------------------------------ lottery comparison
@@ -431,11 +437,11 @@ def train_ticket(model: nn.Module, mask: Mask, weights: Mapping[str, torch.Tenso
     if box.done():
         saved = box.load(model)
         return PruneResult(model, Mask(saved["mask"], model), [json.loads((box.path / "metrics.json").read_text())],
-                           box.path)
+                           box.path, [{"stage": stage, **r} for r in saved.get("history") or []])
     hist = masked_fit(model, mask, train, test, epochs, sched, settings, checkpoint_dir=box.checkpoints,
                       seed=seed, progress=progress, device=device, recipe={"ticket": stage})
     row = {"phase": 1, "stage": stage, "requested_sparsity": mask.sparsity(), "sparsity": mask.sparsity(),
            "kept": mask.kept(), "pruned_top1": None, "top1": hist[-1].get("test_top1") if hist else None,
            "epochs": epochs, "seconds": _seconds(hist)}
-    box.save(model, mask, row, dict(model_info or {}), full)
-    return PruneResult(model, mask, [row], box.path)
+    box.save(model, mask, row, dict(model_info or {}), full, history=hist)
+    return PruneResult(model, mask, [row], box.path, [{"stage": stage, **r} for r in hist])
