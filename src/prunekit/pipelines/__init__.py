@@ -1,5 +1,8 @@
 """Multi-stage procedures built on the core and the trainer (fine-tune, IMP, scratch, ...)."""
 from .finetune import EnforceMask, finetune
 from .registry import BASELINES, PIPELINES, FinishedRun, PipelineResult, RunContext  # noqa: F401
+from .imp import PruneResult, imp, train_ticket  # noqa: F401  (the function shadows the module name)
+from .gradual import gmp  # noqa: F401
+from . import imp_pipelines  # noqa: F401,E402  (registers pipelines imp, gmp; baselines lottery, random_reinit)
 
 __all__ = ["EnforceMask", "finetune"]
