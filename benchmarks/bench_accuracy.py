@@ -139,7 +139,10 @@ def main():
     ap.add_argument("--models", nargs="+", default=["lenet5", "lenet_300_100"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
     cache = run(args.models, args.seeds, args.sparsities, RESULTS / "accuracy_runs.json")
     write_section("accuracy", render(cache, args.models, args.seeds, args.sparsities), cache)

@@ -223,12 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    try:  # run, sweep, runs, report (the experiments layer)
-        from .experiments import register as register_experiments
-    except ImportError:  # pragma: no cover - only while the experiments layer is absent
-        register_experiments = None
-    if register_experiments is not None:
-        register_experiments(sub)
+    # Subcommands of the other layers: run, sweep, runs, report (experiments); imp.
+    from . import experiments as experiments_cli
+    from . import imp as imp_cli
+
+    experiments_cli.register(sub)
+    imp_cli.register(sub)
     return parser
 
 
