@@ -225,3 +225,12 @@ def test_unfinished_phase_resumes_from_its_epoch_checkpoint(data, tmp_path, monk
     for name in resumed.mask:
         assert torch.equal(resumed.mask[name], reference.mask[name])
     assert resumed.history[2]["top1"] == reference.history[2]["top1"]
+
+
+def test_a_schedule_that_cannot_be_replayed_fails_before_training(data, monkeypatch):
+    trained = []
+    monkeypatch.setattr(IMP_MODULE, "fit", lambda *a, **k: trained.append(1))
+    with pytest.raises(ValueError, match="recipe"):   # a custom lr function cannot be rebuilt for SLR
+        imp(small_model(), data, 0.5, phases=1, schedule="slr", recipe={"schedule": lambda t, n: 1.0},
+            progress=False)
+    assert trained == []

@@ -308,30 +308,37 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
               "seed": seed}
     _claim_folder(folder, config)
 
+    def original(full_recipe):
+        # The dense run's lr schedule; building the retraining schedule once here makes a
+        # missing piece (e.g. SLR without a recipe) fail before any training or pruning.
+        orig = OriginalSchedule.from_recipe(full_recipe, steps_per_epoch=len(train))
+        orig = orig.replace(eta_max=eta_max, eta_min=eta_min)
+        if rewind is None:
+            retrain_schedule(schedule, retrain_epochs * len(train), orig,
+                             peak=orig.eta_max if schedule == "allr" else None)
+        else:
+            replay_schedule(orig, rewind, len(train))
+        return orig
+
     # Stage 0: the dense model and the original schedule it was trained with.
     weights = None
     if pretrained:
         row, full_recipe, dense_log = _given_dense(model, pretrained, recipe, test, device)
+        orig = original(full_recipe)
         if rewind is not None:
             if rewind_weights is None:
                 raise ValueError("rewinding a pretrained model needs rewind_weights: the state_dict of iteration "
                                  f"{rewind} of its training")
             weights = {k: v.detach().cpu().clone() for k, v in rewind_weights.items()}
     else:
+        orig = original(dense_recipe(recipe))
         row, full_recipe, weights, dense_log = _train_dense(model, train, test, dense_recipe(recipe), rewind,
-                                                 _Stage(folder, "dense"), seed, progress, device, model_info)
+                                                            _Stage(folder, "dense"), seed, progress, device,
+                                                            model_info)
     history: List[Dict[str, Any]] = [row]
     log = [{"stage": "dense", **r} for r in dense_log]
-    orig = OriginalSchedule.from_recipe(full_recipe, steps_per_epoch=len(train)).replace(eta_max=eta_max, eta_min=eta_min)
     settings = dense_recipe(full_recipe)
     epochs_so_far = int(row.get("epochs") or 0)
-
-    # Fail before any pruning when the schedule cannot be built (e.g. SLR without a recipe).
-    if rewind is None:
-        retrain_schedule(schedule, retrain_epochs * len(train), orig,
-                         peak=orig.eta_max if schedule == "allr" else None)
-    else:
-        replay_schedule(orig, rewind, len(train))
 
     mask: Optional[Mask] = None
     for j in range(1, phases + 1):
