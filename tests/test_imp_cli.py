@@ -9,6 +9,13 @@ from prunekit.cli.main import main
 run = main
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    # main() sets torch's threads from PRUNEKIT_THREADS (default: every core); the tests share
+    # 2 cores with other work, where two threads per process run many times slower.
+    monkeypatch.setenv("PRUNEKIT_THREADS", "1")
+
+
 def test_imp_command_trains_prunes_and_resumes(tmp_path, capsys):
     out = tmp_path / "imp"
     argv = ["imp", "--model", "lenet_300_100", "--width", "0.25", "--data", "synthetic", "--epochs", "1",
