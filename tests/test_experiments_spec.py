@@ -145,13 +145,16 @@ def test_required_params_and_grid_errors():
 
 
 def test_unregistered_names_list_the_registered_ones():
+    # A baseline name is accepted only once some module registers it (e.g. the IMP issue's
+    # lottery); until then the error lists what is registered.
     with pytest.raises(SpecError) as err:
-        ExperimentSpec.from_dict({**BASE, "baselines": ["dense", "lottery"]})
+        ExperimentSpec.from_dict({**BASE, "baselines": ["dense", "lotery"]})
     assert err.value.path == "baselines[1].name"
-    assert "unknown baseline 'lottery'" in str(err.value)
-    assert all(name in str(err.value) for name in BASELINES.names())
-    with pytest.raises(SpecError, match=r"^method\.name: unknown pipeline 'imp'; registered: dense, oneshot"):
-        ExperimentSpec.from_dict({**BASE, "method": {"name": "imp"}})
+    assert str(err.value).startswith("baselines[1].name: unknown baseline 'lotery'; registered: ")
+    assert str(err.value).endswith(", ".join(BASELINES.names()))
+    with pytest.raises(SpecError) as err:
+        ExperimentSpec.from_dict({**BASE, "method": {"name": "magic"}})
+    assert str(err.value) == f"method.name: unknown pipeline 'magic'; registered: {', '.join(PIPELINES.names())}"
 
 
 def test_registries_and_requirements():

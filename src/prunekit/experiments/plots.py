@@ -12,19 +12,27 @@ from typing import Dict, List, Optional, Sequence
 BASELINE_MARKERS = ("s", "^", "D", "v", "P", "X")
 
 
-def _styles(groups: Sequence[Dict]) -> Dict[str, Dict]:
-    """Line style per label: a method and its baselines share a colour (its family);
-    methods are solid with filled dots, baselines dashed with hollow markers, one marker per
-    baseline kind."""
+def family_colours(groups: Sequence[Dict]) -> Dict[str, str]:
+    """One colour per method family (a method and its baselines), the same in every figure;
+    the dense reference is black."""
     plt = _pyplot()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     families = list(dict.fromkeys(g.get("family", g["label"]) for g in groups if g["kind"] != "dense"))
+    out = {f: colours[i % len(colours)] for i, f in enumerate(families)}
+    out.update({g["label"]: "black" for g in groups if g["kind"] == "dense"})
+    return out
+
+
+def _styles(groups: Sequence[Dict]) -> Dict[str, Dict]:
+    """Line style per label: methods solid with filled dots, baselines dashed with hollow
+    markers (one marker per baseline kind), in their family's colour."""
+    colour_of = family_colours(groups)
     baselines = list(dict.fromkeys(g["label"].split(" (")[0] for g in groups if g["kind"] == "baseline"))
     styles = {}
     for g in groups:
         if g["kind"] == "dense":
             continue
-        colour = colours[families.index(g.get("family", g["label"])) % len(colours)]
+        colour = colour_of[g.get("family", g["label"])]
         if g["kind"] == "baseline":
             marker = BASELINE_MARKERS[baselines.index(g["label"].split(" (")[0]) % len(BASELINE_MARKERS)]
             styles[g["label"]] = {"color": colour, "linestyle": "--", "marker": marker, "markerfacecolor": "none"}
@@ -103,7 +111,8 @@ def tradeoff(groups: Sequence[Dict], path: Path, title: str, y: str = "accuracy"
     return _save(plt, fig, path)
 
 
-def layer_sparsity(layers: Dict[str, List[Dict]], path: Path, title: str) -> Path:
+def layer_sparsity(layers: Dict[str, List[Dict]], path: Path, title: str,
+                   colours: Optional[Dict[str, str]] = None) -> Path:
     """Per-layer sparsity bars (as in seed 002, Figure 5): ``layers`` maps a method label to
     rows {name, params, sparsity (mean over seeds)} in network order."""
     plt = _pyplot()
@@ -115,7 +124,8 @@ def layer_sparsity(layers: Dict[str, List[Dict]], path: Path, title: str) -> Pat
     for i, label in enumerate(labels):
         by_name = {row["name"]: row["sparsity"] for row in layers[label]}
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(names))]
-        ax.bar(xs, [100.0 * by_name.get(n, float("nan")) for n in names], width=width, label=label)
+        ax.bar(xs, [100.0 * by_name.get(n, float("nan")) for n in names], width=width, label=label,
+               color=(colours or {}).get(label))
     params = {row["name"]: row["params"] for row in next(iter(layers.values()))} if layers else {}
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([f"{n}\n({params.get(n, 0):,})" for n in names], rotation=30 if len(names) < 16 else 90,
@@ -123,13 +133,14 @@ def layer_sparsity(layers: Dict[str, List[Dict]], path: Path, title: str) -> Pat
     ax.set_ylabel("sparsity of the layer (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(3, max(1, len(labels))))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     return _save(plt, fig, path)
 
 
-def training_curves(curves: Dict[str, List[Dict]], path: Path, title: str) -> Optional[Path]:
+def training_curves(curves: Dict[str, List[Dict]], path: Path, title: str,
+                    colours: Optional[Dict[str, str]] = None) -> Optional[Path]:
     """Test top-1 and training loss per epoch: ``curves`` maps a label to rows {x (epoch
     index over the run's phases), test_top1, train_loss} averaged over seeds."""
     if not any(curves.values()):
@@ -139,7 +150,8 @@ def training_curves(curves: Dict[str, List[Dict]], path: Path, title: str) -> Op
     for label, rows in curves.items():
         if not rows:
             continue
-        line = acc_ax.plot([r["x"] for r in rows], [r["test_top1"] for r in rows], marker=".", label=label)[0]
+        line = acc_ax.plot([r["x"] for r in rows], [r["test_top1"] for r in rows], marker=".", label=label,
+                           color=(colours or {}).get(label))[0]
         losses = [r for r in rows if r["train_loss"] is not None]
         loss_ax.plot([r["x"] for r in losses], [r["train_loss"] for r in losses], marker=".",
                      color=line.get_color(), label=label)

@@ -243,7 +243,7 @@ def _figures(store, name: str, groups, out: Path, y: str, setting: str) -> List[
             file = out / f"{slug}_layers_s{_sparsity_name(s).rstrip('%').replace('.', 'p')}.png"
             figures.append((f"Per-layer sparsity at {_sparsity_name(s)} overall",
                             plots.layer_sparsity(per_label, file, f"{name}: per-layer sparsity at "
-                                                 f"{_sparsity_name(s)}")))
+                                                 f"{_sparsity_name(s)}", plots.family_colours(groups))))
     curves_path = _curves(store, name, groups, out / f"{slug}_curves.png")
     if curves_path is not None:
         figures.append(curves_path)
@@ -269,7 +269,7 @@ def _curves(store, name: str, groups, path: Path) -> Optional[Tuple[str, Path]]:
     chosen = [g for g in groups if g["kind"] == "dense"] + [g for g in main if g["requested_sparsity"] == top]
     ids = [r["id"] for g in chosen for r in g["runs"]]
     history, trail = store.history(ids), store.trail(ids)
-    curves = OrderedDict()
+    curves, colours, family = OrderedDict(), {}, plots.family_colours(groups)
     for g in chosen:
         runs = [r for r in g["runs"] if history[r["id"]]]
         if not runs:
@@ -285,7 +285,8 @@ def _curves(store, name: str, groups, path: Path) -> Optional[Tuple[str, Path]]:
                   "train_loss": _fmean(history[r["id"]][i]["train_loss"] for r in runs)} for i in range(length)]
         label = g["label"] if g["kind"] == "dense" else f"{g['label']} ({_sparsity_name(top)})"
         curves[label] = rows
-    drawn = plots.training_curves(curves, path, f"{name}: training curves (mean over seeds)")
+        colours[label] = family[g["label"]]
+    drawn = plots.training_curves(curves, path, f"{name}: training curves (mean over seeds)", colours)
     if drawn is None:
         return None
     return (f"Training curves (dense training, then pruning and fine-tuning at {_sparsity_name(top)})", drawn)
