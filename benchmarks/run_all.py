@@ -16,9 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 QUICK = ["bench_enforcement.py", "bench_prune_speed.py"]
-LONG = ["bench_accuracy.py"]
+LONG = ["bench_accuracy.py", "experiments_bench.py"]
 # Order of sections in BENCHMARKS.md; sections not listed follow alphabetically.
-ORDER = ["enforcement", "prune_speed", "accuracy"]
+ORDER = ["enforcement", "prune_speed", "accuracy", "experiments", "imp"]
 
 HEADER = """# Benchmarks
 
