@@ -1,1 +1,23 @@
+"""Structured pruning: channel scores, channel selection and ``shrink()``, the physical removal
+of channels (torch-pruning's dependency graph does the surgery). SPEC section 5, seed 001.
 
+    import prunekit as pk
+    model = pk.models.get("resnet56")
+    x = torch.randn(1, 3, 32, 32)
+    plan = pk.structured.by_ratios(model, pk.structured.predefined_ratios("resnet56-b", model))
+    small = pk.structured.shrink(model, x, plan)        # fewer channels, runs faster
+    pk.structured.compare(model, small, (3, 32, 32))    # latency at batch 1 and 64, FLOPs ratio
+
+Channel scores (``CHANNEL_SCORES``): l1_filter, bn_scale, random. Selections: per-layer
+ratios (``by_ratios``, the predefined ``PREDEFINED`` configurations, ``uniform_ratios``), one
+global threshold (``global_fraction``, network slimming), ``uniform_for_flops``.
+"""
+from .configs import PREDEFINED, kept_counts, predefined_ratios
+from .latency import compare, latency
+from .scores import CHANNEL_SCORES
+from .select import by_ratios, global_fraction, per_layer, uniform_for_flops, uniform_ratios
+from .shrink import out_channels, prunable_layers, shrink, zero_channels
+
+__all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
+           "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
+           "uniform_for_flops", "latency", "compare"]

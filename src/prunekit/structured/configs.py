@@ -1,0 +1,91 @@
+"""The predefined target architectures of Li et al. 2017 ("Pruning Filters for Efficient
+ConvNets", Table 1 and section 4.1-4.2) as reproduced in Liu et al. 2019 ("Rethinking the
+Value of Network Pruning", Table 1). SPEC section 5.
+
+VGG-16-A: conv1_1 and conv4_1 ... conv5_3 lose 50% of their filters (64 -> 32, 512 -> 256).
+
+ResNet-56/110 A/B (option-A shortcuts): only the first conv of each basic block is pruned.
+Convs are numbered from the stem = 1; block b holds convs 2b and 2b+1 (models.resnet
+``conv_numbering``), so only even-numbered convs are pruned, each keeping
+``int(C * (1 - p_stage))`` channels, except the *skipped* (sensitive) convs:
+
+=========  ===============  =====================
+config     p per stage      skipped convs
+=========  ===============  =====================
+56-A       0.1 / 0.1 / 0.1  16, 20, 38, 54
+56-B       0.6 / 0.3 / 0.1  16, 18, 20, 34, 38, 54
+110-A      0.5 / 0 / 0      36
+110-B      0.5 / 0.4 / 0.3  36, 38, 74
+=========  ===============  =====================
+
+``predefined_ratios(name, model)`` gives ``{layer_name: p}``; ``kept_counts`` turns ratios into
+the exact channel counts. C is the model's own width, so a width-0.5 model gets the same
+ratios on its halved channels.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from torch import nn
+
+from .shrink import out_channels
+
+# name -> (model depth, per-stage ratios, skipped conv numbers)
+RESNET_CONFIGS: Dict[str, Tuple[int, Tuple[float, float, float], Tuple[int, ...]]] = {
+    "resnet56-a": (56, (0.1, 0.1, 0.1), (16, 20, 38, 54)),
+    "resnet56-b": (56, (0.6, 0.3, 0.1), (16, 18, 20, 34, 38, 54)),
+    "resnet110-a": (110, (0.5, 0.0, 0.0), (36,)),
+    "resnet110-b": (110, (0.5, 0.4, 0.3), (36, 38, 74)),
+}
+# VGG-16-A: conv indices (0-based, in the order of the features' Conv2d modules) -> ratio
+VGG16_A = {0: 0.5, **{i: 0.5 for i in range(7, 13)}}
+PREDEFINED = ("vgg16-a", *RESNET_CONFIGS)
+
+
+def _resnet_ratios(name: str, model: nn.Module) -> Dict[str, float]:
+    from ..models.resnet import conv_numbering
+
+    depth, ratios, skipped = RESNET_CONFIGS[name]
+    numbering = conv_numbering(model)
+    blocks = (len(numbering) - 1) // 2
+    if blocks * 2 + 2 != depth:
+        raise ValueError(f"{name} needs a ResNet-{depth}, got a ResNet with {blocks} blocks (depth {blocks * 2 + 2})")
+    per_stage = blocks // 3
+    out: Dict[str, float] = {}
+    for number, layer in numbering:
+        if number % 2 or number == 1 or number in skipped:
+            continue  # odd convs (block outputs) and the stem are never pruned; skipped ones are sensitive
+        stage = (number // 2 - 1) // per_stage
+        if ratios[stage] > 0:
+            out[layer] = ratios[stage]
+    return out
+
+
+def _vgg16_ratios(model: nn.Module) -> Dict[str, float]:
+    features = getattr(model, "features", None)
+    convs = [f"features.{n}" for n, m in features.named_children() if isinstance(m, nn.Conv2d)] if features else []
+    if len(convs) != 13:
+        raise ValueError(f"vgg16-a needs a VGG-16 (13 convs in .features), got {len(convs)} convs")
+    return {convs[i]: p for i, p in VGG16_A.items()}
+
+
+def predefined_ratios(name: str, model: nn.Module) -> Dict[str, float]:
+    """``{layer_name: fraction of its filters pruned}`` of predefined configuration ``name``."""
+    key = name.lower()
+    if key == "vgg16-a":
+        return _vgg16_ratios(model)
+    if key in RESNET_CONFIGS:
+        return _resnet_ratios(key, model)
+    raise KeyError(f"unknown predefined configuration {name!r}; known: {', '.join(PREDEFINED)}")
+
+
+def kept_counts(model: nn.Module, ratios: Dict[str, float]) -> Dict[str, int]:
+    """Channels kept per layer: ``int(C * (1 - p))`` (Li et al.'s rounding), at least 1."""
+    modules = dict(model.named_modules())
+    out = {}
+    for layer, p in ratios.items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{layer}: pruning ratio must be in [0, 1), got {p!r}")
+        c = out_channels(modules[layer])
+        out[layer] = max(1, int(c * (1.0 - p) + 1e-9))
+    return out

@@ -1,0 +1,103 @@
+"""From channel scores to ``channels_to_remove`` (what :func:`shrink` takes).
+
+- ``per_layer(model, kept, score)``: each listed layer keeps its ``kept[name]`` highest-scored
+  channels (L1-filter with per-layer ratios, the predefined A/B configurations, uniform).
+- ``global_fraction(model, fraction, score)``: one threshold over the scores of all layers
+  removes ``round(fraction * total)`` channels (network slimming's global |gamma| threshold,
+  Liu et al. 2017 section 4.2); every layer keeps at least ``min_keep`` channels.
+- ``uniform_ratios(model, ratio)``: the same ratio for every prunable layer.
+- ``uniform_for_flops(model, x, flops_ratio)``: the uniform ratio whose shrunk model has
+  FLOPs closest to ``flops_ratio`` of the original, by bisection (the "uniform at the same
+  budget" baseline of Liu et al. 2019 section 5).
+
+Ties are broken by the lower channel index being removed first (a stable sort).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .configs import kept_counts
+from .scores import CHANNEL_SCORES
+from .shrink import out_channels, prunable_layers, shrink
+
+
+def _scores(model: nn.Module, name: str, score: str) -> torch.Tensor:
+    return CHANNEL_SCORES.get(score)(model, name).float()
+
+
+def per_layer(model: nn.Module, kept: Dict[str, int], score: str = "l1_filter") -> Dict[str, List[int]]:
+    """Remove, in each layer, all but its ``kept[name]`` highest-scored output channels."""
+    out: Dict[str, List[int]] = {}
+    for name, k in kept.items():
+        s = _scores(model, name, score)
+        if not 1 <= k <= s.numel():
+            raise ValueError(f"{name}: kept must be in [1, {s.numel()}], got {k}")
+        order = torch.sort(s, stable=True).indices  # ascending: the lowest go first
+        removed = sorted(order[: s.numel() - k].tolist())
+        if removed:
+            out[name] = removed
+    return out
+
+
+def uniform_ratios(model: nn.Module, ratio: float, layers: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """``{layer: ratio}`` for every prunable layer (or the given ones)."""
+    return {name: ratio for name in (layers if layers is not None else prunable_layers(model))}
+
+
+def by_ratios(model: nn.Module, ratios: Dict[str, float], score: str = "l1_filter") -> Dict[str, List[int]]:
+    """Per-layer ratios (fraction of filters removed) -> channels_to_remove."""
+    return per_layer(model, kept_counts(model, ratios), score)
+
+
+def global_fraction(model: nn.Module, fraction: float, score: str = "bn_scale",
+                    layers: Optional[Sequence[str]] = None, min_keep: int = 1) -> Dict[str, List[int]]:
+    """Remove the ``round(fraction * total)`` lowest-scored channels over all ``layers``
+    (default: the prunable layers the score applies to), keeping ``min_keep`` per layer."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction of channels to prune must be in [0, 1), got {fraction!r}")
+    if layers is None:
+        layers = []
+        for name in prunable_layers(model):
+            try:
+                _scores(model, name, score)
+                layers.append(name)
+            except ValueError:
+                continue  # e.g. bn_scale on a layer without its own BN
+    entries = []  # (score, layer position, channel)
+    per = {name: _scores(model, name, score) for name in layers}
+    for li, name in enumerate(layers):
+        s = per[name]
+        protected = set(torch.sort(s, descending=True, stable=True).indices[:min_keep].tolist())
+        entries += [(float(v), li, c) for c, v in enumerate(s.tolist()) if c not in protected]
+    total = sum(s.numel() for s in per.values())
+    n_remove = min(int(round(fraction * total)), len(entries))
+    entries.sort()
+    out: Dict[str, List[int]] = {}
+    for _, li, c in entries[:n_remove]:
+        out.setdefault(layers[li], []).append(c)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def uniform_for_flops(model: nn.Module, example_input: torch.Tensor, flops_ratio: float,
+                      score: str = "l1_filter", iters: int = 12) -> Dict[str, List[int]]:
+    """channels_to_remove of the uniform ratio whose shrunk model keeps about ``flops_ratio``
+    of the FLOPs (bisection over the ratio; FLOPs fall monotonically as the ratio grows)."""
+    from ..core.accounting import flops_per_module
+
+    if not 0.0 < flops_ratio <= 1.0:
+        raise ValueError(f"flops_ratio must be in (0, 1], got {flops_ratio!r}")
+    shape = tuple(example_input.shape[1:])
+    base = flops_per_module(model, shape)[1]
+    lo, hi, best = 0.0, 0.99, {}
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        plan = by_ratios(model, uniform_ratios(model, mid), score)
+        flops = flops_per_module(shrink(model, example_input, plan), shape)[1]
+        if flops / base > flops_ratio:
+            lo = mid
+        else:
+            hi, best = mid, plan
+    return best if best else by_ratios(model, uniform_ratios(model, hi), score)
