@@ -7,3 +7,7 @@ from .base import METHODS, Method, MethodCallback, get, names
 
 __all__ = ["METHODS", "Method", "MethodCallback", "get", "names"]
 from . import gmp  # noqa: E402,F401  (registers "gmp")
+from . import ste_fixed  # noqa: E402,F401  (registers "ste_fixed")
+from . import sparsity_loss  # noqa: E402,F401  (registers "sparsity_loss")
+from . import ltp  # noqa: E402,F401  (registers "ltp")
+from . import slimming  # noqa: E402,F401  (registers "slimming")

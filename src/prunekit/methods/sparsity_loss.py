@@ -1,0 +1,263 @@
+"""Adaptive sparsity loss (seed 002, Retsinas et al., "adaptive" variants; SPEC.md section 3).
+
+One trainable scalar r_i per layer sets the bound b_i = r_i sigma_i (sigma_i = std of the
+layer's weights, detached; r_i clamped to [0, 5] where used as a bound, and projected back
+into [0, 5] after every step). The forward weight is
+
+    w~ = r sigma STE_hardshrink(w / (r sigma))       (value: w if |w| >= b else 0)
+
+so dL/dw = dL/dw~ (straight-through) and dL/dr = sum_k ((w~_k - w_k) / r) dL/dw~_k. With
+``recenter`` (default on, as in the authors' code) w is first re-centred to zero mean.
+
+Under a Gaussian assumption layer i's sparsity is s_i = erf(r_i / sqrt 2); the predicted
+density is L_s(c) = 1 - sum_i c_i s_i with sum c_i = 1 over the prunable layers (skipped
+layers count with s_i = 0), c_i = 1/N (``avg``), #W_i / sum #W (``wavg``, default) or
+FLOPs_i / sum FLOPs (``flops``). The penalty (``variant``):
+
+- ``unconstrained``:  lambda L_s(c)                                                  (Eq. 8)
+- ``budget``:         lambda_p (L_s(c_p) - B_p)^2 + lambda_f (L_s(c_f) - B_f)^2      (Eq. 10)
+- ``hinge``:          lambda_p max(L_s(c_p) - B_p, 0) + lambda_f max(L_s(c_f) - B_f, 0) (Eq. 11)
+
+c_p uses ``weights``, c_f always the FLOPs weights; ``budget`` = B_p, ``budget_flops`` = B_f
+(fractions *kept*: 0.15 = 85% sparsity); either or both. Authors' defaults: lambda = 10;
+r_0 = sqrt(2) erfinv(0.6 s_target), s_target = 1 - B_p (else 1 - B_f, else 0.5); r trained
+at lr/100 (of the optimizer's first group) with no weight decay; layers with fewer than 1000
+weights skipped. ``finalize()`` hard-prunes at b_i (the re-centred weights are what is kept).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..core.mask import Mask
+from ..core.targets import prunable_parameters
+from ._reparam import STEHardShrinkBound, WeightSubstitution, modules_of
+from .base import METHODS, Method
+
+VARIANTS = ("unconstrained", "budget", "hinge")
+WEIGHTS = ("avg", "wavg", "flops")
+R_MAX = 5.0
+_R_MIN = 1e-6  # keeps the bound > 0 (division by b in the gradient)
+
+
+def _fraction(value: Optional[float], what: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{what} is a fraction of the model kept, in (0, 1], got {value!r}")
+    return float(value)
+
+
+@METHODS.register("sparsity_loss")
+class SparsityLoss(Method):
+    """Per-layer trainable bounds r_i with the adaptive sparsity loss (see the module docstring)."""
+
+    def __init__(self, budget: Optional[float] = None, budget_flops: Optional[float] = None,
+                 variant: Optional[str] = None, weights: str = "wavg", lam: float = 10.0,
+                 lam_p: Optional[float] = None, lam_f: Optional[float] = None,
+                 r_init: Optional[float] = None, r_lr: Optional[float] = None, r_lr_factor: float = 0.01,
+                 min_weights: int = 1000, recenter: bool = True, input_shape: Optional[Sequence[int]] = None,
+                 include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
+        super().__init__()
+        self.budget = _fraction(budget, "budget")
+        self.budget_flops = _fraction(budget_flops, "budget_flops")
+        if variant is None:
+            variant = "unconstrained" if self.budget is None and self.budget_flops is None else "budget"
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if variant != "unconstrained" and self.budget is None and self.budget_flops is None:
+            raise ValueError(f"variant {variant!r} needs budget=... (parameters kept) and/or budget_flops=...")
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        for v, what in ((lam, "lam"), (lam_p, "lam_p"), (lam_f, "lam_f"), (r_lr_factor, "r_lr_factor")):
+            if v is not None and not float(v) >= 0:
+                raise ValueError(f"{what} must be >= 0, got {v!r}")
+        if r_lr is not None and not float(r_lr) >= 0:
+            raise ValueError(f"r_lr must be >= 0, got {r_lr!r}")
+        if r_init is not None and not 0.0 <= float(r_init) <= R_MAX:
+            raise ValueError(f"r_init must be in [0, {R_MAX}], got {r_init!r}")
+        if isinstance(min_weights, bool) or not isinstance(min_weights, int) or min_weights < 0:
+            raise ValueError(f"min_weights must be an int >= 0, got {min_weights!r}")
+        self.variant, self.weights = variant, weights
+        self.lam = float(lam)
+        self.lam_p = float(lam_p) if lam_p is not None else self.lam
+        self.lam_f = float(lam_f) if lam_f is not None else self.lam
+        self.r_init = r_init if r_init is not None else self.default_r_init()
+        self.r_lr, self.r_lr_factor = r_lr, float(r_lr_factor)
+        self.min_weights, self.recenter = min_weights, bool(recenter)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.include, self.exclude = include, exclude
+        self.params: Dict[str, nn.Parameter] = {}
+        self.r = nn.ParameterDict()
+        self.names: List[str] = []          # prunable tensors, model order
+        self.trained: List[str] = []        # those with a trainable r (not skipped)
+        self._c: Dict[str, torch.Tensor] = {}
+        self._sub: Optional[WeightSubstitution] = None
+        self._pending: Optional[Dict[str, Any]] = None
+
+    def default_r_init(self) -> float:
+        if self.budget is not None:
+            s_target = 1.0 - self.budget
+        elif self.budget_flops is not None:
+            s_target = 1.0 - self.budget_flops
+        else:
+            s_target = 0.5
+        return math.sqrt(2.0) * float(torch.erfinv(torch.tensor(0.6 * s_target, dtype=torch.float64)))
+
+    # ------------------------------------------------------------------ protocol
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "SparsityLoss":
+        super().attach(model, optimizer)
+        self.params = prunable_parameters(model, include=self.include, exclude=self.exclude)
+        self.names = list(self.params)
+        self.trained = [n for n in self.names if self.params[n].numel() >= self.min_weights]
+        if not self.trained:
+            raise ValueError(f"every prunable tensor has fewer than min_weights={self.min_weights} weights: "
+                             "nothing to prune (lower min_weights)")
+        first = next(iter(self.params.values()))
+        device, dtype = first.device, first.dtype
+        self.r = nn.ParameterDict({self._key(n): nn.Parameter(torch.tensor(float(self.r_init), device=device, dtype=dtype))
+                                   for n in self.trained})
+        self._c = self._contribution_weights(model, device, dtype)
+        lr = self.r_lr if self.r_lr is not None else optimizer.param_groups[0]["lr"] * self.r_lr_factor
+        group = {"params": list(self.r.values()), "lr": lr, "weight_decay": 0.0}
+        if "momentum" in optimizer.param_groups[0]:
+            group["momentum"] = optimizer.param_groups[0]["momentum"]
+        optimizer.add_param_group(group)
+        self._sub = WeightSubstitution(modules_of(model, [n for n in self.trained]), self._effective)
+        if self._pending is not None:
+            self._restore(self._pending)
+        return self
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "__")
+
+    def _contribution_weights(self, model: nn.Module, device, dtype) -> Dict[str, torch.Tensor]:
+        n = len(self.names)
+        sizes = torch.tensor([float(self.params[k].numel()) for k in self.names], dtype=torch.float64)
+        c = {"avg": torch.full((n,), 1.0 / n, dtype=torch.float64), "wavg": sizes / sizes.sum()}
+        if self.weights == "flops" or self.budget_flops is not None:
+            from ..core.accounting import flops_per_module
+
+            shape = self.input_shape if self.input_shape is not None else getattr(model, "input_shape", None)
+            if shape is None:
+                raise ValueError("FLOPs weights need the input shape: pass input_shape=(C, H, W) "
+                                 "(models from pk.models carry .input_shape)")
+            example = torch.zeros((1, *shape), device=device, dtype=dtype)
+            per_module, _ = flops_per_module(model, example_input=example)
+            f = torch.tensor([float(per_module.get(k.rsplit(".", 1)[0], 0)) for k in self.names], dtype=torch.float64)
+            if f.sum() <= 0:
+                raise ValueError("could not count the FLOPs of the prunable layers (pass input_shape=...)")
+            c["flops"] = f / f.sum()
+        return {k: v.to(device=device, dtype=dtype) for k, v in c.items()}
+
+    def _r(self, name: str) -> torch.Tensor:
+        return self.r[self._key(name)]
+
+    def _centred(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - weight.mean() if self.recenter else weight
+
+    def bound(self, name: str) -> torch.Tensor:
+        """b_i = clamp(r_i, 0, 5) sigma_i (differentiable in r, sigma detached)."""
+        w = self._centred(self.params[name].detach())
+        return self._r(name).clamp(_R_MIN, R_MAX) * w.std()
+
+    def _effective(self, name: str, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        w = self._centred(weight)
+        b = self._r(name).clamp(_R_MIN, R_MAX) * w.detach().std()
+        return STEHardShrinkBound.apply(w, b)
+
+    def predicted_sparsities(self) -> torch.Tensor:
+        """s_i = erf(r_i / sqrt 2) per prunable tensor (0 for skipped ones), differentiable."""
+        first = next(iter(self.params.values()))
+        zero = torch.zeros((), device=first.device, dtype=first.dtype)
+        return torch.stack([torch.erf(self._r(n) / math.sqrt(2.0)) if n in self.trained else zero
+                            for n in self.names])
+
+    def predicted_density(self, weights: Optional[str] = None) -> torch.Tensor:
+        """L_s(c) = 1 - sum_i c_i s_i."""
+        return 1.0 - (self._c[weights or self.weights] * self.predicted_sparsities()).sum()
+
+    def penalty(self) -> torch.Tensor:
+        self._require_attached()
+        if self.variant == "unconstrained":
+            return self.lam * self.predicted_density()
+        s = self.predicted_sparsities()
+        total = torch.zeros((), device=s.device)
+        terms = []
+        if self.budget is not None:
+            terms.append((self.lam_p, 1.0 - (self._c[self.weights] * s).sum(), self.budget))
+        if self.budget_flops is not None:
+            terms.append((self.lam_f, 1.0 - (self._c["flops"] * s).sum(), self.budget_flops))
+        for lam, density, budget in terms:
+            gap = density - budget
+            total = total + lam * (gap ** 2 if self.variant == "budget" else gap.clamp(min=0))
+        return total
+
+    def step(self) -> None:
+        self._require_attached()
+        super().step()
+        with torch.no_grad():
+            for r in self.r.values():
+                r.clamp_(0.0, R_MAX)
+
+    @torch.no_grad()
+    def keep_masks(self) -> Dict[str, torch.Tensor]:
+        out = {}
+        for n in self.names:
+            if n in self.trained:
+                out[n] = self._centred(self.params[n]).abs() >= self.bound(n)
+            else:
+                out[n] = torch.ones_like(self.params[n], dtype=torch.bool)
+        return out
+
+    def finalize(self) -> Mask:
+        """Hard-prune at b_i (re-centred weights), remove the hooks; plain model, exact zeros."""
+        self._require_attached()
+        with torch.no_grad():
+            masks = self.keep_masks()
+            for n in self.trained:
+                p = self.params[n]
+                p.copy_(self._centred(p) * masks[n].to(p.dtype))
+        if self._sub is not None:
+            self._sub.remove()
+            self._sub = None
+        for r in self.r.values():
+            r.requires_grad_(False)
+        return Mask(masks, self.model)
+
+    def metrics(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"budget": self.budget, "budget_flops": self.budget_flops}
+        if self.model is None or not self.names:
+            return out
+        masks = self.keep_masks()
+        kept = sum(int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        out["sparsity"] = 1.0 - kept / total
+        with torch.no_grad():
+            out["predicted_density"] = float(self.predicted_density("wavg"))
+            if "flops" in self._c:
+                dens = torch.tensor([float(masks[n].float().mean()) for n in self.names], device=self._c["flops"].device)
+                out["flops_density"] = float((self._c["flops"] * dens).sum())
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"steps": self.steps, "r": {n: float(self._r(n).detach()) for n in self.trained}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
+        if self.model is None:
+            self._pending = dict(state)
+            return
+        self._restore(state)
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        self._pending = None
+        self.steps = int(state.get("steps", 0))
+        with torch.no_grad():
+            for n, v in (state.get("r") or {}).items():
+                if self._key(n) in self.r:
+                    self.r[self._key(n)].fill_(float(v))

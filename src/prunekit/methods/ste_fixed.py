@@ -1,0 +1,118 @@
+"""Fixed per-layer sparsity with a straight-through estimator (seed 002, Retsinas et al., the
+"fixed" variants; SPEC.md section 3).
+
+Every forward pass prunes each layer to sparsity ``s`` with a bound ``b`` recomputed from the
+current weights: ``w~ = w if |w| >= b else 0``. The bound comes from
+
+- ``"binary_search"`` (BS, the paper's baseline): bisection until |#{|w| < b}/#W - s| < eps;
+- ``"gaussian"`` (GA): b = sigma sqrt(2) erfinv(s), sigma = std(W);
+- ``"topk"``: exact top-k by magnitude (exactly round(s #W) pruned, ties to the lower index).
+
+The backward pass is straight-through (identity), so pruned weights keep receiving gradients
+and can come back. The forward weight is substituted by a forward pre-hook
+(:mod:`prunekit.methods._reparam`); state_dict keys stay the dense model's. The mask is
+recomputed only when the weight changed (its version counter), i.e. once per optimizer step.
+
+    method = prunekit.methods.get("ste_fixed")(sparsity=0.85, bound="gaussian")
+    method.attach(model, optimizer)
+    ...  # train
+    mask = method.finalize()     # hard-prunes at the current bounds; plain model
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..core.mask import Mask
+from ..core.prune import check_sparsity
+from ..core.targets import prunable_parameters
+from ..core.thresholds import topk_mask
+from ._reparam import STEMask, WeightSubstitution, binary_search_bound, gaussian_bound, modules_of
+from .base import METHODS, Method
+
+BOUNDS = ("binary_search", "gaussian", "topk")
+
+
+def fixed_keep_mask(weight: torch.Tensor, sparsity: float, bound: str, eps: float = 1e-3) -> torch.Tensor:
+    """The keep-mask of one layer at ``sparsity`` under the bound rule ``bound``."""
+    w = weight.detach()
+    if bound == "topk":
+        keep = int(round((1.0 - sparsity) * w.numel()))
+        return topk_mask(w.abs(), keep)
+    if bound == "gaussian":
+        b = gaussian_bound(w, sparsity)
+    elif bound == "binary_search":
+        b = binary_search_bound(w, sparsity, eps)
+    else:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    return w.abs() >= b
+
+
+@METHODS.register("ste_fixed")
+class STEFixed(Method):
+    """Fixed sparsity per layer, pruned in the forward pass, straight-through backward.
+
+    - ``sparsity``: the fraction of every prunable layer's weights pruned, in [0, 1);
+    - ``bound``: ``"binary_search"`` (tolerance ``eps``), ``"gaussian"`` or ``"topk"``;
+    - ``include`` / ``exclude``: name patterns of the prunable tensors (as ``prunekit.prune``).
+
+    ``metrics()`` reports the achieved ``sparsity`` (over all prunable weights) and
+    ``requested_sparsity``.
+    """
+
+    def __init__(self, sparsity: float, bound: str = "binary_search", eps: float = 1e-3,
+                 include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
+        super().__init__()
+        self.sparsity = check_sparsity(sparsity)
+        if bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
+        if not 0 < float(eps) < 1:
+            raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+        self.bound, self.eps = bound, float(eps)
+        self.include, self.exclude = include, exclude
+        self.params: Dict[str, nn.Parameter] = {}
+        self._cache: Dict[str, Any] = {}
+        self._sub: Optional[WeightSubstitution] = None
+
+    # ------------------------------------------------------------------ protocol
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "STEFixed":
+        super().attach(model, optimizer)
+        self.params = prunable_parameters(model, include=self.include, exclude=self.exclude)
+        self._sub = WeightSubstitution(modules_of(model, self.params), self._effective)
+        return self
+
+    def keep_mask(self, name: str) -> torch.Tensor:
+        """The current keep-mask of tensor ``name`` (cached per weight version)."""
+        w = self.params[name]
+        key = (w._version, w.data_ptr())
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, fixed_keep_mask(w, self.sparsity, self.bound, self.eps))
+            self._cache[name] = cached
+        return cached[1]
+
+    def _effective(self, name: str, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        return STEMask.apply(weight, self.keep_mask(name))
+
+    def current_mask(self) -> Mask:
+        return Mask({n: self.keep_mask(n).clone() for n in self.params}, self.model)
+
+    def finalize(self) -> Mask:
+        """Hard-prune at the current bounds, remove the hooks, return the Mask."""
+        self._require_attached()
+        mask = self.current_mask()
+        if self._sub is not None:
+            self._sub.remove()
+            self._sub = None
+        mask.apply()
+        self._cache.clear()
+        return mask
+
+    def metrics(self) -> Dict[str, Any]:
+        if self.model is None or self._sub is None:
+            return {"requested_sparsity": self.sparsity}
+        kept = sum(int(self.keep_mask(n).sum()) for n in self.params)
+        total = sum(p.numel() for p in self.params.values())
+        return {"requested_sparsity": self.sparsity, "sparsity": 1.0 - kept / total}
