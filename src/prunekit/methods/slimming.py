@@ -1,0 +1,113 @@
+"""Network slimming: Liu et al. 2017, "Learning Efficient Convolutional Networks through
+Network Slimming", sections 3-4 (SPEC section 5).
+
+Training adds an L1 penalty on every BatchNorm scale gamma, so that the gradient of each gamma
+gains ``s * sign(gamma)`` (the paper's subgradient; the authors' code adds exactly that)::
+
+    loss = task_loss + s * sum_BN sum_j |gamma_j|        s = 1e-4 (VGG), 1e-5 (ResNet, DenseNet)
+
+Afterwards one *global* threshold over all |gamma| removes ``fraction`` of the channels
+(structured.global_fraction with the ``bn_scale`` score). ``finalize()`` zeroes those channels'
+whole dependency group (filters, BN gamma and beta, consumers' input slices) and returns the
+Mask of the zeroed weights; ``channels()`` gives the plan for :func:`prunekit.structured.shrink`,
+and ``shrunk()`` the physically smaller model, which is what the paper deploys.
+
+    method = prunekit.methods.get("slimming")(s=1e-4, fraction=0.4)
+    method.attach(model, optimizer)
+    ... plain loop with loss + method.penalty() ...
+    mask = method.finalize()
+    small = method.shrunk()          # fewer channels, same outputs as the masked model
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..core.mask import Mask
+from ..core.targets import prunable_parameters
+from .base import METHODS, Method
+
+
+def _bn_gammas(model: nn.Module) -> List[nn.Parameter]:
+    return [m.weight for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+
+
+@METHODS.register("slimming")
+class Slimming(Method):
+    """L1 on BN gammas during training, then one global |gamma| threshold.
+
+    - ``s``: penalty strength (the gradient of each gamma gains ``s * sign(gamma)``);
+    - ``fraction``: share of the channels (over the layers followed by a BN) removed at
+      ``finalize``; 0 removes nothing;
+    - ``input_shape``: the model's input without batch (default: ``model.input_shape``),
+      needed to trace channel dependencies.
+    """
+
+    def __init__(self, s: float = 1e-4, fraction: float = 0.4, input_shape: Optional[Sequence[int]] = None):
+        super().__init__()
+        if not s >= 0:
+            raise ValueError(f"slimming: s must be >= 0, got {s!r}")
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"slimming: fraction of channels to prune must be in [0, 1), got {fraction!r}")
+        self.s, self.fraction = float(s), float(fraction)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.plan: Optional[Dict[str, List[int]]] = None
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "Slimming":
+        super().attach(model, optimizer)
+        if not _bn_gammas(model):
+            raise ValueError("slimming needs a model with affine BatchNorm layers")
+        return self
+
+    def penalty(self) -> torch.Tensor:
+        """``s * sum |gamma|``: autograd gives each gamma ``s * sign(gamma)`` (0 at gamma = 0)."""
+        self._require_attached()
+        gammas = _bn_gammas(self.model)
+        return self.s * torch.stack([g.abs().sum() for g in gammas]).sum()
+
+    def example_input(self) -> torch.Tensor:
+        shape = self.input_shape or getattr(self.model, "input_shape", None)
+        if shape is None:
+            raise ValueError("slimming: pass input_shape= (the model has no .input_shape)")
+        device = next(self.model.parameters()).device
+        return torch.randn(1, *shape, device=device)
+
+    def channels(self) -> Dict[str, List[int]]:
+        """``{layer: channels to remove}`` from the global |gamma| threshold (fixed at the
+        first call after training, i.e. by ``finalize``)."""
+        from ..structured.select import global_fraction
+
+        self._require_attached()
+        if self.plan is None:
+            self.plan = global_fraction(self.model, self.fraction, score="bn_scale")
+        return self.plan
+
+    def finalize(self) -> Mask:
+        """Zero the selected channels' dependency groups; return the Mask of the prunable weights."""
+        from ..structured.shrink import zero_channels
+
+        self._require_attached()
+        zero_channels(self.model, self.example_input(), self.channels())
+        return Mask.from_model(self.model, list(prunable_parameters(self.model)))
+
+    def shrunk(self) -> nn.Module:
+        """The physically smaller copy of the model (call after ``finalize``)."""
+        from ..structured.shrink import shrink
+
+        return shrink(self.model, self.example_input(), self.channels())
+
+    def metrics(self) -> Dict[str, Any]:
+        if self.model is None:
+            return {}
+        gammas = torch.cat([g.detach().abs().flatten() for g in _bn_gammas(self.model)])
+        return {"bn_gamma_l1": float(gammas.sum()), "bn_gamma_below_1e-2": float((gammas < 1e-2).float().mean())}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"steps": self.steps, "plan": self.plan}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
+        self.plan = state.get("plan")
