@@ -6,3 +6,5 @@ from .gradual import gmp  # noqa: F401
 from . import imp_pipelines  # noqa: F401,E402  (registers pipelines imp, gmp; baselines lottery, random_reinit)
 
 __all__ = ["EnforceMask", "finetune"]
+from .dense_equivalent import dense_equivalent  # noqa: F401,E402  (the function shadows the module name)
+from . import threshold_pipelines  # noqa: F401,E402  (registers ste_fixed, sparsity_loss, ltp, dense_equivalent)
