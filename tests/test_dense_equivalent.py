@@ -117,3 +117,41 @@ def test_ltp_pipeline_records_the_trail(tmp_path):
 def test_ste_fixed_pipeline_hits_the_sparsity(tmp_path):
     record = _run(tmp_path, STE)["ste_fixed"]
     assert record["metrics"]["achieved_sparsity"] == pytest.approx(0.7, abs=2e-3)
+
+
+def test_the_threshold_examples_load():
+    from pathlib import Path
+
+    from prunekit.experiments.spec import Sweep
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    files = sorted(root.glob("thresholds_*.yaml")) + sorted(root.glob("ltp_*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        assert sweep_mod.plan(Sweep.from_yaml(f.read_text())), f.name
+
+
+def test_train_sparse_cli(tmp_path):
+    import argparse
+    import json
+
+    from prunekit.cli import thresholds
+
+    parser = argparse.ArgumentParser()
+    thresholds.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "ltp"
+    args = parser.parse_args(["train-sparse", "--method", "ltp", "--lam", "20", "--trail", "0.1", "0.2",
+                              "--model", "lenet_300_100", "--width", "0.25", "--data", "synthetic",
+                              "--train-subset", "256", "--epochs", "1", "--finetune-epochs", "1", "--quiet",
+                              "--out", str(out)])
+    assert args.func(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert 0 < result["achieved_sparsity"] < 1 and result["trail"]
+    from prunekit.artifacts import load_model
+
+    model, data = load_model(out / "model.pt")
+    for name, keep in data["mask"].items():
+        assert bool((dict(model.named_parameters())[name][~keep] == 0).all())
+    with pytest.raises(ValueError, match="--sparsity"):
+        bad = parser.parse_args(["train-sparse", "--method", "ste_fixed", "--model", "lenet5", "--out", str(tmp_path / "x")])
+        bad.func(bad)
