@@ -234,3 +234,22 @@ def test_bad_arguments():
         SparsityLoss(budget=1.5)
     with pytest.raises(ValueError, match="weights"):
         SparsityLoss(budget=0.5, weights="median")
+
+
+def test_fit_resume_restores_r(tmp_path):
+    batches = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)), torch.randint(0, 10, (8,))) for i in range(3)]
+
+    def run():
+        torch.manual_seed(0)
+        model = TinyNet()
+        method = SparsityLoss(budget=0.3, min_weights=0)
+        hist = pk.training.fit(model, batches, None, epochs=2, lr=0.05, callbacks=[pk.methods.MethodCallback(method)],
+                               checkpoint_dir=tmp_path, progress=False, seed=0)
+        return method, hist
+
+    first, hist = run()
+    assert "sparsity" in hist[-1] and "predicted_density" in hist[-1]
+    assert all(abs(v - first.r_init) > 1e-5 for v in first.state_dict()["r"].values())
+    second, _ = run()  # a finished run: restores the model and the method's state, trains nothing
+    assert second.state_dict()["r"] == pytest.approx(first.state_dict()["r"])
+    assert second.steps == first.steps == 6
