@@ -1,0 +1,136 @@
+"""The "Rethinking the Value of Network Pruning" baselines of structured runs (Liu et al. 2019,
+sections 4-6; SPEC section 5). Each takes the main run's pruned *architecture* (its
+``structure.json`` plan) and trains it again:
+
+- ``scratch_e``: re-initialised, trained as many epochs E as the large model (the spec's
+  ``train.epochs``);
+- ``scratch_b``: re-initialised, trained ``E * FLOPs_large / FLOPs_small`` epochs (the same
+  compute budget), optionally capped at ``max_ratio * E`` (the paper caps at 2 on ImageNet);
+- ``structured_lottery``: the kept channels of the *original* initialisation (the dense run's,
+  same seed), trained E epochs (the lottery-ticket comparison, section 6);
+- ``uniform_channels``: the same dense model pruned with one uniform ratio to the main run's
+  FLOPs, fine-tuned like the main run ("pruning as architecture search", section 5).
+
+"Re-initialised" means a fresh model built from seed ``init_seed`` (default 1000 + the run's
+seed), shrunk with the main run's plan: same architecture, new weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .registry import FinishedRun, PipelineResult, RunContext, param, positive, register_baseline
+
+
+def scratch_b_epochs(epochs: int, flops_large: float, flops_small: float, max_ratio: Optional[float] = None) -> int:
+    """Scratch-B's epochs: ``round(E * min(FLOPs_large / FLOPs_small, max_ratio))``, at least E.
+
+    The same total computation as training the large model E epochs (Liu et al. 2019,
+    section 4: "Scratch-B"); ``max_ratio`` (e.g. 2 on ImageNet) caps the extension."""
+    if epochs < 1 or flops_small <= 0 or flops_large <= 0:
+        raise ValueError(f"need epochs >= 1 and positive FLOPs, got {epochs}, {flops_large}, {flops_small}")
+    ratio = flops_large / flops_small
+    if max_ratio is not None:
+        ratio = min(ratio, max_ratio)
+    return max(epochs, int(math.floor(epochs * ratio + 0.5)))
+
+
+def _structure(main: FinishedRun):
+    from ..structured.plan import load_plan
+
+    return load_plan(main.folder)
+
+
+def _fresh_shrunk(ctx: RunContext, main: FinishedRun, init_seed: Optional[int]):
+    from .. import models
+    from ..structured.plan import apply_plan
+
+    seed = init_seed if init_seed is not None else 1000 + ctx.seed
+    torch.manual_seed(seed)
+    model = models.get(ctx.spec.model.name, **ctx.model_kwargs())
+    return apply_plan(model, _structure(main)["plan"])
+
+
+def _train(ctx: RunContext, main: FinishedRun, model, name: str, epochs: int, **metrics) -> PipelineResult:
+    ctx.record("init", model)
+    ctx.fit(model, name, epochs=epochs)
+    # A re-trained architecture costs its own epochs plus the main run that found it.
+    return ctx.result(model, metrics={"requested_sparsity": main.metrics.get("requested_sparsity"),
+                                      "own_epochs": epochs, **metrics}, built_on=[main])
+
+
+@dataclass
+class ScratchEParams:
+    epochs: Optional[int] = param(None, check=positive, doc="training epochs (None: the spec's train.epochs)")
+    init_seed: Optional[int] = param(None, doc="seed of the fresh initialisation (None: 1000 + the run's seed)")
+
+
+@dataclass
+class ScratchBParams:
+    epochs: Optional[int] = param(None, check=positive, doc="the large model's epochs E (None: train.epochs)")
+    max_ratio: Optional[float] = param(None, check=positive, doc="cap on FLOPs_large / FLOPs_small (ImageNet: 2)")
+    init_seed: Optional[int] = param(None, doc="seed of the fresh initialisation (None: 1000 + the run's seed)")
+
+
+@dataclass
+class StructuredLotteryParams:
+    epochs: Optional[int] = param(None, check=positive, doc="training epochs (None: the spec's train.epochs)")
+
+
+@dataclass
+class UniformChannelsParams:
+    finetune_epochs: Optional[int] = param(None, check=positive, doc="None: the main run's finetune_epochs")
+    finetune_lr: Optional[float] = param(None, check=positive, doc="None: the main run's finetune_lr")
+
+
+@register_baseline("scratch_e", ScratchEParams)
+def run_scratch_e(ctx: RunContext, p: ScratchEParams, main: FinishedRun) -> PipelineResult:
+    """The main run's pruned architecture, re-initialised, trained E epochs."""
+    epochs = p.epochs or int(ctx.recipe["epochs"])
+    return _train(ctx, main, _fresh_shrunk(ctx, main, p.init_seed), "scratch_e", epochs)
+
+
+@register_baseline("scratch_b", ScratchBParams)
+def run_scratch_b(ctx: RunContext, p: ScratchBParams, main: FinishedRun) -> PipelineResult:
+    """The main run's pruned architecture, re-initialised, trained E * FLOPs ratio epochs."""
+    info = _structure(main)
+    e = p.epochs or int(ctx.recipe["epochs"])
+    epochs = scratch_b_epochs(e, info["dense_flops"], info["flops"], p.max_ratio)
+    return _train(ctx, main, _fresh_shrunk(ctx, main, p.init_seed), "scratch_b", epochs,
+                  flops_ratio=info["dense_flops"] / info["flops"])
+
+
+@register_baseline("structured_lottery", StructuredLotteryParams)
+def run_structured_lottery(ctx: RunContext, p: StructuredLotteryParams, main: FinishedRun) -> PipelineResult:
+    """The kept channels of the original initialisation, trained E epochs."""
+    from ..structured.plan import apply_plan
+
+    model = apply_plan(ctx.build_model(), _structure(main)["plan"])
+    return _train(ctx, main, model, "structured_lottery", p.epochs or int(ctx.recipe["epochs"]))
+
+
+@register_baseline("uniform_channels", UniformChannelsParams, requires=("dense",))
+def run_uniform_channels(ctx: RunContext, p: UniformChannelsParams, main: FinishedRun) -> PipelineResult:
+    """The dense model pruned uniformly (L1-filter) to the main run's FLOPs, then fine-tuned."""
+    from ..structured.plan import example_input
+    from ..structured.select import uniform_for_flops
+    from ..structured.shrink import shrink
+    from .structured_pipelines import finetune_shrunk, save_structure
+
+    info = _structure(main)
+    dense = ctx.dense_run()
+    model, _ = dense.load()
+    x = example_input(model)
+    plan = uniform_for_flops(model, x, info["flops"] / info["dense_flops"])
+    small = shrink(model, x, plan)
+    save_structure(ctx, model, small, plan)
+    ctx.record("pruned", small)
+    main_params = main.params
+    epochs = p.finetune_epochs if p.finetune_epochs is not None else int(main_params.get("finetune_epochs", 1))
+    lr = p.finetune_lr if p.finetune_lr is not None else float(main_params.get("finetune_lr", 1e-3))
+    finetune_shrunk(ctx, small, epochs, lr, main_params.get("finetune_schedule", "constant"))
+    return ctx.result(small, metrics={"requested_sparsity": main.metrics.get("requested_sparsity")},
+                      built_on=[dense])

@@ -1,0 +1,162 @@
+"""Structured pruning in experiment specs (seed 001): pipelines ``structured`` and
+``slimming``; their baselines are in pipelines/scratch.py.
+
+``structured``: take the shared dense run, choose channels with one selection, ``shrink()``
+the model (a physically smaller network), fine-tune it (Li et al.: 40 epochs at lr 1e-3 on
+CIFAR) keeping the pruned weights. Exactly one selection:
+
+- ``config``: a predefined configuration (vgg16-a, resnet56-a/b, resnet110-a/b) with ``score``
+  (default l1_filter) choosing the channels inside each layer;
+- ``ratio``: the same ratio for every prunable layer (uniform);
+- ``fraction``: one global threshold over the scores removes this share of the channels
+  (with ``score: bn_scale`` that is network slimming's rule);
+- ``flops_ratio``: the uniform ratio keeping this fraction of the FLOPs.
+
+``slimming``: train from scratch with the L1 penalty on BN gammas (methods/slimming.py) using
+the spec's recipe, prune ``fraction`` of the channels by one |gamma| threshold, shrink,
+fine-tune. Its "large model" is its own training, so Scratch-E/B count from it.
+
+Both write ``structure.json`` (the plan and the sizes: structured/plan.py) so that the
+baselines (scratch_e, scratch_b, structured_lottery, uniform_channels) can rebuild the
+architecture, and report ``params``/``flops`` of the shrunk model (the runner counts them),
+``dense_params``/``dense_flops``, the ratios, and measured CPU latency at batch 1 and 64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from ..training import SCHEDULE_NAMES
+from .registry import PipelineResult, RunContext, nonnegative, param, positive, register_pipeline
+
+
+def _fraction(value) -> None:
+    if value is not None and not 0.0 <= value < 1.0:
+        raise ValueError(f"must be in [0, 1), got {value!r}")
+
+
+def _predefined(value) -> None:
+    from ..structured.configs import PREDEFINED
+
+    if value is not None and value not in PREDEFINED:
+        raise ValueError(f"unknown predefined configuration {value!r}; known: {', '.join(PREDEFINED)}")
+
+
+def _score_names():
+    from ..structured.scores import CHANNEL_SCORES
+
+    return CHANNEL_SCORES.names()
+
+
+def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], latency_repeats: int = 0) -> Dict:
+    """Write ``structure.json`` and return the size (and latency) metrics of ``small``."""
+    from ..core.accounting import flops_per_module
+    from ..structured.latency import compare
+    from ..structured.plan import save_plan
+
+    shape = getattr(dense, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
+    f0, f1 = flops_per_module(dense, shape)[1], flops_per_module(small, shape)[1]
+    p0, p1 = (sum(p.numel() for p in m.parameters()) for m in (dense, small))
+    info = {"dense_flops": f0, "flops": f1, "dense_params": p0, "params": p1}
+    save_plan(ctx.folder, plan, **info)
+    metrics = {"dense_flops": f0, "dense_params": p0, "flops_ratio": f0 / f1, "params_ratio": p0 / p1,
+               "channels_removed": sum(len(v) for v in plan.values())}
+    if latency_repeats:
+        lat = compare(dense, small, shape, repeats=latency_repeats)
+        metrics.update({k: v for k, v in lat.items() if k.startswith(("latency", "speedup"))})
+    return metrics
+
+
+def finetune_shrunk(ctx: RunContext, model, epochs: int, lr: float, schedule: str) -> None:
+    """Fine-tune the shrunk model, keeping its weights (phase "finetune", resumable)."""
+    if epochs > 0:
+        ctx.fit(model, "finetune", epochs=epochs, lr=lr, schedule=schedule, schedule_kwargs={})
+
+
+@dataclass
+class StructuredParams:
+    config: Optional[str] = param(None, check=_predefined, doc="predefined configuration (vgg16-a, resnet56-a, ...)")
+    ratio: Optional[float] = param(None, check=_fraction, doc="the same pruning ratio in every prunable layer")
+    fraction: Optional[float] = param(None, check=_fraction, doc="share of channels removed by one global threshold")
+    flops_ratio: Optional[float] = param(None, check=positive, doc="uniform ratio keeping this fraction of FLOPs")
+    score: str = param("l1_filter", choices=_score_names, doc="channel score (l1_filter, bn_scale, random)")
+    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs (Li et al.: 40)")
+    finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate (Li et al.: 1e-3)")
+    finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
+    latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
+                                 hashed=False)
+
+
+def _structured_target(p: StructuredParams) -> Optional[float]:
+    return p.ratio if p.ratio is not None else p.fraction
+
+
+def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
+    """The channels ``p`` removes from ``model`` (exactly one selection must be set)."""
+    from ..structured import select
+    from ..structured.configs import predefined_ratios
+
+    chosen = [k for k in ("config", "ratio", "fraction", "flops_ratio") if getattr(p, k) is not None]
+    if len(chosen) != 1:
+        raise ValueError(f"structured: set exactly one of config, ratio, fraction, flops_ratio (got {chosen or 'none'})")
+    if p.config is not None:
+        return select.by_ratios(model, predefined_ratios(p.config, model), p.score)
+    if p.ratio is not None:
+        return select.by_ratios(model, select.uniform_ratios(model, p.ratio), p.score)
+    if p.fraction is not None:
+        return select.global_fraction(model, p.fraction, p.score)
+    return select.uniform_for_flops(model, x, p.flops_ratio, p.score)
+
+
+@register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target)
+def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
+    """Choose channels of the shared dense model, shrink it, fine-tune the smaller model."""
+    from ..structured.plan import example_input
+    from ..structured.shrink import shrink
+
+    dense = ctx.dense_run()
+    model, _ = dense.load()
+    x = example_input(model)
+    plan = structured_plan(model, x, p)  # deterministic in the dense weights: a resume recomputes it
+    small = shrink(model, x, plan)
+    metrics = save_structure(ctx, model, small, plan, p.latency_repeats)
+    pruned = ctx.record("pruned", small)
+    finetune_shrunk(ctx, small, p.finetune_epochs, p.finetune_lr, p.finetune_schedule)
+    return ctx.result(small, metrics={"requested_sparsity": _structured_target(p), "oneshot_top1": pruned["top1"],
+                                      **metrics}, built_on=[dense])
+
+
+@dataclass
+class SlimmingParams:
+    fraction: float = param(check=_fraction, doc="share of channels removed by the global |gamma| threshold")
+    s: float = param(1e-4, check=nonnegative, doc="L1 strength on BN gammas (1e-4 VGG, 1e-5 ResNet/DenseNet)")
+    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after pruning")
+    finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
+    finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
+    latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
+                                 hashed=False)
+
+
+@register_pipeline("slimming", SlimmingParams, target=lambda p: p.fraction)
+def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
+    """Network slimming: train with L1 on BN gammas, threshold globally, shrink, fine-tune."""
+    import copy
+
+    from ..methods.base import MethodCallback
+    from ..methods.slimming import Slimming
+
+    model = ctx.model
+    method = Slimming(s=p.s, fraction=p.fraction)
+    ctx.fit(model, "train", callbacks=[MethodCallback(method)])
+    if method.model is None:  # a finished training restored from its checkpoint: nothing attached it
+        import torch
+
+        method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    ctx.record("trained", model)
+    dense = copy.deepcopy(model)
+    method.finalize()
+    small = method.shrunk()
+    metrics = save_structure(ctx, dense, small, method.channels(), p.latency_repeats)
+    pruned = ctx.record("pruned", small)
+    finetune_shrunk(ctx, small, p.finetune_epochs, p.finetune_lr, p.finetune_schedule)
+    return ctx.result(small, metrics={"requested_sparsity": p.fraction, "oneshot_top1": pruned["top1"], **metrics})

@@ -1,0 +1,68 @@
+"""Saving and re-applying a shrink plan, so a shrunk model can be rebuilt.
+
+A shrunk model is not one of the registry's architectures, so its ``model.pt`` alone cannot
+be rebuilt by ``prunekit.models.get``. The structured pipelines therefore write
+``structure.json`` next to it: ``{"plan": {layer: [removed channel indices]}, ...sizes}``.
+Applying the plan to a freshly built model of the same name/kwargs gives the same
+architecture (and, with the original initialisation, the "lottery" weights of the kept
+channels); ``load_shrunk(folder)`` does that and loads the saved weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from .shrink import shrink
+
+STRUCTURE = "structure.json"
+
+
+def example_input(model: nn.Module, input_shape=None) -> torch.Tensor:
+    shape = input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError("an input shape is needed to trace the model (it has no .input_shape)")
+    return torch.randn(1, *shape)
+
+
+def save_plan(folder, plan: Dict[str, List[int]], **info: Any) -> Path:
+    """Write ``folder/structure.json`` atomically (temp file + rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"format": "prunekit.structure/1", "plan": {k: [int(i) for i in v] for k, v in plan.items()}, **info}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".structure.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, folder / STRUCTURE)
+    return folder / STRUCTURE
+
+
+def load_plan(folder) -> Dict[str, Any]:
+    """The contents of ``folder/structure.json`` (``plan`` and the recorded sizes)."""
+    path = Path(folder) / STRUCTURE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the run did not come from a structured pipeline "
+                                "(slimming, structured)")
+    return json.loads(path.read_text())
+
+
+def apply_plan(model: nn.Module, plan: Dict[str, List[int]], input_shape=None) -> nn.Module:
+    """``shrink`` a (fresh or trained) model with a saved plan."""
+    return shrink(model, example_input(model, input_shape), plan, inplace=True)
+
+
+def load_shrunk(folder) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a structured run's shrunk model from ``folder/model.pt`` and its plan."""
+    from .. import models
+    from ..artifacts import read_model_file
+
+    data = read_model_file(Path(folder) / "model.pt")
+    model = models.get(data["model"]["name"], **data["model"]["kwargs"])
+    model = apply_plan(model, load_plan(folder)["plan"])
+    model.load_state_dict(data["state_dict"], strict=True)
+    return model, data
