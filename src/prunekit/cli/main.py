@@ -223,12 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    # Subcommands of the other layers: run, sweep, runs, report (experiments); imp.
+    # Subcommands of the other layers: run, sweep, runs, report (experiments); imp;
+    # train-sparse (threshold methods).
     from . import experiments as experiments_cli
     from . import imp as imp_cli
+    from . import thresholds as thresholds_cli
 
     experiments_cli.register(sub)
     imp_cli.register(sub)
+    thresholds_cli.register(sub)
     return parser
 
 
