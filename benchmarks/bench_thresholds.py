@@ -12,7 +12,9 @@ defaults: r at lr/100, lambda 10, layers under 1000 weights skipped; LTP T0 = 1e
    checkpoint evaluated) and the dense-equivalent thin models (channels x sqrt(r_c)).
 3. Training time per epoch of each method / dense (ratio).
 
-Models: LeNet-5, and ResNet-20 at reduced width (``--resnet-width``) for the BatchNorm case.
+Models: LeNet-5 (every table and curve), and ResNet-20 at reduced width (``--resnet-width``)
+for the BatchNorm case (budget table, one dense equivalent and timing; ``--curve-models`` adds
+its curves too).
 Each finished run is cached in results/<name>_runs.json (keyed by data, epochs, model, method,
 parameter and seed), so an interrupted run resumes where it stopped.
 
@@ -101,6 +103,9 @@ def plan(args):
         jobs.append((model_name, "dense", 0))
         for _, kind, value in BUDGET_TABLE:
             jobs.append((model_name, kind, value))
+        if model_name not in args.curve_models:  # the BN case: the budget table and timing only
+            jobs.append((model_name, "dense_equivalent", 0.15))
+            continue
         for s in args.ga_sparsities:
             jobs.append((model_name, "ste_ga", s))
         for b in args.budgets:
@@ -248,6 +253,8 @@ def main():
     ap.add_argument("--data", default="fashion_mnist")
     ap.add_argument("--train-subset", type=int, default=None)
     ap.add_argument("--models", nargs="+", default=["lenet5", "resnet20"])
+    ap.add_argument("--curve-models", nargs="+", default=["lenet5"],
+                    help="models that get the full trade-off curves (the others: budget table + timing)")
     ap.add_argument("--resnet-width", type=float, default=0.5)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=10)

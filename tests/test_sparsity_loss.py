@@ -167,7 +167,7 @@ def test_hinge_stops_pushing_once_under_budget():
             r.fill_(1.5)  # predicted sparsity erf(1.5/sqrt2) = 0.87 > 0.5
     assert float(method.predicted_density().detach()) < 0.5
     p = method.penalty()
-    assert float(p) == 0.0
+    assert float(p.detach()) == 0.0
     p.backward()
     assert all(r.grad is None or float(r.grad) == 0.0 for r in method.r.values())
     with torch.no_grad():
