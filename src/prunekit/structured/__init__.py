@@ -10,14 +10,18 @@ of channels (torch-pruning's dependency graph does the surgery). SPEC section 5,
 
 Channel scores (``CHANNEL_SCORES``): l1_filter, bn_scale, random. Selections: per-layer
 ratios (``by_ratios``, the predefined ``PREDEFINED`` configurations, ``uniform_ratios``), one
-global threshold (``global_fraction``, network slimming), ``uniform_for_flops``.
+global threshold (``global_fraction``, network slimming), ``uniform_for_flops``; data-driven
+ThiNet / LASSO with least-squares refit of the next layer (``prune_with_reconstruction``).
 """
 from .configs import PREDEFINED, kept_counts, predefined_ratios
 from .latency import compare, latency
+from .plan import apply_plan, load_plan, load_shrunk, save_plan
+from .reconstruct import prune_with_reconstruction, reconstruction_error, select_channels
 from .scores import CHANNEL_SCORES
 from .select import by_ratios, global_fraction, per_layer, uniform_for_flops, uniform_ratios
 from .shrink import out_channels, prunable_layers, shrink, zero_channels
 
 __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
            "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
-           "uniform_for_flops", "latency", "compare"]
+           "uniform_for_flops", "latency", "compare", "apply_plan", "load_plan", "load_shrunk", "save_plan",
+           "prune_with_reconstruction", "reconstruction_error", "select_channels"]

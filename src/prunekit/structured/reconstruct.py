@@ -1,0 +1,188 @@
+"""Data-driven channel selection with reconstruction of the next layer: ThiNet and LASSO.
+
+Both prune the output channels of a layer ``name`` by looking at what they contribute to the
+*next* conv ``next_name`` (its only consumer, e.g. conv1 -> conv2 inside a ResNet block or two
+consecutive VGG convs), on activations sampled from a few images. Write the next layer's
+output (without bias) at a sampled position/filter as a sum over its C input channels,
+``y = sum_c z_c`` with ``z_c`` the contribution of input channel c (its slice of the filter
+times its input patch). Then:
+
+- ``thinet`` (Luo et al. 2017, ThiNet, section 3.2, Eq. 5): greedily build the set T of
+  removed channels, each time adding the channel that keeps ``sum_m (sum_{c in T} z_mc)^2``
+  smallest, until ``|T|`` channels are removed;
+- ``lasso`` (He et al. 2017, "Channel Pruning for Accelerating Very Deep Neural Networks",
+  section 3.1, Eq. 3): ``min_beta ||y - Z beta||^2 + lambda |beta|_1`` (solved by ISTA on the
+  Gram matrix), with lambda raised by bisection until at most k coefficients are nonzero; the
+  k largest |beta| are kept.
+
+Then both refit the next layer's filters on the kept channels by least squares
+(``min_W' ||Y - X_kept * W'||^2`` over sampled output positions, a small ridge for stability):
+ThiNet's paper rescales each kept channel by one scalar, He et al. refit the whole filter; the
+full refit is what both codes amount to at the end and is never worse than the rescaling.
+
+``prune_with_reconstruction(model, name, next_name, images, ratio, method)`` returns the
+shrunk model with the next layer refitted; ``reconstruction_error`` measures the relative
+error ``||Y - Y'||^2 / ||Y||^2`` of the next layer's output on given images.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .scores import l1_filter
+from .shrink import shrink
+
+
+def _next_input(model: nn.Module, next_name: str, images: torch.Tensor) -> torch.Tensor:
+    """The input of layer ``next_name`` on ``images`` (eval mode, no grad)."""
+    layer = dict(model.named_modules())[next_name]
+    captured = {}
+    handle = layer.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return captured["x"]
+
+
+def _check_pair(model: nn.Module, name: str, next_name: str) -> nn.Conv2d:
+    modules = dict(model.named_modules())
+    layer, nxt = modules.get(name), modules.get(next_name)
+    if not isinstance(nxt, nn.Conv2d) or nxt.groups != 1:
+        raise ValueError(f"{next_name!r} must be an ungrouped Conv2d (the layer whose output is reconstructed)")
+    if layer is None or layer.weight.shape[0] != nxt.in_channels:
+        raise ValueError(f"{name!r} must produce the {nxt.in_channels} input channels of {next_name!r}")
+    return nxt
+
+
+def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded input: (N, C, K, L) with K = kh*kw kernel taps and L output positions."""
+    u = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    n, _, L = u.shape
+    return u.view(n, conv.in_channels, -1, L)
+
+
+def contributions(conv: nn.Conv2d, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Z (samples, C): channel c's contribution to randomly sampled outputs (image, position, filter)."""
+    u = _patches(conv, x)
+    n, c, k, L = u.shape
+    ni = torch.randint(0, n, (samples,), generator=generator)
+    li = torch.randint(0, L, (samples,), generator=generator)
+    oi = torch.randint(0, conv.out_channels, (samples,), generator=generator)
+    w = conv.weight.detach().reshape(conv.out_channels, c, k)
+    return (u[ni, :, :, li] * w[oi]).sum(dim=2)
+
+
+def thinet_select(z: torch.Tensor, remove: int) -> List[int]:
+    """Greedy ThiNet: the ``remove`` channels whose summed contribution stays smallest."""
+    removed: List[int] = []
+    acc = torch.zeros(z.shape[0], dtype=z.dtype)
+    candidates = list(range(z.shape[1]))
+    for _ in range(remove):
+        costs = ((acc[:, None] + z[:, candidates]) ** 2).sum(dim=0)
+        best = candidates[int(torch.argmin(costs))]
+        removed.append(best)
+        candidates.remove(best)
+        acc = acc + z[:, best]
+    return sorted(removed)
+
+
+def _ista(gram: torch.Tensor, b: torch.Tensor, lam: float, iters: int = 300) -> torch.Tensor:
+    step = 1.0 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    beta = torch.ones_like(b)
+    for _ in range(iters):
+        beta = beta - step * (gram @ beta - b)
+        beta = torch.sign(beta) * (beta.abs() - step * lam).clamp_min(0.0)
+    return beta
+
+
+def lasso_select(z: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
+    """He et al.'s LASSO selection: raise lambda until <= k = C - remove coefficients survive."""
+    c = z.shape[1]
+    keep = c - remove
+    y = z.sum(dim=1)
+    gram, b = z.T @ z, z.T @ y
+    lo, hi = 0.0, float(b.abs().max()) * 2 + 1e-12  # at hi every beta is 0
+    beta = _ista(gram, b, lo)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        trial = _ista(gram, b, mid)
+        if int((trial != 0).sum()) > keep:
+            lo = mid
+        else:
+            hi, beta = mid, trial
+            if int((trial != 0).sum()) == keep:
+                break
+    order = torch.sort(beta.abs(), descending=True, stable=True).indices
+    return sorted(order[keep:].tolist())
+
+
+SELECTIONS = {"thinet": thinet_select, "lasso": lasso_select}
+
+
+def least_squares_weight(conv: nn.Conv2d, x: torch.Tensor, kept: List[int], rows: int,
+                         generator: torch.Generator, ridge: float = 1e-6) -> torch.Tensor:
+    """New filters (O, k, kh, kw) on the kept input channels minimising ||Y - X_kept W'||^2."""
+    u = _patches(conv, x)
+    n, c, k, L = u.shape
+    ni = torch.randint(0, n, (rows,), generator=generator)
+    li = torch.randint(0, L, (rows,), generator=generator)
+    full = u[ni, :, :, li].reshape(rows, c * k)
+    target = full @ conv.weight.detach().to(full.dtype).reshape(conv.out_channels, c * k).T  # (rows, O), no bias
+    p = full.view(rows, c, k)[:, kept].reshape(rows, len(kept) * k)
+    a = p.T @ p
+    a = a + ridge * a.diagonal().mean().clamp_min(1e-12) * torch.eye(a.shape[0], dtype=a.dtype)
+    w = torch.linalg.solve(a, p.T @ target)
+    return w.T.reshape(conv.out_channels, len(kept), *conv.kernel_size)
+
+
+def select_channels(model: nn.Module, name: str, next_name: str, images: torch.Tensor, ratio: float,
+                    method: str = "thinet", samples: int = 2000, seed: int = 0) -> Tuple[List[int], Optional[torch.Tensor]]:
+    """``(removed channels of name, refitted weight of next_name or None for l1_filter)``."""
+    conv = _check_pair(model, name, next_name)
+    c = conv.in_channels
+    remove = c - max(1, int(c * (1.0 - ratio) + 1e-9))
+    g = torch.Generator().manual_seed(seed)
+    if method == "l1_filter":  # the data-free reference: no refit
+        order = torch.sort(l1_filter(model, name), stable=True).indices
+        return sorted(order[:remove].tolist()), None
+    if method not in SELECTIONS:
+        raise KeyError(f"unknown selection {method!r}; known: l1_filter, {', '.join(SELECTIONS)}")
+    x = _next_input(model, next_name, images)
+    removed = SELECTIONS[method](contributions(conv, x, samples, g).double(), remove)
+    kept = [i for i in range(c) if i not in set(removed)]
+    weight = least_squares_weight(conv, x.double(), kept, max(samples, 4 * len(kept) * conv.weight[0, 0].numel()), g)
+    return removed, weight.to(conv.weight.dtype)
+
+
+def prune_with_reconstruction(model: nn.Module, name: str, next_name: str, images: torch.Tensor, ratio: float,
+                              method: str = "thinet", samples: int = 2000, seed: int = 0) -> nn.Module:
+    """Shrink ``name`` by ``ratio`` with ThiNet / LASSO (or l1_filter) and refit ``next_name``."""
+    removed, weight = select_channels(model, name, next_name, images, ratio, method, samples, seed)
+    small = shrink(model, images[:1], {name: removed})
+    if weight is not None:
+        with torch.no_grad():
+            dict(small.named_modules())[next_name].weight.copy_(weight)
+    return small
+
+
+def reconstruction_error(original: nn.Module, pruned: nn.Module, next_name: str, images: torch.Tensor) -> float:
+    """``||Y - Y'||^2 / ||Y||^2`` of layer ``next_name``'s output (original vs pruned model)."""
+    outs = []
+    for model in (original, pruned):
+        layer = dict(model.named_modules())[next_name]
+        store = {}
+        h = layer.register_forward_hook(lambda m, a, out: store.__setitem__("y", out.detach()))
+        model.eval()
+        with torch.no_grad():
+            model(images)
+        h.remove()
+        outs.append(store["y"])
+    return float(((outs[0] - outs[1]) ** 2).sum() / (outs[0] ** 2).sum())
