@@ -16,6 +16,7 @@ STEPS = 30
 METHOD_KWARGS = {
     "gmp": dict(final_sparsity=0.8, start_step=0, end_step=20, prune_every=5),
     "slimming": dict(s=1e-3, fraction=0.4),
+    "sss": dict(gamma=0.012, lr=2.0),
     "ste_fixed": dict(sparsity=0.7, bound="gaussian"),
     "sparsity_loss": dict(budget=0.3, min_weights=0),
     "ltp": dict(init_sparsity=0.5),

@@ -1,0 +1,225 @@
+"""Sparse structure selection (SSS): Huang & Wang 2018, "Data-Driven Sparse Structure Selection
+for Deep Neural Networks", sections 3.1-3.3 (SPEC section 5).
+
+A scaling factor lambda_b multiplies the residual branch of every residual block::
+
+    out = shortcut(x) + lambda_b * F(x)        (ResNet: then ReLU)
+
+The factors are trained with the network (their own param group: learning rate ``lr``, no
+weight decay, no momentum) under the sparsity regulariser ``gamma * sum_b |lambda_b|``, which
+is applied by a *proximal* step after every optimizer step,
+``lambda <- sign(lambda) * max(|lambda| - lr * gamma, 0)`` (soft-thresholding), so factors
+reach exactly 0 -- a plain subgradient would only make them oscillate around 0. (Choice: plain
+proximal gradient; the paper's accelerated variant, APG, adds a Nesterov extrapolation of
+lambda and converges faster, not to a different kind of solution.)
+
+On a model without residual blocks the factors sit on channels instead (one per output
+channel of every BatchNorm, the paper's "neuron" structure), which makes SSS a
+network-slimming variant with exact zeros.
+
+``finalize()`` folds each factor into the weights (the last BN's gamma and beta, or the last
+conv of a pre-activation block), zeroes the branches / channels whose factor is 0, removes the
+hooks and returns the Mask; ``shrunk()`` then returns a physically smaller model: blocks whose
+factor is 0 are replaced by their shortcut (``RemovedBlock``), channels removed by ``shrink``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.mask import Mask
+from ..core.targets import prunable_parameters
+from .base import METHODS, Method
+
+
+def _block_types() -> Dict[type, Tuple[str, bool]]:
+    """Residual block class -> (last module of the residual branch, ReLU after the sum)."""
+    from ..models.preresnet import PreActBasicBlock, PreActBottleneck
+    from ..models.resnet import BasicBlock
+
+    return {BasicBlock: ("bn2", True), PreActBasicBlock: ("conv2", False), PreActBottleneck: ("conv3", False)}
+
+
+class RemovedBlock(nn.Module):
+    """What is left of a residual block whose factor is 0: its shortcut (and the ReLU)."""
+
+    def __init__(self, shortcut: nn.Module, relu: bool):
+        super().__init__()
+        self.shortcut, self.relu = shortcut, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.shortcut(x)
+        return F.relu(out) if self.relu else out
+
+
+@METHODS.register("sss")
+class SSS(Method):
+    """Scaling factors with a proximal L1 step on residual blocks (or BN channels).
+
+    - ``gamma``: sparsity strength (per step, ``lr * gamma`` is the soft threshold);
+    - ``lr``: learning rate of the factors (init 1);
+    - ``structure``: "auto" (blocks if the model has registered residual blocks, else
+      channels), "blocks" or "channels".
+    """
+
+    def __init__(self, gamma: float = 1e-2, lr: float = 0.1, structure: str = "auto",
+                 input_shape: Optional[Sequence[int]] = None):
+        super().__init__()
+        if not gamma >= 0 or not lr > 0:
+            raise ValueError(f"sss: need gamma >= 0 and lr > 0, got gamma={gamma!r}, lr={lr!r}")
+        if structure not in ("auto", "blocks", "channels"):
+            raise ValueError(f"sss: structure must be auto, blocks or channels, got {structure!r}")
+        self.gamma, self.lr, self.structure = float(gamma), float(lr), structure
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.targets: List[Tuple[str, nn.Module, bool]] = []  # (name, module scaled, relu) per factor set
+        self.factors: List[nn.Parameter] = []
+        self._hooks: list = []
+        self._pending: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------ protocol
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "SSS":
+        super().attach(model, optimizer)
+        types = _block_types()
+        blocks = [(n, m) for n, m in model.named_modules() if type(m) in types]
+        if self.structure == "blocks" and not blocks:
+            raise ValueError("sss: structure='blocks' needs ResNet/PreResNet blocks; use 'channels'")
+        self.kind = "blocks" if blocks and self.structure != "channels" else "channels"
+        if self.kind == "blocks":
+            for name, block in blocks:
+                last, relu = types[type(block)]
+                self.targets.append((name, getattr(block, last), relu))
+                self.factors.append(nn.Parameter(torch.ones(())))
+        else:
+            for name, m in model.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                    self.targets.append((name, m, False))
+                    self.factors.append(nn.Parameter(torch.ones(m.num_features)))
+            if not self.targets:
+                raise ValueError("sss: the model has neither residual blocks nor BatchNorm channels")
+        device = next(model.parameters()).device
+        for f in self.factors:
+            f.data = f.data.to(device)
+        optimizer.add_param_group({"params": self.factors, "lr": self.lr, "weight_decay": 0.0, "momentum": 0.0})
+        for (_, module, _), f in zip(self.targets, self.factors):
+            self._hooks.append(module.register_forward_hook(self._scale_hook(f)))
+        if self._pending is not None:
+            self._restore(self._pending)
+        return self
+
+    @staticmethod
+    def _scale_hook(factor: nn.Parameter):
+        def hook(module, args, out):
+            return out * (factor.view(1, -1, *([1] * (out.dim() - 2))) if factor.dim() else factor)
+        return hook
+
+    def step(self) -> None:
+        """Count the step, then the proximal (soft-threshold) step of the L1 regulariser."""
+        self._require_attached()
+        super().step()
+        threshold = self._lr() * self.gamma
+        with torch.no_grad():
+            for f in self.factors:
+                f.copy_(torch.sign(f) * (f.abs() - threshold).clamp_min(0.0))
+
+    def _lr(self) -> float:
+        for group in self.optimizer.param_groups:  # an LR scheduler may have changed it
+            if any(p is self.factors[0] for p in group["params"]):
+                return float(group["lr"])
+        return self.lr
+
+    def zeroed(self) -> List[str]:
+        """Names of the blocks (or BNs with a zero channel) whose factor reached 0."""
+        return [n for (n, _, _), f in zip(self.targets, self.factors) if bool((f == 0).any())]
+
+    def finalize(self) -> Mask:
+        """Fold the factors into the weights, zero what reached 0, remove the hooks."""
+        self._require_attached()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        with torch.no_grad():
+            for (_, module, _), f in zip(self.targets, self.factors):
+                scale = f.detach()
+                # (BN: gamma and beta both scale; a conv: its weight and bias)
+                for attr in ("weight", "bias"):
+                    t = getattr(module, attr, None)
+                    if t is not None:
+                        t.mul_(scale.view(-1, *([1] * (t.dim() - 1))) if scale.dim() else scale)
+            if self.kind == "blocks":
+                for name, _, _ in self.targets:
+                    if name in self.zeroed():
+                        block = dict(self.model.named_modules())[name]
+                        for pname, p in block.named_parameters():
+                            if not pname.startswith("shortcut"):
+                                p.zero_()
+        if self.kind == "channels":
+            from ..structured.shrink import zero_channels
+
+            zero_channels(self.model, self._example_input(), self._channel_plan(self.model))
+        return Mask.from_model(self.model, list(prunable_parameters(self.model)))
+
+    def shrunk(self) -> nn.Module:
+        """A physically smaller copy: zero-factor blocks replaced by their shortcut; zero
+        channels removed (call after ``finalize``)."""
+        self._require_attached()
+        model = copy.deepcopy(self.model)
+        if self.kind == "blocks":
+            for name, _, relu in self.targets:
+                if name in self.zeroed():
+                    parent_name, _, child = name.rpartition(".")
+                    parent = dict(model.named_modules())[parent_name]
+                    parent._modules[child] = RemovedBlock(getattr(parent, child).shortcut, relu)
+            return model
+        from ..structured.shrink import shrink
+
+        return shrink(model, self._example_input(), self._channel_plan(model))
+
+    def _example_input(self) -> torch.Tensor:
+        shape = self.input_shape or getattr(self.model, "input_shape", None)
+        if shape is None:
+            raise ValueError("sss: pass input_shape= (the model has no .input_shape)")
+        return torch.randn(1, *shape, device=next(self.model.parameters()).device)
+
+    @staticmethod
+    def _channel_plan(model: nn.Module) -> Dict[str, List[int]]:
+        """Channels whose BN gamma and beta are both 0 (a zero factor folded in), per layer.
+        A layer whose channels all died keeps them (its output is 0 anyway): a layer cannot
+        be emptied without cutting the network."""
+        from ..structured.scores import following_bn
+        from ..structured.shrink import prunable_layers
+
+        plan = {}
+        for layer in prunable_layers(model):
+            bn = following_bn(model, layer)
+            if bn is not None:
+                dead = (bn.weight == 0) & (bn.bias == 0)
+                if 0 < int(dead.sum()) < dead.numel():
+                    plan[layer] = torch.nonzero(dead).flatten().tolist()
+        return plan
+
+    def metrics(self) -> Dict[str, Any]:
+        if not self.factors:
+            return {}
+        values = torch.cat([f.detach().flatten() for f in self.factors])
+        return {"sss_zero_factors": int((values == 0).sum()), "sss_factors": int(values.numel())}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"steps": self.steps, "factors": [f.detach().clone() for f in self.factors]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if self.model is None:
+            self._pending = dict(state)
+            self.steps = int(state.get("steps", 0))
+            return
+        self._restore(state)
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        self._pending = None
+        self.steps = int(state.get("steps", 0))
+        with torch.no_grad():
+            for f, v in zip(self.factors, state.get("factors") or []):
+                f.copy_(v)

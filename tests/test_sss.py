@@ -1,0 +1,85 @@
+"""Sparse structure selection: the proximal step makes factors exactly 0; blocks whose factor
+is 0 are removed and the smaller model computes what the finalized one does."""
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.methods.sss import RemovedBlock
+
+
+def _setup(structure="auto", gamma=0.1, lr=0.5):
+    torch.manual_seed(0)
+    model = pk.models.get("resnet20", width=0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    method = pk.methods.get("sss")(gamma=gamma, lr=lr, structure=structure).attach(model, opt)
+    return model, opt, method
+
+
+def test_proximal_step_soft_thresholds_the_factors():
+    model, opt, method = _setup(gamma=0.1, lr=0.5)  # threshold lr * gamma = 0.05
+    assert len(method.factors) == 9 and method.kind == "blocks"
+    with torch.no_grad():
+        for f, v in zip(method.factors, [0.04, -0.03, 0.5, -0.5, 1.0, 0.05, 0.0, 2.0, 0.06]):
+            f.fill_(v)
+    opt.zero_grad()
+    method.step()  # no gradient this step: only the proximal operator acts
+    got = [round(float(f), 6) for f in method.factors]
+    assert got == [0.0, 0.0, 0.45, -0.45, 0.95, 0.0, 0.0, 1.95, 0.01]
+    assert method.zeroed() == ["layer1.0", "layer1.1", "layer2.2", "layer3.0"]
+
+
+def test_factor_scales_the_residual_branch_and_gets_the_gradient():
+    model, opt, method = _setup()
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        method.factors[0].fill_(0.0)
+        out_zero = model(x)
+        block = model.layer1[0]
+        method.factors[0].fill_(1.0)
+    loss = model(x).sum()
+    loss.backward()
+    assert method.factors[0].grad is not None and float(method.factors[0].grad.abs()) > 0
+    # with factor 0, block layer1.0 is its shortcut: relu(x)
+    with torch.no_grad():
+        method.factors[0].fill_(0.0)
+        h = torch.relu(model.bn1(model.conv1(x)))
+        assert torch.allclose(block(h), torch.relu(h))
+        assert torch.allclose(model(x), out_zero)
+
+
+def test_blocks_with_zero_factor_are_removed_and_outputs_match():
+    model, opt, method = _setup()
+    with torch.no_grad():
+        for i in (1, 4, 7):
+            method.factors[i].fill_(0.0)
+        method.factors[2].fill_(0.7)
+    model.eval()
+    mask = method.finalize()
+    assert 0 < mask.sparsity() < 1
+    small = method.shrunk().eval()
+    removed = [n for n, m in small.named_modules() if isinstance(m, RemovedBlock)]
+    assert removed == ["layer1.1", "layer2.1", "layer3.1"]
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_channel_structure_on_a_plain_model_shrinks_exactly():
+    torch.manual_seed(0)
+    model = pk.models.get("vgg11", width=0.125).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = pk.methods.get("sss")(gamma=0.1, lr=0.5).attach(model, opt)
+    assert method.kind == "channels"
+    with torch.no_grad():
+        method.factors[0][:3] = 0.0
+        method.factors[2][1] = 0.0
+    method.finalize()
+    small = method.shrunk().eval()
+    widths = [m.num_features for m in small.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert widths[0] == 5 and widths[2] == 31
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)
