@@ -1,0 +1,85 @@
+"""``prunekit shrink``: structured pruning of a model file into a physically smaller model.
+
+    prunekit shrink --from runs/resnet56/model.pt --config resnet56-b --out runs/r56b
+    prunekit shrink --model resnet20 --width 0.5 --flops-ratio 0.25 --out runs/r20_quarter
+    prunekit shrink --from vgg.pt --fraction 0.4 --score bn_scale --out runs/vgg_slim
+
+Exactly one selection: ``--config`` (vgg16-a, resnet56-a/b, resnet110-a/b: Li et al.'s
+predefined targets), ``--ratio`` (the same ratio in every prunable layer), ``--fraction``
+(one global threshold over the channel scores) or ``--flops-ratio`` (uniform ratio keeping
+that share of the FLOPs). ``--out`` receives ``model.pt`` (the shrunk weights, with the
+original model's name) and ``structure.json`` (the plan: ``prunekit.structured.load_shrunk``
+rebuilds the model from both), and ``report.json`` with parameters, FLOPs and the measured
+CPU latency at batch 1 and 64 of both models. ``register(subparsers)`` adds the subcommand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "shrink", help="structured pruning: remove channels, write the smaller model",
+        description="Remove whole channels (L1-filter, BN scale, predefined A/B configs, uniform) with "
+                    "torch-pruning's dependency graph and write the physically smaller model "
+                    "(SPEC.md section 5).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="pretrained", metavar="MODEL_PT", help="a prunekit model file to prune")
+    src.add_argument("--model", help="a registered model name (freshly initialised, e.g. to inspect sizes)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (with --model)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes (with --model)")
+    sel = p.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--config", help="predefined configuration: vgg16-a, resnet56-a, resnet56-b, resnet110-a, resnet110-b")
+    sel.add_argument("--ratio", type=float, help="fraction of channels removed in every prunable layer")
+    sel.add_argument("--fraction", type=float, help="fraction of all channels removed by one global threshold")
+    sel.add_argument("--flops-ratio", type=float, help="keep this fraction of the FLOPs (uniform ratio)")
+    p.add_argument("--score", default="l1_filter", help="channel score: l1_filter, bn_scale, random")
+    p.add_argument("--latency-repeats", type=int, default=5, help="timed forwards per latency figure (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (model.pt, structure.json, report.json)")
+    p.set_defaults(func=cmd_shrink)
+    return p
+
+
+def cmd_shrink(args) -> int:
+    import torch
+
+    from .. import models
+    from ..artifacts import load_model, save_model
+    from ..pipelines.structured_pipelines import StructuredParams, structured_plan
+    from ..structured import CHANNEL_SCORES, compare, save_plan, shrink
+    from ..structured.plan import example_input
+
+    CHANNEL_SCORES.get(args.score)  # an unknown score fails before any work
+    if args.pretrained:
+        model, stored = load_model(args.pretrained)
+        name, kwargs, dataset = stored["model"]["name"], stored["model"]["kwargs"], stored.get("dataset")
+    else:
+        torch.manual_seed(args.seed)
+        name, kwargs, dataset = args.model, {"width": args.width, "num_classes": args.num_classes}, None
+        model = models.get(name, **kwargs)
+    model.eval()
+    params = StructuredParams(config=args.config, ratio=args.ratio, fraction=args.fraction,
+                              flops_ratio=args.flops_ratio, score=args.score)
+    x = example_input(model)
+    plan = structured_plan(model, x, params)
+    small = shrink(model, x, plan)
+    shape = tuple(x.shape[1:])
+    stats = compare(model, small, shape, repeats=args.latency_repeats) if args.latency_repeats else \
+        compare(model, small, shape, batch_sizes=())
+    out = Path(args.out)
+    save_plan(out, plan, dense_flops=stats["flops"], flops=stats["flops_shrunk"], dense_params=stats["params"],
+              params=stats["params_shrunk"])
+    save_model(out / "model.pt", small, model_name=name, model_kwargs=kwargs, dataset=dataset,
+               metrics={k: v for k, v in stats.items()})
+    (out / "report.json").write_text(json.dumps(stats, indent=1))
+    print(f"{name}: params {stats['params']:,} -> {stats['params_shrunk']:,} ({stats['params_ratio']:.2f}x), "
+          f"FLOPs {stats['flops']:,} -> {stats['flops_shrunk']:,} ({stats['flops_ratio']:.2f}x)")
+    for b in (1, 64):
+        if f"speedup_b{b}" in stats:
+            print(f"  batch {b}: {1e3 * stats[f'latency_b{b}']:.2f} ms -> {1e3 * stats[f'latency_shrunk_b{b}']:.2f} ms "
+                  f"({stats[f'speedup_b{b}']:.2f}x)")
+    print(f"wrote {out / 'model.pt'} and {out / 'structure.json'}")
+    return 0
