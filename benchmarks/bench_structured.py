@@ -1,0 +1,261 @@
+"""Structured pruning on CIFAR-10: a reduced reproduction of seed 001 (Liu et al. 2019, "Rethinking
+the Value of Network Pruning") Table 1 and the network-slimming table, plus measured CPU speedups.
+
+1. L1-filter (Li et al.) predefined targets on a width-0.5 ResNet-56 (option A): unpruned vs
+   fine-tuned vs Scratch-E vs Scratch-B, and torch-pruning's own magnitude pruner
+   (tp.pruner.MagnitudePruner, L1 importance, same layers, ratio bisected to the same FLOPs),
+   fine-tuned the same way; mean +- std over seeds.
+2. Network slimming (L1 on BN gammas, s = 1e-4) on a width-0.5 VGG-11 at 40% and 60% of the
+   channels: fine-tuned vs Scratch-E vs Scratch-B.
+3. Wall-clock inference speedup vs FLOPs reduction of shrunk models (ResNet-20 option B, uniform
+   L1-filter ratios at 1/2 and 1/4 of the FLOPs; the predefined configurations), CPU batch 1
+   and 64, median of repeats.
+
+Budget (stated in the output): a seeded class-stratified subset of the CIFAR-10 training set
+(default 10k images), E dense epochs (default 15, SGD 0.1, momentum 0.9, wd 5e-4, cosine,
+batch 128, crop+flip), fine-tuning E/4 epochs at lr 0.01 (cosine); Scratch-E trains E epochs,
+Scratch-B E * FLOPs ratio epochs. Every finished training is cached in
+results/structured_runs.json (dense models in results/ckpt/structured), so an interrupted run
+resumes. Make the data first (outside the repo):
+
+    python3 /work/shared/data/cifar10/make_cifar10.py /tmp/cifar10
+    python benchmarks/bench_structured.py --data-dir /tmp/cifar10 --threads 2
+
+Smoke test (seconds): --dataset synthetic --train-subset 256 --epochs 1 --seeds 0 --width 0.25
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.core.accounting import flops_per_module
+from prunekit.methods.base import MethodCallback
+from prunekit.methods.slimming import Slimming
+from prunekit.pipelines.scratch import scratch_b_epochs
+from prunekit.structured import by_ratios, compare, predefined_ratios, shrink, uniform_for_flops
+from prunekit.structured.shrink import prunable_layers
+from prunekit.training import evaluate, fit
+from _common import RESULTS, command_line, machine, write_section
+
+SHAPE = (3, 32, 32)
+
+
+def train_kwargs(args, epochs, lr=0.1):
+    return dict(epochs=epochs, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", progress=False)
+
+
+def flops(model):
+    return flops_per_module(model, SHAPE)[1]
+
+
+def params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def tp_magnitude_at_flops(model, target_flops, layers):
+    """torch-pruning's MagnitudePruner (L1) on the same layers, ratio bisected to ``target_flops``."""
+    import torch_pruning as tp
+
+    x = torch.randn(1, *SHAPE)
+    keep = {dict(model.named_modules())[n] for n in layers}
+    ignored = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in keep]
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        m = copy.deepcopy(model)
+        ig = [dict(m.named_modules())[n] for n, mod in model.named_modules() if mod in ignored]
+        pruner = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=mid, ignored_layers=ig)
+        pruner.step()
+        if flops(m) > target_flops:
+            lo = mid
+        else:
+            hi, best = mid, m
+    return best
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.cache_path = RESULTS / "structured_runs.json"
+        self.cache = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
+
+    def save(self):
+        tmp = self.cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.cache, indent=1))
+        tmp.replace(self.cache_path)
+
+    def loaders(self, seed):
+        a = self.args
+        return pk.data.loaders(a.dataset, batch_size=128, data_dir=a.data_dir, seed=seed, train_subset=a.train_subset,
+                               download=False)
+
+    def train(self, key, model, seed, epochs, lr=0.1, callbacks=(), ckpt=None):
+        """Train (or skip: cached) and record top-1, params, FLOPs, epochs."""
+        if key in self.cache and ckpt is None:
+            return self.cache[key]
+        train, test, _ = self.loaders(seed)
+        t0 = time.time()
+        hist = fit(model, train, test, seed=seed, callbacks=list(callbacks), checkpoint_dir=ckpt,
+                   **train_kwargs(self.args, epochs, lr))
+        row = {"top1": hist[-1]["test_top1"] if len(hist) else evaluate(model, test)["top1"], "params": params(model),
+               "flops": flops(model), "epochs": epochs, "seconds": time.time() - t0}
+        self.cache.setdefault(key, row)
+        self.save()
+        print(key, {k: round(v, 2) if isinstance(v, float) else v for k, v in self.cache[key].items()}, flush=True)
+        return self.cache[key]
+
+    def fresh(self, name, seed, **kw):
+        torch.manual_seed(seed)
+        return pk.models.get(name, width=self.args.width, in_channels=SHAPE[0], **kw)
+
+    def dense(self, name, seed, **kw):
+        model = self.fresh(name, seed, **kw)
+        self.train(f"{name}|dense|{seed}", model, seed, self.args.epochs,
+                   ckpt=RESULTS / "ckpt" / "structured" / f"{name}-w{self.args.width}-s{seed}-e{self.args.epochs}")
+        return model
+
+    def table1(self, seed):
+        a = self.args
+        E, ft = a.epochs, max(1, a.epochs // 4)
+        dense = self.dense(a.resnet, seed)
+        x = torch.randn(1, *SHAPE)
+        for config in a.configs:
+            plan = by_ratios(dense, predefined_ratios(config, dense))
+            small = shrink(dense, x, plan)
+            self.train(f"{config}|finetuned|{seed}", copy.deepcopy(small), seed, ft, lr=0.01)
+            ratio = flops(dense) / flops(small)
+            self.train(f"{config}|scratch_e|{seed}", shrink(self.fresh(a.resnet, 1000 + seed), x, plan), seed, E)
+            self.train(f"{config}|scratch_b|{seed}", shrink(self.fresh(a.resnet, 1000 + seed), x, plan), seed,
+                       scratch_b_epochs(E, flops(dense), flops(small)))
+            key = f"{config}|tp_magnitude|{seed}"
+            if key not in self.cache:
+                tp_model = tp_magnitude_at_flops(dense, flops(small), prunable_layers(dense))
+                self.train(key, tp_model, seed, ft, lr=0.01)
+            self.cache.setdefault(f"{config}|ratio", ratio)
+
+    def slimming(self, seed):
+        a = self.args
+        E, ft = a.epochs, max(1, a.epochs // 4)
+        key = f"{a.slim_model}|slimming_dense|{seed}"
+        model = self.fresh(a.slim_model, seed)
+        method = Slimming(s=1e-4, fraction=0.0)
+        # The sparsity-trained large model: checkpointed so the fractions below reuse it.
+        self.train(key, model, seed, E, callbacks=[MethodCallback(method)],
+                   ckpt=RESULTS / "ckpt" / "structured" / f"{a.slim_model}-slim-w{a.width}-s{seed}-e{E}")
+        x = torch.randn(1, *SHAPE)
+        for fraction in a.fractions:
+            from prunekit.structured import global_fraction
+
+            plan = global_fraction(model, fraction, score="bn_scale")
+            small = shrink(model, x, plan)
+            tag = f"slim{int(round(fraction * 100))}"
+            self.train(f"{tag}|finetuned|{seed}", copy.deepcopy(small), seed, ft, lr=0.01)
+            self.train(f"{tag}|scratch_e|{seed}", shrink(self.fresh(a.slim_model, 1000 + seed), x, plan), seed, E)
+            self.train(f"{tag}|scratch_b|{seed}", shrink(self.fresh(a.slim_model, 1000 + seed), x, plan), seed,
+                       scratch_b_epochs(E, flops(model), flops(small)))
+            self.cache.setdefault(f"{tag}|ratio", flops(model) / flops(small))
+
+    def latency(self):
+        rows = []
+        x = torch.randn(1, *SHAPE)
+        torch.manual_seed(0)
+        r20 = pk.models.get("resnet20", width=self.args.width, in_channels=SHAPE[0], shortcut="B").eval()
+        for fr in (0.5, 0.25):
+            small = shrink(r20, x, uniform_for_flops(r20, x, fr))
+            rows.append({"model": f"resnet20-B w{self.args.width} uniform L1 to {fr:.0%} FLOPs",
+                         **compare(r20, small, SHAPE, repeats=self.args.repeats)})
+        for config in self.args.configs:
+            big = self.fresh(self.args.resnet, 0).eval()
+            small = shrink(big, x, by_ratios(big, predefined_ratios(config, big)))
+            rows.append({"model": f"{config} w{self.args.width}", **compare(big, small, SHAPE, repeats=self.args.repeats)})
+        self.cache["latency"] = rows
+        self.save()
+        return rows
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f}"
+    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
+
+
+def render(b: Bench):
+    a, c = b.args, b.cache
+    get = lambda key: [c.get(f"{key}|{s}", {}).get("top1") for s in a.seeds]  # noqa: E731
+    E = a.epochs
+    lines = ["## Structured pruning on CIFAR-10: fine-tuned vs Scratch-E vs Scratch-B (seed 001)", "",
+             f"`{command_line()}` on {machine()}. Data: {a.dataset}, {a.train_subset} training images; width {a.width}; "
+             f"dense E = {E} epochs (SGD 0.1, cosine, wd 5e-4, batch 128); fine-tune {max(1, E // 4)} epochs at lr 0.01; "
+             f"Scratch-B = E x FLOPs ratio. Test top-1 %, mean +- std over seeds {list(a.seeds)}.", "",
+             f"### L1-filter predefined targets ({a.resnet}, option A; unpruned {mean_std(get(a.resnet + '|dense'))}%)", "",
+             "| pruned model | FLOPs cut | fine-tuned | Scratch-E | Scratch-B | torch-pruning MagnitudePruner (same FLOPs, fine-tuned) |",
+             "|---|---|---|---|---|---|"]
+    for config in a.configs:
+        ratio = c.get(f"{config}|ratio")
+        lines.append(f"| {config} | {ratio:.2f}x | " if ratio else f"| {config} | n/a | ")
+        lines[-1] += " | ".join(mean_std(get(f"{config}|{k}")) for k in ("finetuned", "scratch_e", "scratch_b",
+                                                                          "tp_magnitude")) + " |"
+    lines += ["", f"### Network slimming ({a.slim_model}, s = 1e-4; sparsity-trained large model "
+                  f"{mean_std(get(a.slim_model + '|slimming_dense'))}%)", "",
+              "| channels pruned | FLOPs cut | fine-tuned | Scratch-E | Scratch-B |", "|---|---|---|---|---|"]
+    for fraction in a.fractions:
+        tag = f"slim{int(round(fraction * 100))}"
+        ratio = c.get(f"{tag}|ratio")
+        lines.append(f"| {fraction:.0%} | {ratio:.2f}x | " if ratio else f"| {fraction:.0%} | n/a | ")
+        lines[-1] += " | ".join(mean_std(get(f"{tag}|{k}")) for k in ("finetuned", "scratch_e", "scratch_b")) + " |"
+    lines += ["", "### Measured CPU inference speedup of shrunk models", "",
+              f"Median of {a.repeats} forwards after warm-up, {torch.get_num_threads()} thread(s); "
+              "realised = speedup / FLOPs ratio (target >= 0.6).", "",
+              "| model | FLOPs ratio | params ratio | speedup b=1 | speedup b=64 | realised b=64 |", "|---|---|---|---|---|---|"]
+    for r in c.get("latency", []):
+        lines.append(f"| {r['model']} | {r['flops_ratio']:.2f}x | {r['params_ratio']:.2f}x | {r['speedup_b1']:.2f}x | "
+                     f"{r['speedup_b64']:.2f}x | {r['speedup_b64'] / r['flops_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--train-subset", type=int, default=10000)
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--epochs", type=int, default=15, help="dense epochs E")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--resnet", default="resnet56")
+    ap.add_argument("--configs", nargs="+", default=["resnet56-a", "resnet56-b"])
+    ap.add_argument("--slim-model", default="vgg11")
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 0.6])
+    ap.add_argument("--repeats", type=int, default=20, help="timed forwards per latency figure")
+    ap.add_argument("--only", nargs="+", default=["table1", "slimming", "latency"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    RESULTS.mkdir(exist_ok=True)
+    bench = Bench(args)
+    global SHAPE
+    info = bench.loaders(args.seeds[0])[2]
+    SHAPE = (info.in_channels, *info.image_size)  # (3, 32, 32) for CIFAR; the smoke test's synthetic data differ
+    for seed in args.seeds:
+        if "table1" in args.only:
+            bench.table1(seed)
+        if "slimming" in args.only:
+            bench.slimming(seed)
+    if "latency" in args.only:
+        bench.latency()
+    write_section("structured", render(bench), bench.cache)
+
+
+if __name__ == "__main__":
+    main()
