@@ -7,7 +7,8 @@
   Liu et al. 2017 section 4.2); every layer keeps at least ``min_keep`` channels.
 - ``uniform_ratios(model, ratio)``: the same ratio for every prunable layer.
 - ``uniform_for_flops(model, x, flops_ratio)``: the uniform ratio whose shrunk model has
-  FLOPs closest to ``flops_ratio`` of the original, by bisection (the "uniform at the same
+  FLOPs closest to ``flops_ratio`` of the original (either side: channel counts are integers),
+  by bisection (the "uniform at the same
   budget" baseline of Liu et al. 2019 section 5).
 
 Ties are broken by the lower channel index being removed first (a stable sort).
@@ -91,13 +92,17 @@ def uniform_for_flops(model: nn.Module, example_input: torch.Tensor, flops_ratio
         raise ValueError(f"flops_ratio must be in (0, 1], got {flops_ratio!r}")
     shape = tuple(example_input.shape[1:])
     base = flops_per_module(model, shape)[1]
-    lo, hi, best = 0.0, 0.99, {}
+    lo, hi = 0.0, 0.99
+    best, best_gap = {}, float("inf")
     for _ in range(iters):
         mid = (lo + hi) / 2
         plan = by_ratios(model, uniform_ratios(model, mid), score)
-        flops = flops_per_module(shrink(model, example_input, plan), shape)[1]
-        if flops / base > flops_ratio:
+        kept = flops_per_module(shrink(model, example_input, plan), shape)[1] / base
+        # Channel counts move in integer steps, so keep the plan closest to the budget.
+        if abs(kept - flops_ratio) < best_gap:
+            best, best_gap = plan, abs(kept - flops_ratio)
+        if kept > flops_ratio:
             lo = mid
         else:
-            hi, best = mid, plan
-    return best if best else by_ratios(model, uniform_ratios(model, hi), score)
+            hi = mid
+    return best
