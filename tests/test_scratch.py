@@ -95,3 +95,23 @@ def test_slimming_pipeline_prunes_the_global_share_and_scratch_b_extends_trainin
     info = load_plan(project.run_folder(specs["slimming"].id))
     assert project.read_record(specs["scratch_b"].id)["extra"]["own_epochs"] == scratch_b_epochs(
         1, info["dense_flops"], info["flops"])
+
+
+THINET = """
+name: thinet_tiny
+data: {name: synthetic, train_subset: 128}
+model: {name: resnet20, width: 0.25}
+train: {epochs: 1, lr: 0.05}
+method: {name: structured, params: {ratio: 0.5, selection: thinet, finetune_epochs: 0, latency_repeats: 0}}
+seeds: [0]
+"""
+
+
+def test_structured_pipeline_with_thinet_selection(tmp_path):
+    torch.set_num_threads(1)
+    sweep = Sweep.from_yaml(THINET)
+    summary = run_sweep(tmp_path, sweep, quiet=True)
+    assert not summary.failed and not summary.blocked, summary
+    spec = [p.spec for p in plan(sweep) if p.spec.method.name == "structured"][0]
+    model, _ = load_shrunk(Project(tmp_path).run_folder(spec.id))
+    assert model.layer1[0].conv1.out_channels == 2 and model.layer3[2].conv1.out_channels == 8

@@ -34,3 +34,19 @@ def test_reconstruction_beats_l1_filter_on_the_same_layer_and_ratio(method):
     e_l1, e_ours = (reconstruction_error(model, m, nxt, held_out) for m in (l1, ours))
     assert dict(ours.named_modules())[name].out_channels == dict(l1.named_modules())[name].out_channels == 32
     assert e_ours < e_l1, (e_ours, e_l1)
+
+
+def test_reconstruct_layers_prunes_every_block_conv1_of_a_resnet():
+    from prunekit.structured.reconstruct import next_conv, reconstruct_layers
+
+    torch.manual_seed(0)
+    model = pk.models.get("resnet20", width=0.5).eval()
+    images = torch.randn(8, 3, 32, 32)
+    layers = {f"layer{s}.{b}.conv1": 0.5 for s in (1, 2, 3) for b in range(3)}
+    assert next_conv(model, "layer2.0.conv1") == "layer2.0.conv2"
+    small, plan = reconstruct_layers(model, layers, images, "thinet", samples=500)
+    modules = dict(small.named_modules())
+    assert all(modules[n].out_channels == dict(model.named_modules())[n].out_channels // 2 for n in layers)
+    assert set(plan) == set(layers)
+    with pytest.raises(ValueError, match="ungrouped Conv2d"):
+        next_conv(model, "layer3.2.conv2")  # followed by the classifier

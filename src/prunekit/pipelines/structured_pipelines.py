@@ -80,6 +80,8 @@ class StructuredParams:
     fraction: Optional[float] = param(None, check=_fraction, doc="share of channels removed by one global threshold")
     flops_ratio: Optional[float] = param(None, check=positive, doc="uniform ratio keeping this fraction of FLOPs")
     score: str = param("l1_filter", choices=_score_names, doc="channel score (l1_filter, bn_scale, random)")
+    selection: str = param("score", choices=("score", "thinet", "lasso"),
+                           doc="per-layer choice: by score, or ThiNet / LASSO with least-squares refit (config/ratio)")
     finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs (Li et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate (Li et al.: 1e-3)")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
@@ -108,6 +110,28 @@ def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
     return select.uniform_for_flops(model, x, p.flops_ratio, p.score)
 
 
+def _reconstructed(ctx: RunContext, model, p: StructuredParams):
+    """ThiNet / LASSO layer by layer on one seeded training batch (structured/reconstruct.py)."""
+    import torch
+
+    from ..structured import select
+    from ..structured.configs import predefined_ratios
+    from ..structured.reconstruct import reconstruct_layers
+
+    if p.config is not None:
+        ratios = predefined_ratios(p.config, model)
+    elif p.ratio is not None:
+        ratios = select.uniform_ratios(model, p.ratio)
+    else:
+        raise ValueError(f"structured: selection {p.selection!r} needs config or ratio (per-layer ratios)")
+    loader = ctx.train_loader()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
+    images = next(iter(loader))[0][:64]
+    torch.manual_seed(ctx.seed)
+    return reconstruct_layers(model, ratios, images, p.selection, seed=ctx.seed)
+
+
 @register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target)
 def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
     """Choose channels of the shared dense model, shrink it, fine-tune the smaller model."""
@@ -117,8 +141,11 @@ def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
     dense = ctx.dense_run()
     model, _ = dense.load()
     x = example_input(model)
-    plan = structured_plan(model, x, p)  # deterministic in the dense weights: a resume recomputes it
-    small = shrink(model, x, plan)
+    if p.selection == "score":
+        plan = structured_plan(model, x, p)  # deterministic in the dense weights: a resume recomputes it
+        small = shrink(model, x, plan)
+    else:
+        small, plan = _reconstructed(ctx, model, p)
     metrics = save_structure(ctx, model, small, plan, p.latency_repeats)
     pruned = ctx.record("pruned", small)
     finetune_shrunk(ctx, small, p.finetune_epochs, p.finetune_lr, p.finetune_schedule)

@@ -186,3 +186,35 @@ def reconstruction_error(original: nn.Module, pruned: nn.Module, next_name: str,
         h.remove()
         outs.append(store["y"])
     return float(((outs[0] - outs[1]) ** 2).sum() / (outs[0] ** 2).sum())
+
+
+def next_conv(model: nn.Module, name: str) -> str:
+    """The Conv2d after layer ``name`` in module order that consumes its channels (conv1 ->
+    conv2 inside a ResNet block, consecutive VGG convs); ValueError if there is none."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    modules = dict(model.named_modules())
+    i = names.index(name)
+    for cand in names[i + 1:]:
+        m = modules[cand]
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels == modules[name].weight.shape[0]:
+            return cand
+        break
+    raise ValueError(f"{name!r} is not followed by an ungrouped Conv2d consuming its channels: "
+                     "ThiNet / LASSO reconstruct the next conv's output")
+
+
+def reconstruct_layers(model: nn.Module, ratios: Dict[str, float], images: torch.Tensor, method: str = "thinet",
+                       samples: int = 2000, seed: int = 0) -> Tuple[nn.Module, Dict[str, List[int]]]:
+    """Prune several layers one after another (each on the activations of the model pruned so
+    far, as ThiNet does layer by layer); returns the shrunk model and the plan (original
+    indices: a layer's own output channels are only touched by its own step)."""
+    plan: Dict[str, List[int]] = {}
+    for name, ratio in ratios.items():
+        removed, weight = select_channels(model, name, next_conv(model, name), images, ratio, method, samples, seed)
+        nxt = next_conv(model, name)
+        model = shrink(model, images[:1], {name: removed})
+        if weight is not None:
+            with torch.no_grad():
+                dict(model.named_modules())[nxt].weight.copy_(weight)
+        plan[name] = removed
+    return model, plan
