@@ -12,6 +12,10 @@ CIFAR) keeping the pruned weights. Exactly one selection:
   (with ``score: bn_scale`` that is network slimming's rule);
 - ``flops_ratio``: the uniform ratio keeping this fraction of the FLOPs.
 
+With ``selection: thinet`` or ``lasso`` (and ``config`` or ``ratio``) the channels of each
+layer are chosen from activations of one seeded training batch and the next conv is refitted
+by least squares, layer by layer (structured/reconstruct.py) instead of by ``score``.
+
 ``slimming``: train from scratch with the L1 penalty on BN gammas (methods/slimming.py) using
 the spec's recipe, prune ``fraction`` of the channels by one |gamma| threshold, shrink,
 fine-tune. Its "large model" is its own training, so Scratch-E/B count from it.
