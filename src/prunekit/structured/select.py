@@ -22,7 +22,7 @@ from torch import nn
 
 from .configs import kept_counts
 from .scores import CHANNEL_SCORES
-from .shrink import out_channels, prunable_layers, shrink
+from .shrink import prunable_layers, shrink
 
 
 def _scores(model: nn.Module, name: str, score: str) -> torch.Tensor:

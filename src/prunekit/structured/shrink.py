@@ -25,7 +25,7 @@ model computes exactly what the shrunk one does (the tests check it), because ze
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Mapping
 
 import torch
 from torch import nn
