@@ -224,14 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # Subcommands of the other layers: run, sweep, runs, report (experiments); imp;
-    # train-sparse (threshold methods).
+    # train-sparse (threshold methods); shrink (structured).
     from . import experiments as experiments_cli
     from . import imp as imp_cli
+    from . import structured as structured_cli
     from . import thresholds as thresholds_cli
 
     experiments_cli.register(sub)
     imp_cli.register(sub)
     thresholds_cli.register(sub)
+    structured_cli.register(sub)
     return parser
 
 
