@@ -23,7 +23,7 @@ def test_proximal_step_soft_thresholds_the_factors():
             f.fill_(v)
     opt.zero_grad()
     method.step()  # no gradient this step: only the proximal operator acts
-    got = [round(float(f), 6) for f in method.factors]
+    got = [round(float(f.detach()), 6) for f in method.factors]
     assert got == [0.0, 0.0, 0.45, -0.45, 0.95, 0.0, 0.0, 1.95, 0.01]
     assert method.zeroed() == ["layer1.0", "layer1.1", "layer2.2", "layer3.0"]
 
