@@ -66,7 +66,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=15)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a shared CPU)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows, data = [], {}
     for name in ("lenet_300_100", "lenet5"):
         for batch in (128,):

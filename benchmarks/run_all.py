@@ -27,6 +27,9 @@ measured side by side in one run. Each section names the command that produced i
 to reproduce. `make bench` runs the quick ones and reassembles this file
 (`python benchmarks/run_all.py --all` adds the long accuracy grids, which resume from their
 caches in `benchmarks/results/`).
+
+The figures of 2026-11-25 were taken while other benchmarks shared the 2 cores (load average
+2-5): absolute times are upper bounds; ratios come from interleaved blocks in one process.
 """
 
 
