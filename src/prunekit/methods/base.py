@@ -34,6 +34,8 @@ class Method:
         self.model: Optional[nn.Module] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.steps = 0
+        # state loaded before attach(); subclasses apply it with _restore() once attached
+        self._pending: Optional[Dict[str, Any]] = None
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "Method":
         """Bind to ``model`` and ``optimizer``. Subclasses call ``super().attach`` first."""
@@ -61,6 +63,17 @@ class Method:
         return {"steps": self.steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the state; before ``attach`` (a plain loop may load first) it is kept and
+        applied by the subclass's ``attach`` through ``_restore``."""
+        self.steps = int(state.get("steps", 0))
+        if self.model is None:
+            self._pending = dict(state)
+            return
+        self._restore(state)
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        """Apply a state_dict to an attached method (subclasses restore their own tensors)."""
+        self._pending = None
         self.steps = int(state.get("steps", 0))
 
     def _require_attached(self) -> None:

@@ -130,13 +130,6 @@ class GMP(Method):
     def state_dict(self) -> Dict[str, Any]:
         return {"steps": self.steps, "mask": self.mask.state_dict() if self.mask is not None else None}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if self.model is None:  # a plain loop may load before attach: apply it there
-            self._pending = dict(state)
-            self.steps = int(state.get("steps", 0))
-            return
-        self._restore(state)
-
     # ------------------------------------------------------------------ internals
     def _restore(self, state: Dict[str, Any]) -> None:
         self._pending = None

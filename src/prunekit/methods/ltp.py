@@ -206,13 +206,6 @@ class LTP(Method):
         trail = [{k: v for k, v in row.items() if k in ("level", "sparsity", "step", "path")} for row in self.trail]
         return {"steps": self.steps, "tau": {n: float(self.tau[self._key(n)].detach()) for n in self.params}, "trail": trail}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.steps = int(state.get("steps", 0))
-        if self.model is None:
-            self._pending = dict(state)
-            return
-        self._restore(state)
-
     def _restore(self, state: Dict[str, Any]) -> None:
         self._pending = None
         self.steps = int(state.get("steps", 0))

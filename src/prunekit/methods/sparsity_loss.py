@@ -247,13 +247,6 @@ class SparsityLoss(Method):
     def state_dict(self) -> Dict[str, Any]:
         return {"steps": self.steps, "r": {n: float(self._r(n).detach()) for n in self.trained}}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.steps = int(state.get("steps", 0))
-        if self.model is None:
-            self._pending = dict(state)
-            return
-        self._restore(state)
-
     def _restore(self, state: Dict[str, Any]) -> None:
         self._pending = None
         self.steps = int(state.get("steps", 0))

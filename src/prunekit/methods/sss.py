@@ -210,13 +210,6 @@ class SSS(Method):
     def state_dict(self) -> Dict[str, Any]:
         return {"steps": self.steps, "factors": [f.detach().clone() for f in self.factors]}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if self.model is None:
-            self._pending = dict(state)
-            self.steps = int(state.get("steps", 0))
-            return
-        self._restore(state)
-
     def _restore(self, state: Dict[str, Any]) -> None:
         self._pending = None
         self.steps = int(state.get("steps", 0))
