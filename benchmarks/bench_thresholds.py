@@ -97,14 +97,14 @@ def one_run(args, model_name, kind, value, seed):
             "trail": trail, "width": width}
 
 
-def plan(args):
+def plan(args, seed):
     jobs = []
     for model_name in args.models:
         jobs.append((model_name, "dense", 0))
         for _, kind, value in BUDGET_TABLE:
             jobs.append((model_name, kind, value))
-        if model_name not in args.curve_models:  # the BN case: the budget table and timing only
-            jobs.append((model_name, "dense_equivalent", 0.15))
+        if model_name not in args.curve_models or seed not in args.curve_seeds:
+            jobs.append((model_name, "dense_equivalent", 0.15))  # the budget table's thin twin
             continue
         for s in args.ga_sparsities:
             jobs.append((model_name, "ste_ga", s))
@@ -127,7 +127,7 @@ def run(args, cache_path):
         tmp.replace(cache_path)
 
     for seed in args.seeds:
-        for model_name, kind, value in plan(args):
+        for model_name, kind, value in plan(args, seed):
             key = key_of(args, model_name, kind, value, seed)
             if key in cache:
                 continue
@@ -204,7 +204,9 @@ def render(cache, args, plot_name):
              f"`{command_line()}` on {machine()}. Every run trains from scratch for {args.epochs} epochs "
              "(SGD 0.05, momentum 0.9, wd 5e-4, cosine, batch 128"
              + (f", {args.train_subset} training images" if args.train_subset else "")
-             + f"); ResNet-20 at width {args.resnet_width}. Test top-1 %, mean +- std over seeds {list(args.seeds)}.", ""]
+             + f"); ResNet-20 at width {args.resnet_width}. Test top-1 %, mean +- std over seeds {list(args.seeds)}"
+             + (f" (trade-off curves: seeds {list(args.curve_seeds)})" if args.curve_seeds != list(args.seeds) else "")
+             + ".", ""]
     for model_name in args.models:
         dense = runs_of(cache, args, model_name, "dense", 0)
         lines += [f"### {model_name}: budget 85% (B_p = 0.15), dense {mean_std([r['top1'] for r in dense])}%", "",
@@ -257,6 +259,8 @@ def main():
                     help="models that get the full trade-off curves (the others: budget table + timing)")
     ap.add_argument("--resnet-width", type=float, default=0.5)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--curve-seeds", nargs="+", type=int, default=None,
+                    help="seeds that also run the trade-off curves (default: all of --seeds)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ga-sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.85, 0.9, 0.95])
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.15, 0.1, 0.05])
@@ -269,6 +273,8 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.curve_seeds is None:
+        args.curve_seeds = list(args.seeds)
     if args.quick:
         args.ga_sparsities, args.budgets, args.lambdas, args.kept = [0.85], [0.15], [1.0], [0.15]
     RESULTS.mkdir(exist_ok=True)

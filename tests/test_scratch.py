@@ -115,3 +115,35 @@ def test_structured_pipeline_with_thinet_selection(tmp_path):
     spec = [p.spec for p in plan(sweep) if p.spec.method.name == "structured"][0]
     model, _ = load_shrunk(Project(tmp_path).run_folder(spec.id))
     assert model.layer1[0].conv1.out_channels == 2 and model.layer3[2].conv1.out_channels == 8
+
+
+SSS = """
+name: sss_tiny
+data: {name: synthetic, train_subset: 256, batch_size: 64}
+model: {name: resnet20, width: 0.25}
+train: {epochs: 1, lr: 0.05}
+method: {name: sss, params: {gamma: 0.3, factor_lr: 1.0, finetune_epochs: 1, latency_repeats: 0}}
+seeds: [0]
+baselines: [scratch_e]
+"""
+
+
+def test_sss_pipeline_removes_zero_factor_blocks_and_scratch_rebuilds_them(tmp_path):
+    from prunekit.methods.sss import RemovedBlock
+
+    torch.set_num_threads(1)
+    sweep = Sweep.from_yaml(SSS)
+    summary = run_sweep(tmp_path, sweep, quiet=True)
+    assert not summary.failed and not summary.blocked, summary
+    project = Project(tmp_path)
+    specs = {p.spec.baseline.name if p.spec.baseline else p.spec.method.name: p.spec for p in plan(sweep)}
+    folder = project.run_folder(specs["sss"].id)
+    removed = load_plan(folder)["removed_blocks"]
+    assert 0 < len(removed) <= 9, removed  # 4 steps of soft-threshold 0.3 kill some of the 9 blocks
+    model, _ = load_shrunk(folder)
+    assert sum(isinstance(m, RemovedBlock) for m in model.modules()) == len(removed)
+    record = project.read_record(specs["sss"].id)
+    assert record["metrics"]["flops"] < record["extra"]["dense_flops"]
+    assert record["extra"]["blocks_removed"] == len(removed)
+    scratch = project.read_record(specs["scratch_e"].id)
+    assert scratch["metrics"]["params"] == record["metrics"]["params"]

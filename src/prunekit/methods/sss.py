@@ -44,6 +44,11 @@ def _block_types() -> Dict[type, Tuple[str, bool]]:
     return {BasicBlock: ("bn2", True), PreActBasicBlock: ("conv2", False), PreActBottleneck: ("conv3", False)}
 
 
+def residual_relu(block: nn.Module) -> bool:
+    """Whether a registered residual block applies a ReLU after its sum."""
+    return _block_types()[type(block)][1]
+
+
 class RemovedBlock(nn.Module):
     """What is left of a residual block whose factor is 0: its shortcut (and the ReLU)."""
 
@@ -168,15 +173,20 @@ class SSS(Method):
         self._require_attached()
         model = copy.deepcopy(self.model)
         if self.kind == "blocks":
-            for name, _, relu in self.targets:
-                if name in self.zeroed():
-                    parent_name, _, child = name.rpartition(".")
-                    parent = dict(model.named_modules())[parent_name]
-                    parent._modules[child] = RemovedBlock(getattr(parent, child).shortcut, relu)
-            return model
+            from ..structured.plan import remove_blocks
+
+            return remove_blocks(model, self.zeroed())
         from ..structured.shrink import shrink
 
         return shrink(model, self._example_input(), self._channel_plan(model))
+
+    def removal(self) -> Dict[str, Any]:
+        """What ``shrunk()`` removes, as ``structure.json`` records it: the removed blocks
+        (block structure) or the channel plan (channel structure). Call after ``finalize``."""
+        self._require_attached()
+        if self.kind == "blocks":
+            return {"plan": {}, "removed_blocks": self.zeroed()}
+        return {"plan": self._channel_plan(self.model), "removed_blocks": []}
 
     def _example_input(self) -> torch.Tensor:
         shape = self.input_shape or getattr(self.model, "input_shape", None)

@@ -46,12 +46,12 @@ def _structure(main: FinishedRun):
 
 def _fresh_shrunk(ctx: RunContext, main: FinishedRun, init_seed: Optional[int]):
     from .. import models
-    from ..structured.plan import apply_plan
+    from ..structured.plan import apply_structure
 
     seed = init_seed if init_seed is not None else 1000 + ctx.seed
     torch.manual_seed(seed)
     model = models.get(ctx.spec.model.name, **ctx.model_kwargs())
-    return apply_plan(model, _structure(main)["plan"])
+    return apply_structure(model, _structure(main))
 
 
 def _train(ctx: RunContext, main: FinishedRun, model, name: str, epochs: int, **metrics) -> PipelineResult:
@@ -106,9 +106,9 @@ def run_scratch_b(ctx: RunContext, p: ScratchBParams, main: FinishedRun) -> Pipe
 @register_baseline("structured_lottery", StructuredLotteryParams)
 def run_structured_lottery(ctx: RunContext, p: StructuredLotteryParams, main: FinishedRun) -> PipelineResult:
     """The kept channels of the original initialisation, trained E epochs."""
-    from ..structured.plan import apply_plan
+    from ..structured.plan import apply_structure
 
-    model = apply_plan(ctx.build_model(), _structure(main)["plan"])
+    model = apply_structure(ctx.build_model(), _structure(main))
     return _train(ctx, main, model, "structured_lottery", p.epochs or int(ctx.recipe["epochs"]))
 
 

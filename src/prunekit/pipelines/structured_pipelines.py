@@ -16,6 +16,11 @@ With ``selection: thinet`` or ``lasso`` (and ``config`` or ``ratio``) the channe
 layer are chosen from activations of one seeded training batch and the next conv is refitted
 by least squares, layer by layer (structured/reconstruct.py) instead of by ``score``.
 
+``sss``: sparse structure selection (Huang & Wang 2018; methods/sss.py): train from scratch
+with a scaling factor on every residual block (or BN channel) under a proximal L1 step, drop
+the blocks (channels) whose factor reached 0, fine-tune. ``structure.json`` records the
+removed blocks, so Scratch-E/B rebuild the same architecture.
+
 ``slimming``: train from scratch with the L1 penalty on BN gammas (methods/slimming.py) using
 the spec's recipe, prune ``fraction`` of the channels by one |gamma| threshold, shrink,
 fine-tune. Its "large model" is its own training, so Scratch-E/B count from it.
@@ -28,7 +33,7 @@ architecture, and report ``params``/``flops`` of the shrunk model (the runner co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from ..training import SCHEDULE_NAMES
 from .registry import PipelineResult, RunContext, nonnegative, param, positive, register_pipeline
@@ -52,7 +57,8 @@ def _score_names():
     return CHANNEL_SCORES.names()
 
 
-def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], latency_repeats: int = 0) -> Dict:
+def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], latency_repeats: int = 0,
+                   removed_blocks: Sequence[str] = ()) -> Dict:
     """Write ``structure.json`` and return the size (and latency) metrics of ``small``."""
     from ..core.accounting import flops_per_module
     from ..structured.latency import compare
@@ -62,9 +68,9 @@ def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], la
     f0, f1 = flops_per_module(dense, shape)[1], flops_per_module(small, shape)[1]
     p0, p1 = (sum(p.numel() for p in m.parameters()) for m in (dense, small))
     info = {"dense_flops": f0, "flops": f1, "dense_params": p0, "params": p1}
-    save_plan(ctx.folder, plan, **info)
+    save_plan(ctx.folder, plan, removed_blocks=list(removed_blocks), **info)
     metrics = {"dense_flops": f0, "dense_params": p0, "flops_ratio": f0 / f1, "params_ratio": p0 / p1,
-               "channels_removed": sum(len(v) for v in plan.values())}
+               "channels_removed": sum(len(v) for v in plan.values()), "blocks_removed": len(removed_blocks)}
     if latency_repeats:
         lat = compare(dense, small, shape, repeats=latency_repeats)
         metrics.update({k: v for k, v in lat.items() if k.startswith(("latency", "speedup"))})
@@ -191,3 +197,44 @@ def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     pruned = ctx.record("pruned", small)
     finetune_shrunk(ctx, small, p.finetune_epochs, p.finetune_lr, p.finetune_schedule)
     return ctx.result(small, metrics={"requested_sparsity": p.fraction, "oneshot_top1": pruned["top1"], **metrics})
+
+
+@dataclass
+class SSSParams:
+    gamma: float = param(1e-2, check=nonnegative, doc="sparsity strength on the factors (soft threshold lr * gamma)")
+    factor_lr: float = param(0.1, check=positive, doc="learning rate of the scaling factors")
+    structure: str = param("auto", choices=("auto", "blocks", "channels"),
+                           doc="factors on residual blocks or on BN channels (auto: blocks when the model has them)")
+    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after removal")
+    finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
+    finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
+    latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
+                                 hashed=False)
+
+
+@register_pipeline("sss", SSSParams, target=lambda p: None)
+def run_sss(ctx: RunContext, p: SSSParams) -> PipelineResult:
+    """Sparse structure selection: train with factors under L1, remove zero-factor blocks, fine-tune."""
+    import copy
+
+    import torch
+
+    from ..methods.base import MethodCallback
+    from ..methods.sss import SSS
+
+    model = ctx.model
+    shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
+    method = SSS(gamma=p.gamma, lr=p.factor_lr, structure=p.structure, input_shape=shape)
+    ctx.fit(model, "train", callbacks=[MethodCallback(method)])
+    if method.model is None:  # a finished training restored from its checkpoint: attach to apply its state
+        method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    method.finalize()  # the factors folded in: same outputs, plain modules, zeroed blocks
+    dense = copy.deepcopy(model)
+    ctx.record("trained", model)
+    small = method.shrunk()
+    structure = method.removal()
+    metrics = save_structure(ctx, dense, small, structure["plan"], p.latency_repeats, structure["removed_blocks"])
+    pruned = ctx.record("pruned", small)
+    finetune_shrunk(ctx, small, p.finetune_epochs, p.finetune_lr, p.finetune_schedule)
+    return ctx.result(small, metrics={"requested_sparsity": None, "oneshot_top1": pruned["top1"],
+                                      **method.metrics(), **metrics})

@@ -2,7 +2,8 @@
 
 A shrunk model is not one of the registry's architectures, so its ``model.pt`` alone cannot
 be rebuilt by ``prunekit.models.get``. The structured pipelines therefore write
-``structure.json`` next to it: ``{"plan": {layer: [removed channel indices]}, ...sizes}``.
+``structure.json`` next to it: ``{"plan": {layer: [removed channel indices]},
+"removed_blocks": [residual block names replaced by their shortcut (SSS)], ...sizes}``.
 Applying the plan to a freshly built model of the same name/kwargs gives the same
 architecture (and, with the original initialisation, the "lottery" weights of the kept
 channels); ``load_shrunk(folder)`` does that and loads the saved weights.
@@ -13,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -51,9 +52,33 @@ def load_plan(folder) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def apply_plan(model: nn.Module, plan: Dict[str, List[int]], input_shape=None) -> nn.Module:
-    """``shrink`` a (fresh or trained) model with a saved plan."""
+def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Replace the named residual blocks by their shortcut, in place (SSS's removed blocks)."""
+    from ..methods.sss import RemovedBlock, residual_relu
+
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"the structure removes block {name!r}, which this model does not have")
+        parent_name, _, child = name.rpartition(".")
+        block = modules[name]
+        modules[parent_name]._modules[child] = RemovedBlock(block.shortcut, residual_relu(block))
+    return model
+
+
+def apply_plan(model: nn.Module, plan: Dict[str, List[int]], input_shape=None,
+               removed_blocks: Sequence[str] = ()) -> nn.Module:
+    """Rebuild a shrunk architecture in place: remove ``removed_blocks``, then ``shrink``
+    with ``plan``, on a fresh or trained model of the original name/kwargs."""
+    remove_blocks(model, removed_blocks)
+    if not plan:
+        return model
     return shrink(model, example_input(model, input_shape), plan, inplace=True)
+
+
+def apply_structure(model: nn.Module, structure: Dict[str, Any], input_shape=None) -> nn.Module:
+    """``apply_plan`` with the contents of a ``structure.json``."""
+    return apply_plan(model, structure["plan"], input_shape, structure.get("removed_blocks", ()))
 
 
 def load_shrunk(folder) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -63,6 +88,6 @@ def load_shrunk(folder) -> Tuple[nn.Module, Dict[str, Any]]:
 
     data = read_model_file(Path(folder) / "model.pt")
     model = models.get(data["model"]["name"], **data["model"]["kwargs"])
-    model = apply_plan(model, load_plan(folder)["plan"])
+    model = apply_structure(model, load_plan(folder))
     model.load_state_dict(data["state_dict"], strict=True)
     return model, data
