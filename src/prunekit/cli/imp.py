@@ -90,11 +90,13 @@ def cmd_imp(args) -> int:
     torch.manual_seed(args.seed)
     model = models.get(name, **kwargs)
     out = Path(args.out)
+    from ..device import resolve
+
     result = imp(model, (train, test), args.sparsity, phases=args.phases, retrain_epochs=args.retrain_epochs,
                  schedule=args.schedule, score=args.score, allocation=args.allocation, include=args.include,
                  exclude=args.exclude, rewind=args.rewind, recipe=recipe,
                  pretrained=args.pretrained or False, eta_max=args.eta_max, eta_min=args.eta_min, folder=out,
-                 seed=args.seed, progress=False if args.quiet else None,
+                 seed=args.seed, progress=False if args.quiet else None, device=resolve(),
                  model_info={"name": name, "kwargs": kwargs, "dataset": dataset})
     rep = report(result.model)
     metrics = {"test_top1": result.top1, "requested_sparsity": args.sparsity, "achieved_sparsity": result.mask.sparsity(),

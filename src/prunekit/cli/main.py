@@ -64,6 +64,13 @@ def _positive(value: Optional[int], what: str) -> None:
 
 # --- commands -------------------------------------------------------------------------------
 
+def resolve_device():
+    """The device of this invocation: ``--device``, else ``$PRUNEKIT_DEVICE``, else cpu."""
+    from ..device import resolve
+
+    return resolve()
+
+
 def cmd_train(args) -> int:
     from .. import models
     from ..artifacts import save_model
@@ -81,7 +88,7 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     recipe = _recipe(args)
     history = fit(model, train, test, checkpoint_dir=out / "checkpoints", progress=None if not args.quiet else False,
-                  recipe=recipe, **_fit_kwargs(recipe))
+                  recipe=recipe, device=resolve_device(), **_fit_kwargs(recipe))
     metrics = {k: history[-1][k] for k in ("test_top1", "test_top5", "test_loss") if k in history[-1]}
     rep = report(model)
     metrics.update({"params": rep.total_params, "flops": rep.flops})
@@ -101,7 +108,8 @@ def cmd_prune(args) -> int:
     from ..pipelines.finetune import finetune
     from ..training import evaluate
 
-    model, stored = load_model(args.checkpoint)
+    device = resolve_device()
+    model, stored = load_model(args.checkpoint, device=device)
     mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
                  include=args.include, exclude=args.exclude, seed=args.seed)
     metrics = {"requested_sparsity": args.sparsity}
@@ -110,11 +118,11 @@ def cmd_prune(args) -> int:
         if dataset is None:
             raise ValueError(f"{args.checkpoint} names no dataset; cannot evaluate or fine-tune")
         train, test, _ = _loaders(dataset, args, seed=args.seed)
-        metrics["oneshot_top1"] = evaluate(model, test)["top1"]
+        metrics["oneshot_top1"] = evaluate(model, test, device=device)["top1"]
         if args.finetune_epochs:
             torch.manual_seed(args.seed)
             history = finetune(model, mask, train, test, epochs=args.finetune_epochs, lr=args.lr,
-                               progress=None if not args.quiet else False, seed=args.seed)
+                               progress=None if not args.quiet else False, seed=args.seed, device=device)
             metrics["test_top1"] = history[-1]["test_top1"]
         else:
             metrics["test_top1"] = metrics["oneshot_top1"]
@@ -140,12 +148,13 @@ def cmd_eval(args) -> int:
     from ..core.accounting import report
     from ..training import evaluate
 
-    model, stored = load_model(args.checkpoint)
+    device = resolve_device()
+    model, stored = load_model(args.checkpoint, device=device)
     dataset = args.data or stored.get("dataset")
     if dataset is None:
         raise ValueError(f"{args.checkpoint} names no dataset: pass --data")
     _, test, _ = _loaders(dataset, args)
-    result = evaluate(model, test)
+    result = evaluate(model, test, device=device)
     rep = report(model)
     print(rep.table())
     print(f"{dataset} test: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
@@ -176,6 +185,9 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune PyTorch networks and tell the truth about the result.")
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--device", default=None,
+                        help="where to train and evaluate: cpu (default), auto, cuda, cuda:N, mps "
+                             "(also $PRUNEKIT_DEVICE; give it before the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a registered model on a dataset")
@@ -254,6 +266,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     _threads()
     try:
+        if args.device is not None:
+            from ..device import resolve
+
+            resolve(args.device)  # a bad name fails here, with what is accepted
+            os.environ["PRUNEKIT_DEVICE"] = args.device  # sweep workers and Ray tasks inherit it
         return args.func(args)
     except _user_errors() as err:
         if os.environ.get("PRUNEKIT_DEBUG"):

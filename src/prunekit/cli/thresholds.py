@@ -130,21 +130,24 @@ def cmd_train_sparse(args) -> int:
               "weight_decay": args.weight_decay, "schedule": args.schedule, "seed": args.seed}
     tag = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "out", "data_dir", "command")}
     progress = None if not args.quiet else False
+    from ..device import resolve
+
+    device = resolve()
     callbacks = [MethodCallback(method)] if method is not None else []
     history = list(fit(model, train, test, checkpoint_dir=out / "checkpoints" / "train", progress=progress,
-                       callbacks=callbacks, recipe={"train_sparse": tag}, **recipe))
+                       callbacks=callbacks, recipe={"train_sparse": tag}, device=device, **recipe))
     mask = method.finalize() if method is not None else None
-    finalized = evaluate(model, test)["top1"]
+    finalized = evaluate(model, test, device=device)["top1"]
     if mask is not None and args.finetune_epochs:
         history += [dict(r, phase="finetune") for r in fit(
             model, train, test, epochs=args.finetune_epochs, lr=args.finetune_lr, schedule="cosine",
             callbacks=[EnforceMask(mask)], checkpoint_dir=out / "checkpoints" / "finetune", progress=progress,
-            seed=args.seed)]
+            seed=args.seed, device=device)]
     rep = report(model)
     requested = {"ste_fixed": args.sparsity, "sparsity_loss": (1 - args.budget) if args.budget else None,
                  "ltp": None, "dense_equivalent": None}[args.method]
     result = {"method": args.method, "requested_sparsity": requested, "achieved_sparsity": rep.sparsity,
-              "finalized_top1": finalized, "top1": evaluate(model, test)["top1"], "params": rep.total_params,
+              "finalized_top1": finalized, "top1": evaluate(model, test, device=device)["top1"], "params": rep.total_params,
               "nonzero_params": rep.nonzero_params, "flops": rep.flops, "effective_flops": rep.effective_flops,
               "width": width, "history": history}
     if args.method == "ltp":

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ..device import resolve as resolve_device
 from ..pipelines.registry import FinishedRun, PipelineResult, RunContext
 from .project import Project
 from .spec import DataSpec, RunSpec, to_dict
@@ -66,6 +67,7 @@ class Context(RunContext):
         self.progress = progress
         self._run_required = run_required
         self.train, self.test, self.info = make_loaders(spec.data, spec.seed)
+        self.device = resolve_device()  # --device / $PRUNEKIT_DEVICE; not part of the run id
         self.recipe = spec.train.fit_kwargs()
         self.history: list = []
         self.trail: list = []
@@ -89,8 +91,8 @@ class Context(RunContext):
     def build_model(self, **overrides):
         from .. import models
 
-        torch.manual_seed(self.seed)  # the same seed gives the same initial weights
-        return models.get(self.spec.model.name, **self.model_kwargs(**overrides))
+        torch.manual_seed(self.seed)  # the same seed gives the same initial weights (built on CPU)
+        return models.get(self.spec.model.name, **self.model_kwargs(**overrides)).to(self.device)
 
     # -- data
     def train_loader(self, subset: Optional[int] = None):
@@ -120,7 +122,7 @@ class Context(RunContext):
         # is refused by fit rather than silently mixed.
         history = fit(model, loader, self.test, callbacks=list(callbacks), seed=self.seed,
                       checkpoint_dir=self.folder / "checkpoints" / phase, resume=True,
-                      progress=self.progress,
+                      progress=self.progress, device=self.device,
                       recipe={"phase": phase, "data": to_dict(self.spec.data, canonical=True),
                               "train_samples": getattr(loader, "num_samples", None)},
                       **kwargs)
@@ -133,7 +135,7 @@ class Context(RunContext):
         from ..core.accounting import count_parameters
         from ..training import evaluate
 
-        result = evaluate(model, self.test)
+        result = evaluate(model, self.test, device=self.device)
         counts = count_parameters(model)
         prunable = counts["prunable"]
         point = {"phase": phase,
@@ -151,7 +153,8 @@ class Context(RunContext):
             if getattr(outcome, "status", None) == "failed":
                 raise RuntimeError(f"the {name} run {spec.id} this run needs failed: {outcome.error}")
         record = self.project.read_record(spec.id)
-        return FinishedRun(spec.id, self.project.run_folder(spec.id), spec.to_dict(), record["metrics"])
+        return FinishedRun(spec.id, self.project.run_folder(spec.id), spec.to_dict(), record["metrics"],
+                           device=self.device)
 
     def result(self, model, mask=None, metrics: Optional[Dict[str, Any]] = None,
                built_on: Sequence[FinishedRun] = ()) -> PipelineResult:

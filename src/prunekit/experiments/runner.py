@@ -108,7 +108,7 @@ def summarize(ctx: Context, result: PipelineResult) -> Dict[str, Any]:
     from ..training import evaluate
 
     spec, model = ctx.spec, result.model
-    final = evaluate(model, ctx.test)
+    final = evaluate(model, ctx.test, device=ctx.device)
     shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
     rep = report(model, input_shape=shape)
     requested = result.metrics.get("requested_sparsity", spec.requested_sparsity)

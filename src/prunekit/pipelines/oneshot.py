@@ -78,8 +78,9 @@ def random_mask_like(mask: Mask, model, generator: torch.Generator) -> Mask:
     random (one permutation per tensor, drawn in the mask's order from ``generator``)."""
     masks = {}
     for name, m in mask.items():
-        keep = torch.zeros(m.numel(), dtype=torch.bool)
+        keep = torch.zeros(m.numel(), dtype=torch.bool)  # drawn on CPU: the same mask on any device
         keep[torch.randperm(m.numel(), generator=generator)[: int(m.sum())]] = True
+        keep = keep.to(m.device)
         masks[name] = keep.view(m.shape)
     return Mask(masks, model)
 

@@ -120,13 +120,14 @@ class FinishedRun:
     folder: Path
     spec: Dict[str, Any]
     metrics: Dict[str, Any]
+    device: Any = "cpu"
 
     def load(self):
-        """A fresh copy of its final model and mask: ``(model, Mask or None)``."""
+        """A fresh copy of its final model (on ``device``) and mask: ``(model, Mask or None)``."""
         from ..artifacts import load_model
         from ..core.mask import Mask
 
-        model, data = load_model(self.folder / "model.pt")
+        model, data = load_model(self.folder / "model.pt", device=self.device)
         mask = Mask(data["mask"], model) if data.get("mask") else None
         return model, mask
 

@@ -1,4 +1,5 @@
-"""Measured CPU inference latency: what a physically smaller model buys.
+"""Measured inference latency (on the model's device; CPU in every benchmark here): what a
+physically smaller model buys.
 
 ``latency(model, input_shape, batch_size)`` runs ``warmup`` untimed forwards, then ``repeats``
 timed ones under ``torch.inference_mode()`` in eval mode and returns the median seconds per
@@ -21,12 +22,15 @@ def latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, r
     """Median seconds of one forward pass on a ``(batch_size, *input_shape)`` random batch."""
     was_training = model.training
     model.eval()
-    x = torch.randn(batch_size, *input_shape)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(batch_size, *input_shape, device=device)
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
             start = time.perf_counter()
             model(x)
+            if device.type == "cuda":  # kernels run asynchronously: wait for them
+                torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     model.train(was_training)

@@ -28,7 +28,8 @@ def example_input(model: nn.Module, input_shape=None) -> torch.Tensor:
     shape = input_shape or getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("an input shape is needed to trace the model (it has no .input_shape)")
-    return torch.randn(1, *shape)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.randn(1, *shape, device=device)
 
 
 def save_plan(folder, plan: Dict[str, List[int]], **info: Any) -> Path:

@@ -83,7 +83,7 @@ def contributions(conv: nn.Conv2d, x: torch.Tensor, samples: int, generator: tor
 def thinet_select(z: torch.Tensor, remove: int) -> List[int]:
     """Greedy ThiNet: the ``remove`` channels whose summed contribution stays smallest."""
     removed: List[int] = []
-    acc = torch.zeros(z.shape[0], dtype=z.dtype)
+    acc = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
     candidates = list(range(z.shape[1]))
     for _ in range(remove):
         costs = ((acc[:, None] + z[:, candidates]) ** 2).sum(dim=0)
