@@ -7,6 +7,7 @@ from typing import Iterable, Optional, Sequence, Type
 import torch
 from torch import nn
 
+from .. import distributed
 from . import allocation as allocations
 from . import scores as score_fns
 from .allocation import PrunableTensor
@@ -60,6 +61,10 @@ def prune(
     Iterative use only removes weights: weights pruned before (``mask``, or exact zeros in the
     model when no mask is given) stay pruned, and asking for a lower sparsity than the model
     already has is an error. ``seed`` fixes the random score.
+
+    Under torchrun (:mod:`prunekit.distributed`) every rank computes the mask and then takes
+    rank 0's (one broadcast), so all ranks prune the same weights even if their copies of
+    the model differed in the last bit; every rank must call it (GMP does, at the same steps).
     """
     sparsity = check_sparsity(sparsity)
     score_fn = score_fns.get(score)
@@ -121,6 +126,7 @@ def prune(
         else:
             hint = t.threshold
         new_masks[t.name] = topk_mask(by, k, threshold=hint)
+    distributed.broadcast_(new_masks.values())  # no-op in one process
     result = Mask(new_masks, model)
     result.apply()
     return result

@@ -12,14 +12,22 @@ user's optimizer as a new param group with its own learning rate and no weight d
 weight used in the forward pass is computed by a forward pre-hook, so state_dict keys stay the
 dense model's. ``step`` takes no argument: the method counts its own steps and keeps the count
 in its state_dict. Inside ``prunekit.training.fit``, :class:`MethodCallback` does the wiring.
+
+Under torchrun (:mod:`prunekit.distributed`) every subclass's ``finalize`` is wrapped (in
+``Method.__init_subclass__``) so that the mask it returns is rank 0's on every rank, and so
+are the finalised weights: thresholds are computed from weights the ranks keep identical by
+averaging gradients, so this is a safety net against the last-bit differences that would
+otherwise let two ranks cut a weight sitting exactly at a threshold differently.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
+from .. import distributed
 from ..core.mask import Mask
 from ..registry import Registry
 from ..training.callbacks import Callback, TrainState
@@ -27,8 +35,32 @@ from ..training.callbacks import Callback, TrainState
 METHODS: Registry = Registry("method")
 
 
+def _rank0_result(finalize):
+    """Wrap a ``finalize`` so that its mask and the model's weights are rank 0's on every rank
+    (a no-op in one process)."""
+    @functools.wraps(finalize)
+    def wrapped(self, *args, **kwargs):
+        mask = finalize(self, *args, **kwargs)
+        if distributed.active() and self.model is not None:
+            if mask is not None:
+                distributed.broadcast_(mask.values())
+            distributed.broadcast_(list(self.model.parameters()) + list(self.model.buffers()))
+            if mask is not None:
+                mask.apply(self.model)
+        return mask
+
+    wrapped._rank0_wrapped = True
+    return wrapped
+
+
 class Method:
     """Base class with the default behaviour of every hook (no penalty, nothing to attach)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("finalize")
+        if own is not None and not getattr(own, "_rank0_wrapped", False):
+            cls.finalize = _rank0_result(own)
 
     def __init__(self) -> None:
         self.model: Optional[nn.Module] = None

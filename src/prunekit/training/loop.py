@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from prunekit import distributed
 from prunekit.training.callbacks import Callback, TrainState
 from prunekit.training.checkpoint import (CheckpointError, check_payload, load_checkpoint,
                                           save_checkpoint)
@@ -58,6 +59,37 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     The saved ``recipe`` is this call's settings (optimizer, lr, momentum, nesterov,
     weight_decay, optimizer_kwargs, schedule, schedule_kwargs, epochs, steps_per_epoch,
     total_steps, eta_max, eta_min, seed) updated with the ``recipe`` argument.
+
+    Several processes (``torchrun --nproc_per_node N``, see :mod:`prunekit.distributed`):
+    fit initialises the process group if needed and then trains data-parallel:
+
+    - rank 0's initial weights and buffers are broadcast to every rank;
+    - every rank walks the same batches in the same order (``train`` is untouched, so
+      ``set_epoch`` and resuming behave as in one process) and takes its slice of each batch
+      (``tensor_split``: rank r gets the r-th of N near-equal pieces). One step is therefore
+      still one batch of ``batch_size`` samples: the number of steps, the lr schedule, a
+      method's step counts and the checkpoint's recipe are those of a one-process run, which
+      can resume a checkpoint written by N processes and vice versa;
+    - after ``backward`` the gradients of every parameter the optimizer updates are averaged
+      by one all-reduce of a flat buffer, each rank weighted by its share of the batch, so
+      the update is that of the whole batch's mean loss (up to float rounding). We average
+      the gradients ourselves rather than wrap the model in ``DistributedDataParallel``:
+      the model object stays the user's (no ``module.`` prefix in any state_dict, no wrapper
+      for methods' forward pre-hooks and parametrizations to see through), parameters a
+      method adds to the optimizer but not to the model (thresholds) are averaged too, a
+      method may change which parameters get gradients at any step (DDP fixes that at
+      construction), and MaskEnforcer's optimizer hooks see the averaged gradients. The
+      cost is no overlap of communication with the backward pass, which on a CPU with
+      small models is noise (see benchmarks/bench_ddp.py);
+    - BatchNorm normalises each rank's slice with that slice's statistics (no
+      SyncBatchNorm, as with DDP); its running statistics are per rank during an epoch and
+      averaged over the ranks at the end of every epoch, before evaluation and checkpoint,
+      so every rank holds the same buffers from then on;
+    - train loss/accuracy are summed over the ranks and the test set is evaluated in
+      shards (:func:`evaluate` with ``sharded=True``); the epoch's metrics row is then rank
+      0's, so every rank returns the same history;
+    - only rank 0 writes the checkpoint (the others wait at a barrier), and every rank
+      resumes from it; only rank 0 shows a progress bar.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -66,6 +98,9 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = torch.device(device)
     model.to(device)
+    if distributed.setup(device):
+        # Same start everywhere, whatever each process's seed or construction did.
+        distributed.broadcast_(list(model.parameters()) + list(model.buffers()))
     loss_fn = loss_fn or F.cross_entropy
     callbacks = list(callbacks)
     for cb in callbacks:
@@ -107,6 +142,7 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
 
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and distributed.is_main()
     bar = tqdm(total=total_steps, initial=state.step, disable=not progress,
                dynamic_ncols=True, unit="it")
     try:
@@ -115,7 +151,9 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
             metrics = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar)
             state.history.append(metrics)
             if path is not None:
-                save_checkpoint(path, _payload(state, callbacks, run_recipe))
+                if distributed.is_main():
+                    save_checkpoint(path, _payload(state, callbacks, run_recipe))
+                distributed.barrier()  # nobody reads or races past a half-written epoch
     finally:
         bar.close()
     state.epoch = epochs
@@ -140,39 +178,56 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
     loss_sum, penalty_sum, seen, correct, steps = 0.0, 0.0, 0, 0, 0
     has_penalty, classification = False, True
     lr = opt.param_groups[0]["lr"]
+    world = distributed.world_size()
     for x, y in train:
+        full = len(y)
+        if world > 1:
+            x, y = _my_slice(x), _my_slice(y)
         x, y = to_device(x, state.device), to_device(y, state.device)
         opt.zero_grad(set_to_none=True)
-        out = model(x)
-        task = loss_fn(out, y)
-        loss = task
-        for cb in callbacks:
-            extra = cb.penalty(state)
-            if extra is not None:
-                loss = loss + extra
-                penalty_sum += float(extra.detach() if torch.is_tensor(extra) else extra)
-                has_penalty = True
-        loss.backward()
+        batch = len(y)
+        if batch or world == 1:
+            out = model(x)
+            task = loss_fn(out, y)
+            loss = task
+            for cb in callbacks:
+                extra = cb.penalty(state)
+                if extra is not None:
+                    loss = loss + extra
+                    penalty_sum += float(extra.detach() if torch.is_tensor(extra) else extra)
+                    has_penalty = True
+            loss.backward()
+            state.loss = float(loss.detach())
+        if world > 1:
+            # Every rank joins, even one whose slice was empty (a batch smaller than N).
+            distributed.average_gradients([p for g in opt.param_groups for p in g["params"]],
+                                          weight=batch / full if full else 0.0)
         lr = opt.param_groups[0]["lr"]  # the lr this step uses
         opt.step()
         state.scheduler.step()
         state.step += 1
-        state.loss = float(loss.detach())
 
-        batch = len(y)
         seen += batch
         steps += 1
-        loss_sum += float(task.detach()) * batch
-        counts = topk_correct(out.detach(), y, ks=(1,))
-        if counts is None:
-            classification = False
-        else:
-            correct += counts.get(1, 0)
+        if batch:
+            loss_sum += float(task.detach()) * batch
+            counts = topk_correct(out.detach(), y, ks=(1,))
+            if counts is None:
+                classification = False
+            else:
+                correct += counts.get(1, 0)
         for cb in callbacks:
             cb.on_step_end(state)
         bar.update(1)
         bar.set_postfix(loss=f"{state.loss:.4f}", refresh=False)
 
+    if world > 1:
+        _sync_buffers(model)
+        loss_sum, seen, correct, penalty_sum, logits = distributed.all_reduce_sum(
+            [loss_sum, seen, correct, penalty_sum, float(classification)])
+        seen, correct = int(seen), int(correct)
+        classification = logits == world
+        penalty_sum /= world  # every rank adds the same penalty (same parameters)
     metrics: Dict[str, Any] = {
         "epoch": epoch + 1,
         "train_loss": loss_sum / seen if seen else None,
@@ -180,7 +235,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         "test_loss": None, "test_top1": None, "test_top5": None,
     }
     if test is not None:
-        result = evaluate(model, test, device=state.device, loss_fn=loss_fn)
+        result = evaluate(model, test, device=state.device, loss_fn=loss_fn, sharded=True)
         metrics.update(test_loss=result["loss"], test_top1=result["top1"],
                        test_top5=result["top5"])
     metrics.update(lr=float(lr), seconds=time.perf_counter() - start, step=state.step)
@@ -190,7 +245,40 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         cb.on_epoch_end(state, metrics)
     if metrics.get("test_top1") is not None:
         bar.set_postfix(loss=f"{state.loss:.4f}", top1=f"{metrics['test_top1']:.2f}")
-    return {k: _plain_number(v) for k, v in metrics.items()}
+    row = {k: _plain_number(v) for k, v in metrics.items()}
+    # Rank 0's row everywhere (its seconds, its callbacks' numbers): one history per job.
+    return distributed.broadcast_object(row) if world > 1 else row
+
+
+def _my_slice(batch: Any) -> Any:
+    """This rank's piece of a batch: the rank-th of ``tensor_split(batch, N)`` along dim 0,
+    recursively through tuples, lists and dicts."""
+    if isinstance(batch, torch.Tensor):
+        return torch.tensor_split(batch, distributed.world_size())[distributed.rank()]
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_my_slice(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _my_slice(v) for k, v in batch.items()}
+    return batch
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Average the normalisation layers' running statistics over the ranks and give every
+    other buffer rank 0's value, so all ranks hold the same model."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    averaged, copied = [], []
+    for module in model.modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is None:
+                continue
+            if isinstance(module, _NormBase) and name in ("running_mean", "running_var") \
+                    and buf.is_floating_point():
+                averaged.append(buf)
+            else:
+                copied.append(buf)
+    distributed.all_reduce_mean(averaged)
+    distributed.broadcast_(copied)
 
 
 def _plain_number(value: Any) -> Any:

@@ -64,14 +64,23 @@ def topk_correct(output: torch.Tensor, target: torch.Tensor,
 
 
 def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
-             loss_fn: Optional[LossFn] = None) -> Dict[str, Optional[float]]:
+             loss_fn: Optional[LossFn] = None, sharded: bool = False) -> Dict[str, Optional[float]]:
     """Mean loss and top-1/top-5 accuracy (percent) of ``model`` over ``loader``.
 
     Runs in eval mode under ``torch.no_grad()`` and restores every submodule's previous
     train/eval flag afterwards. ``top5`` is None with fewer than 5 classes, and both
     accuracies are None when the outputs are not class logits. ``loss_fn`` (default
     cross-entropy) must return the batch mean; the result is weighted by batch size.
+
+    ``sharded=True`` under torchrun (see :mod:`prunekit.distributed`): rank r evaluates
+    batches r, r + N, ... and the sums are all-reduced, so every rank returns the numbers of
+    the whole loader for 1/N of the work. It is a collective: every rank must call it. Off by
+    default, so a call made by one rank alone never waits for the others.
     """
+    from .. import distributed
+
+    world = distributed.world_size() if sharded else 1
+    me = distributed.rank() if world > 1 else 0
     loss_fn = loss_fn or F.cross_entropy
     device = torch.device(device)
     # Restore per module: a caller may keep e.g. frozen BatchNorm layers in eval mode.
@@ -81,7 +90,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
     classification = True
     try:
         with torch.no_grad():
-            for x, y in loader:
+            for i, (x, y) in enumerate(loader):
+                if i % world != me:
+                    continue
                 x, y = to_device(x, device), to_device(y, device)
                 out = model(x)
                 batch = len(y)
@@ -96,6 +107,14 @@ def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
     finally:
         for m, mode in modes.items():
             m.training = mode
+    if world > 1:
+        has = [float(classification), float(1 in correct), float(5 in correct)]
+        total_loss, n, c1, c5, *has = distributed.all_reduce_sum(
+            [total_loss, n, correct.get(1, 0), correct.get(5, 0)] + has)
+        n = int(n)
+        # Logits on every rank (one without batches keeps its initial True).
+        classification = has[0] == world
+        correct = {k: int(c) for k, c, h in ((1, c1, has[1]), (5, c5, has[2])) if h > 0}
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     acc = (lambda k: 100.0 * correct[k] / n if classification and k in correct else None)
