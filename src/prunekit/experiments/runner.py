@@ -12,6 +12,11 @@
 
 A SIGKILL at any point leaves either no ``metrics.json`` (the next attempt resumes from the
 last checkpoint) or a complete one (the next attempt only re-ingests it).
+
+Under torchrun (:mod:`prunekit.distributed`) rank 0 does all of the above; the other ranks
+only run the pipeline beside it (they must join its collectives: gradient averaging, mask
+broadcasts) in :func:`_follow`, write nothing, take no lock, open no store, and return rank
+0's :class:`Outcome`, which rank 0 broadcasts once its files and rows are written.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from .. import distributed
 from ..pipelines.registry import PipelineResult
 from .context import Context
 from .project import MODEL, METRICS, SPEC, Project, atomic_write_json, atomic_write_text
@@ -58,15 +64,37 @@ class Outcome:
 def execute(root: Union[str, Path], spec: RunSpec, progress: bool = False) -> Outcome:
     """Run ``spec`` in project folder ``root`` unless it is done (see the module docstring)."""
     project = Project(root)
+    if not distributed.is_main():
+        return _follow(project, spec)
     with project.lock(spec.id):
         with project.store() as store:
-            if project.is_done(spec.id):
+            if distributed.broadcast_object(project.is_done(spec.id)):  # tells the other ranks
                 record = project.read_record(spec.id)
                 row = store.run(spec.id)
                 if row is None or row["status"] != "done":  # killed between file and store
                     store.finish(spec, record)
                 return _outcome(spec, "skipped", record["metrics"], record.get("elapsed") or 0.0)
-            return _run(project, store, spec, progress)
+            return distributed.broadcast_object(_run(project, store, spec, progress))
+
+
+def _follow(project: Project, spec: RunSpec) -> Outcome:
+    """A rank other than 0: run the pipeline in step with rank 0 (which decides whether the
+    run is done already), write nothing, and return rank 0's outcome."""
+    import sys
+
+    if distributed.broadcast_object(None):
+        record = project.read_record(spec.id)  # rank 0 found it done: nothing to join
+        return _outcome(spec, "skipped", record["metrics"], record.get("elapsed") or 0.0)
+    try:
+        ctx = Context(project, spec, False, run_required=lambda dep: execute(project.root, dep))
+        if spec.baseline is not None:
+            spec.baseline.entry.run(ctx, spec.baseline.params, ctx.main_run())
+        else:
+            spec.method.pipeline.run(ctx, spec.method.params)
+    except Exception as err:  # rank 0 records the failure (it fails alike on a bad spec)
+        print(f"rank {distributed.rank()}: run {spec.id} failed: {type(err).__name__}: {err}",
+              file=sys.stderr)
+    return distributed.broadcast_object(None)  # waits until rank 0 has written everything
 
 
 def _outcome(spec: RunSpec, status: str, metrics=None, elapsed=0.0, error=None) -> Outcome:
