@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
+from .. import distributed
 from .project import Project, atomic_write_text
 from .runner import Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
@@ -116,18 +117,24 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers > 1 and distributed.active():
+        raise ValueError("--workers > 1 cannot be combined with torchrun: the ranks of one "
+                         "job already share each run's training; use one or the other")
     started = time.time()
     project = Project(root)
     project.root.mkdir(parents=True, exist_ok=True)
     sweep = _as_sweep(sweep)
     planned = plan(sweep)
-    atomic_write_text(project.sweep_file(sweep.name), sweep.to_yaml())
-    done = _reconcile(project, sweep, planned)
+    # Under torchrun rank 0 alone writes; the others take its list of finished runs.
+    if distributed.is_main():
+        atomic_write_text(project.sweep_file(sweep.name), sweep.to_yaml())
+    done = distributed.broadcast_object(_reconcile(project, sweep, planned) if distributed.is_main() else None)
     summary = SweepSummary(sweep.name, len(planned), skipped=len(done))
     # One kind of bar at a time: per-epoch bars (``prunekit run``) or one bar over the runs.
     bar = tqdm(total=len(planned), initial=len(done), unit="run", desc=sweep.name,
-               disable=True if quiet or fit_progress is not False else None, dynamic_ncols=True)
-    say = (lambda text: None) if quiet else (echo or bar.write)
+               disable=True if quiet or fit_progress is not False or not distributed.is_main() else None,
+               dynamic_ncols=True)
+    say = (lambda text: None) if quiet or not distributed.is_main() else (echo or bar.write)
     failed: Dict[str, Outcome] = {}
     blocked: Dict[str, str] = {}
 
@@ -152,8 +159,9 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
         blocked[item.spec.id] = dep
         summary.blocked.append(item.spec.id)
         bar.update(1)
-        with project.store() as store:
-            store.set_status([item.spec.id], "blocked", f"requires {dep}, which did not finish")
+        if distributed.is_main():
+            with project.store() as store:
+                store.set_status([item.spec.id], "blocked", f"requires {dep}, which did not finish")
         say(f"blocked  {item.spec.label} seed={item.spec.seed}: requires {dep}, which did not finish")
 
     queue = [p for p in planned if p.spec.id not in done]
