@@ -23,6 +23,10 @@ def _load(path: str, data_dir=None):
 
 
 def _finish(summary, quiet: bool) -> int:
+    from ..distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports for the job
+        return 1 if summary.failed or summary.blocked else 0
     if not quiet or summary.failed:
         print(summary.line())
     for outcome in summary.failed:

@@ -18,7 +18,10 @@ EXIT_USAGE = 2
 def _threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1))))
+    from ..distributed import threads_per_rank
+
+    # PRUNEKIT_THREADS is the cores to use; under torchrun they are shared by the local ranks.
+    torch.set_num_threads(threads_per_rank(max(1, int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))))
 
 
 def _add_data_args(p: argparse.ArgumentParser, with_name: bool = True) -> None:
@@ -271,6 +274,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             resolve(args.device)  # a bad name fails here, with what is accepted
             os.environ["PRUNEKIT_DEVICE"] = args.device  # sweep workers and Ray tasks inherit it
+        from .. import distributed
+
+        if distributed.requested():  # launched by torchrun: one process group for the command
+            from ..device import resolve
+
+            distributed.setup(resolve())
         return args.func(args)
     except _user_errors() as err:
         if os.environ.get("PRUNEKIT_DEBUG"):
