@@ -40,6 +40,7 @@ from prunekit.methods.base import MethodCallback
 from prunekit.methods.slimming import Slimming
 from prunekit.pipelines.scratch import scratch_b_epochs
 from prunekit.structured import by_ratios, compare, predefined_ratios, shrink, uniform_for_flops
+from prunekit.structured.configs import block_inner_ratios
 from prunekit.structured.shrink import prunable_layers
 from prunekit.training import evaluate, fit
 from _common import RESULTS, command_line, machine, write_section
@@ -57,6 +58,14 @@ def flops(model):
 
 def params(model):
     return sum(p.numel() for p in model.parameters())
+
+
+def config_ratios(config: str, model) -> dict:
+    """A predefined configuration (resnet56-a, ...) or ``inner-P``: ratio P on the first conv of
+    every block (the A/B rule with one ratio and nothing skipped), for ResNet-20/32/44."""
+    if config.startswith("inner-"):
+        return block_inner_ratios(model, float(config[len("inner-"):]))
+    return predefined_ratios(config, model)
 
 
 def tp_magnitude_at_flops(model, target_flops, layers):
@@ -128,7 +137,7 @@ class Bench:
         dense = self.dense(a.resnet, seed)
         x = torch.randn(1, *SHAPE)
         for config in a.configs:
-            plan = by_ratios(dense, predefined_ratios(config, dense))
+            plan = by_ratios(dense, config_ratios(config, dense))
             small = shrink(dense, x, plan)
             self.train(f"{config}|finetuned|{seed}", copy.deepcopy(small), seed, ft, lr=0.01)
             ratio = flops(dense) / flops(small)
@@ -174,7 +183,7 @@ class Bench:
                          **compare(r20, small, SHAPE, repeats=self.args.repeats)})
         for config in self.args.configs:
             big = self.fresh(self.args.resnet, 0).eval()
-            small = shrink(big, x, by_ratios(big, predefined_ratios(config, big)))
+            small = shrink(big, x, by_ratios(big, config_ratios(config, big)))
             rows.append({"model": f"{config} w{self.args.width}", **compare(big, small, SHAPE, repeats=self.args.repeats)})
         self.cache["latency"] = rows
         self.save()
@@ -198,7 +207,7 @@ def render(b: Bench):
              f"`{command_line()}` on {machine()}. Data: {a.dataset}, {a.train_subset} training images; width {a.width}; "
              f"dense E = {E} epochs (SGD 0.1, cosine, wd 5e-4, batch 128); fine-tune {max(1, E // 4)} epochs at lr 0.01; "
              f"Scratch-B = E x FLOPs ratio. Test top-1 %, mean +- std over seeds {list(a.seeds)}.", "",
-             f"### L1-filter predefined targets ({a.resnet}, option A; unpruned {mean_std(get(a.resnet + '|dense'))}%)", "",
+             f"### L1-filter targets ({a.resnet}, option A; unpruned {mean_std(get(a.resnet + '|dense'))}%)", "",
              "| pruned model | FLOPs cut | fine-tuned | Scratch-E | Scratch-B | torch-pruning MagnitudePruner (same FLOPs, fine-tuned) |",
              "|---|---|---|---|---|---|"]
     for config in a.configs:
@@ -233,7 +242,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=15, help="dense epochs E")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--resnet", default="resnet56")
-    ap.add_argument("--configs", nargs="+", default=["resnet56-a", "resnet56-b"])
+    ap.add_argument("--configs", nargs="+", default=["resnet56-a", "resnet56-b"],
+                    help="predefined configurations, or inner-P (ratio P on every block's first conv)")
     ap.add_argument("--slim-model", default="vgg11")
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.4, 0.6])
     ap.add_argument("--repeats", type=int, default=20, help="timed forwards per latency figure")

@@ -186,3 +186,15 @@ def test_torchvision_models_shrink_exactly(name):
         a, b = small(x), masked(x)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert torch.allclose(a, b, atol=1e-4 * max(1.0, b.abs().max().item()), rtol=1e-4)
+
+
+def test_block_inner_ratios_prune_the_first_conv_of_every_block():
+    from prunekit.structured.configs import block_inner_ratios
+
+    model = pk.models.get("resnet20", width=0.5)
+    ratios = block_inner_ratios(model, 0.5)
+    assert len(ratios) == 9 and all(name.endswith(".conv1") for name in ratios)
+    small = shrink(model, torch.randn(1, 3, 32, 32), pk.structured.by_ratios(model, ratios))
+    assert small.layer1[0].conv1.out_channels == 4 and small.layer3[2].conv1.out_channels == 16
+    with pytest.raises(ValueError):
+        block_inner_ratios(model, 1.0)
