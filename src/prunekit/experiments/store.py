@@ -19,21 +19,27 @@ Tables (``prunekit runs`` and ``prunekit report`` read them; so can any SQLite c
 Concurrency: WAL journal, a 60 s busy timeout, and every write is one ``BEGIN IMMEDIATE``
 transaction (it takes the write lock up front, so two writers never deadlock upgrading a
 read lock). A process killed mid-write leaves the previous state: SQLite rolls the
-transaction back. All of a run's result rows are written in one transaction.
+transaction back. All of a run's result rows are written in one transaction. Opening retries
+the switch to WAL and the schema creation with backoff (the busy timeout does not cover the
+first: see ``Store._setup``). A process with ``PRUNEKIT_NO_STORE`` set cannot open the store
+(Ray tasks: their sweep's driver writes it for them).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
+# Set (to anything non-empty) in processes that must not open the store: see Store.__init__.
+NO_STORE_ENV = "PRUNEKIT_NO_STORE"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -100,6 +106,22 @@ TRAIL_COLUMNS = ("phase", "sparsity", "top1", "top5", "loss", "nonzero_params")
 LAYER_COLUMNS = ("name", "shape", "params", "kept", "sparsity", "flops", "effective_flops")
 
 
+def _retry_locked(step: Callable[[], None], timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Run ``step`` again, with jittered exponential backoff (1 ms doubling to 0.5 s), while
+    SQLite says the database is locked or busy, for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=True)
 
@@ -109,14 +131,35 @@ class Store:
     in each worker (connections must not cross ``fork``/``spawn``)."""
 
     def __init__(self, path: Union[str, Path]):
+        if os.environ.get(NO_STORE_ENV):
+            # Set in processes that must leave the database to another one (Ray tasks: the
+            # sweep's driver alone writes the store); opening it there is a bug, not a race.
+            raise RuntimeError(f"this process must not open the results store {path} "
+                               f"({NO_STORE_ENV} is set: the driver of the sweep writes it)")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _write).
         self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            _retry_locked(self._setup)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _setup(self) -> None:
+        """WAL mode and the schema. Switching a fresh file to WAL needs an exclusive lock, and
+        SQLite answers "database is locked" at once (or returns the old mode) when another
+        connection holds any lock then, without calling the busy handler; so this runs under
+        :func:`_retry_locked` rather than relying on the busy timeout."""
+        mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(  # "locked": retried; persists on a filesystem without WAL (NFS)
+                f"database is locked: {self.path} stayed in journal mode {mode!r}, not WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: never corrupt
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # schema in place: opening takes no write lock
         with self._write() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():

@@ -1,0 +1,77 @@
+"""Opening the results store from several processes at once, on fresh database files.
+
+A fresh file is in rollback-journal mode until a connection switches it to WAL; that switch
+needs an exclusive lock, and SQLite reports "database is locked" at once, without calling the
+busy handler, when another connection holds a lock then. Store() retries it (and the schema
+creation) with backoff; before it did, this test saw 1 to 30 of its 720 opens fail (load-dependent).
+"""
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from prunekit.experiments.store import NO_STORE_ENV, SCHEMA_VERSION, Store
+
+OPENER = textwrap.dedent("""
+    import sys, time, pathlib
+    from prunekit.experiments.store import Store
+    folder, index, n_files, go = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
+    gap = float(sys.argv[5])
+    while not go.exists():
+        time.sleep(0.001)
+    t0 = float(go.read_text())
+    failures = []
+    for i in range(n_files):
+        # Every process wakes to open file i at the same instant (sleeping, not spinning: on
+        # 2 cores spinning processes get descheduled and stop colliding).
+        time.sleep(max(0.0, t0 + gap * i - time.time()))
+        try:
+            # Open only: a write here would queue the processes behind each other's commits
+            # and spread them out of step.
+            with Store(folder / f"db{i}.sqlite") as store:
+                version = store.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != 1:
+                failures.append(f"db{i}: opened before its schema was written (user_version {version})")
+        except Exception as err:
+            failures.append(f"db{i}: {type(err).__name__}: {err}")
+    print("\\n".join(failures))
+    sys.exit(1 if failures else 0)
+""")
+
+
+def _env():
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_many_processes_open_fresh_stores_at_once(tmp_path):
+    script, go = tmp_path / "opener.py", tmp_path / "go"
+    script.write_text(OPENER)
+    n_procs, n_files, gap = 6, 120, 0.03
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(k), str(n_files), str(go), str(gap)],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for k in range(n_procs)]
+    time.sleep(0.2)
+    # Start once the interpreters have had time to import.
+    go.write_text(str(time.time() + 3.0))
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n_procs, "\n".join(outputs)[-3000:]
+    for i in range(n_files):
+        conn = sqlite3.connect(tmp_path / f"db{i}.sqlite")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 7
+        conn.close()
+
+
+def test_opening_is_refused_where_the_store_is_forbidden(tmp_path, monkeypatch):
+    monkeypatch.setenv(NO_STORE_ENV, "1")
+    with pytest.raises(RuntimeError, match=NO_STORE_ENV):
+        Store(tmp_path / "results.sqlite")
+    assert not (tmp_path / "results.sqlite").exists()
