@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import distributed
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
 from ..core.targets import prunable_parameters
@@ -174,11 +175,12 @@ class LTP(Method):
             row: Dict[str, Any] = {"level": lv, "sparsity": s, "step": self.steps}
             if self.trail_dir is not None:
                 path = self.trail_dir / f"ltp_s{lv:.4f}.pt"
-                self.trail_dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save({"model": {k: v.cpu() for k, v in state.items()}, "mask": mask_state,
-                            "sparsity": s, "step": self.steps, "level": lv}, tmp)
-                os.replace(tmp, path)
+                if distributed.is_main():  # under torchrun the ranks hold the same snapshot
+                    self.trail_dir.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    torch.save({"model": {k: v.cpu() for k, v in state.items()}, "mask": mask_state,
+                                "sparsity": s, "step": self.steps, "level": lv}, tmp)
+                    os.replace(tmp, path)
                 row["path"] = str(path)
             else:
                 row["model"], row["mask"] = state, mask_state
