@@ -47,6 +47,9 @@ class Outcome:
     metrics: Optional[Dict[str, Any]] = None
     elapsed: float = 0.0
     error: Optional[str] = None
+    # The run's metrics.json record (done or skipped): what a caller that writes the store
+    # itself (``execute(..., store_writes=False)``) needs for ``Store.finish``.
+    record: Optional[Dict[str, Any]] = None
 
     def line(self) -> str:
         """One line for the terminal."""
@@ -61,20 +64,48 @@ class Outcome:
                 f"{m.get('nonzero_params', 0):,} nonzero params ({self.elapsed:.1f} s) [{self.id}]")
 
 
-def execute(root: Union[str, Path], spec: RunSpec, progress: bool = False) -> Outcome:
-    """Run ``spec`` in project folder ``root`` unless it is done (see the module docstring)."""
+def execute(root: Union[str, Path], spec: RunSpec, progress: bool = False, store_writes: bool = True) -> Outcome:
+    """Run ``spec`` in project folder ``root`` unless it is done (see the module docstring).
+
+    ``store_writes=False``: open no results store and write no rows (the run folder is
+    written as usual); the caller writes the rows from the returned ``Outcome.record`` /
+    ``error``. Ray tasks run this way so that their sweep's driver alone writes the database,
+    which may sit where workers cannot lock it (SQLite over a network filesystem).
+    """
     project = Project(root)
     if not distributed.is_main():
         return _follow(project, spec)
     with project.lock(spec.id):
-        with project.store() as store:
+        with (project.store() if store_writes else _NoStore()) as store:
             if distributed.broadcast_object(project.is_done(spec.id)):  # tells the other ranks
                 record = project.read_record(spec.id)
                 row = store.run(spec.id)
                 if row is None or row["status"] != "done":  # killed between file and store
                     store.finish(spec, record)
-                return _outcome(spec, "skipped", record["metrics"], record.get("elapsed") or 0.0)
+                return _outcome(spec, "skipped", record["metrics"], record.get("elapsed") or 0.0, record=record)
             return distributed.broadcast_object(_run(project, store, spec, progress))
+
+
+class _NoStore:
+    """Stands in for the store under ``execute(..., store_writes=False)``: writes nothing."""
+
+    def __enter__(self) -> "_NoStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def run(self, run_id: str) -> None:
+        return None
+
+    def start(self, spec) -> None:
+        pass
+
+    def finish(self, spec, record) -> None:
+        pass
+
+    def fail(self, run_id: str, error: str) -> None:
+        pass
 
 
 def _follow(project: Project, spec: RunSpec) -> Outcome:
@@ -97,8 +128,8 @@ def _follow(project: Project, spec: RunSpec) -> Outcome:
     return distributed.broadcast_object(None)  # waits until rank 0 has written everything
 
 
-def _outcome(spec: RunSpec, status: str, metrics=None, elapsed=0.0, error=None) -> Outcome:
-    return Outcome(spec.id, status, spec.label, spec.seed, spec.requested_sparsity, metrics, elapsed, error)
+def _outcome(spec: RunSpec, status: str, metrics=None, elapsed=0.0, error=None, record=None) -> Outcome:
+    return Outcome(spec.id, status, spec.label, spec.seed, spec.requested_sparsity, metrics, elapsed, error, record)
 
 
 def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
@@ -108,7 +139,9 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
     store.start(spec)
     started = time.time()
     try:
-        ctx = Context(project, spec, progress, run_required=lambda dep: execute(project.root, dep, progress))
+        writes = not isinstance(store, _NoStore)  # a requirement run here writes alike
+        ctx = Context(project, spec, progress,
+                      run_required=lambda dep: execute(project.root, dep, progress, store_writes=writes))
         if spec.baseline is not None:
             result = spec.baseline.entry.run(ctx, spec.baseline.params, ctx.main_run())
         else:
@@ -127,7 +160,7 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
         store.fail(spec.id, message)
         return _outcome(spec, "failed", elapsed=time.time() - started, error=message)
     store.finish(spec, record)
-    return _outcome(spec, "done", record["metrics"], record["elapsed"])
+    return _outcome(spec, "done", record["metrics"], record["elapsed"], record=record)
 
 
 def summarize(ctx: Context, result: PipelineResult) -> Dict[str, Any]:
