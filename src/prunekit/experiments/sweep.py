@@ -6,6 +6,8 @@ baselines, and what they require (the shared dense runs), each once, requirement
 and executes the others, a run only once everything it requires is done. With ``workers > 1``
 the runs go to a pool of spawned processes, each with ``cores // workers`` torch threads (on
 this 2-core machine two workers gain little over one: the cores are the limit, not Python).
+``executor="ray"`` runs each run as a task on a Ray cluster instead, the driver alone writing
+the store (see :mod:`.ray_executor`; Ray is imported only then).
 
 Robustness: every run holds a file lock while it runs and writes its "done" marker last (see
 :mod:`.runner`), so killing a sweep at any moment and starting it again finishes the work
@@ -28,6 +30,7 @@ from .runner import Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
 
 ROLE_RANK = {"dependency": 0, "baseline": 1, "main": 2}
+EXECUTORS = ("process", "ray")
 
 
 @dataclass
@@ -105,18 +108,29 @@ def _as_sweep(spec: Union[Sweep, ExperimentSpec]) -> Sweep:
 
 
 def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], workers: int = 1, quiet: bool = False,
-              fit_progress: Optional[bool] = False, echo: Optional[Callable[[str], None]] = None) -> SweepSummary:
+              fit_progress: Optional[bool] = False, echo: Optional[Callable[[str], None]] = None,
+              executor: str = "process", ray_address: Optional[str] = None, ray_num_cpus: float = 1.0,
+              ray_max_retries: int = 3) -> SweepSummary:
     """Run every run of ``sweep`` (or of one spec) in project folder ``root`` not done yet.
 
     ``workers``: parallel processes (1: in this process). ``quiet``: no progress bar and no
     per-run lines. ``fit_progress``: per-epoch bars instead of the bar over runs (True, or
     None for "when stderr is a terminal"; used with one worker).
     ``echo``: where per-run lines go (default: ``tqdm.write``).
+    ``executor``: "process" (the above) or "ray": each run a Ray task (``workers`` unused;
+    ``ray_address``, ``ray_num_cpus`` per task and ``ray_max_retries`` after a lost worker go
+    to :func:`.ray_executor.run_ray`).
     """
     from tqdm import tqdm
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from .ray_executor import import_ray
+
+        import_ray()  # before any file is written: a missing Ray is a set-up error
     if workers > 1 and distributed.active():
         raise ValueError("--workers > 1 cannot be combined with torchrun: the ranks of one "
                          "job already share each run's training; use one or the other")
@@ -166,7 +180,12 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
 
     queue = [p for p in planned if p.spec.id not in done]
     try:
-        if workers == 1:
+        if executor == "ray":
+            from .ray_executor import run_ray
+
+            run_ray(project, queue, done, stuck, block, settle, address=ray_address, num_cpus=ray_num_cpus,
+                    max_retries=ray_max_retries)
+        elif workers == 1:
             for item in queue:
                 dep = stuck(item)
                 if dep is not None:
