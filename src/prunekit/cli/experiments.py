@@ -60,7 +60,20 @@ def cmd_sweep(args) -> int:
             print(f"{state:<5} {item.role:<10} {item.spec.id:<42} {item.spec.label}{where}")
         print(f"{len(runs)} runs, {sum(project.is_done(r.spec.id) for r in runs)} done")
         return 0
-    summary = run_sweep(args.dir, spec, workers=args.workers, quiet=args.quiet)
+    if args.executor == "ray":
+        if args.workers != 1:
+            raise ValueError("--workers is for the process executor; with --executor ray each run is a "
+                             "Ray task (size them with --ray-cpus)")
+        from ..experiments.ray_executor import import_ray
+
+        try:
+            import_ray()
+        except ImportError as err:
+            raise ValueError(str(err)) from None  # one line, exit code 2
+    elif args.ray_address is not None:
+        raise ValueError("--ray-address needs --executor ray")
+    summary = run_sweep(args.dir, spec, workers=args.workers, quiet=args.quiet, executor=args.executor,
+                        ray_address=args.ray_address, ray_num_cpus=args.ray_cpus, ray_max_retries=args.ray_retries)
     return _finish(summary, args.quiet)
 
 
@@ -122,6 +135,15 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="parallel worker processes (each gets cores/workers torch threads)")
+    p.add_argument("--executor", choices=["process", "ray"], default="process",
+                   help="process: this machine (--workers); ray: each run a task on a Ray cluster, "
+                        "the project folder on a filesystem shared by every node (pip install 'prunekit[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001); default: start a local Ray")
+    p.add_argument("--ray-cpus", type=_positive_float, default=1.0,
+                   help="CPUs each run's task reserves, and its torch threads (default: 1)")
+    p.add_argument("--ray-retries", type=_positive_int_or_zero, default=3,
+                   help="times Ray re-runs a task whose worker died; it resumes from its checkpoint (default: 3)")
     p.add_argument("--dry-run", action="store_true", help="list the planned runs and which are done")
     p.set_defaults(func=cmd_sweep)
 
@@ -146,6 +168,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default=DEFAULT_DIR, help=f"project folder for runs and results (default: {DEFAULT_DIR})")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (not part of run ids)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _positive_int_or_zero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
