@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .. import distributed
 from ..artifacts import read_model_file, save_model
 from ..core.mask import Mask
 from ..core.prune import check_sparsity, prune
@@ -163,6 +164,8 @@ def _seconds(history: Sequence[Mapping[str, Any]]) -> float:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    if not distributed.is_main():  # under torchrun rank 0 writes for every rank
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
@@ -201,14 +204,17 @@ class _Stage:
              history: Sequence[Mapping[str, Any]] = ()) -> None:
         if self.path is None:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        if mask is not None:
-            mask.save(self.path / "mask.pt")
-        _write_json(self.path / "metrics.json", row)
-        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        save_model(self.path / "model.pt", model, model_name=model_info.get("name") or type(model).__name__,
-                   model_kwargs=model_info.get("kwargs"), dataset=model_info.get("dataset"), mask=mask,
-                   metrics=metrics, recipe={**(recipe or {}), **(extra or {})}, history=[dict(r) for r in history])
+        if distributed.is_main():  # under torchrun: rank 0 writes, every rank waits for it
+            self.path.mkdir(parents=True, exist_ok=True)
+            if mask is not None:
+                mask.save(self.path / "mask.pt")
+            _write_json(self.path / "metrics.json", row)
+            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
+            save_model(self.path / "model.pt", model, model_name=model_info.get("name") or type(model).__name__,
+                       model_kwargs=model_info.get("kwargs"), dataset=model_info.get("dataset"), mask=mask,
+                       metrics=metrics, recipe={**(recipe or {}), **(extra or {})},
+                       history=[dict(r) for r in history])
+        distributed.barrier()
 
 
 # ------------------------------------------------------------------------- dense stage
@@ -232,7 +238,7 @@ def _train_dense(model, train, test, recipe, rewind_step, stage: _Stage, seed, p
            "pruned_top1": None, "top1": history[-1].get("test_top1") if history else _top1(model, test, device),
            "epochs": int(recipe["epochs"]), "seconds": _seconds(history)}
     weights = callbacks[0].weights if callbacks else None
-    if stage.path is not None and weights is not None:
+    if stage.path is not None and weights is not None and distributed.is_main():
         save_checkpoint(stage.path / "rewind.pt", {"step": rewind_step, "weights": weights})
     stage.save(model, None, row, model_info, full, history=history)  # last: model.pt marks it finished
     return row, full, weights, list(history)
