@@ -121,6 +121,7 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
         task = ray.remote(run_task).options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)
         threads = max(1, int(num_cpus))
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        root = str(project.root.resolve())  # workers do not run in the driver's directory
         running: Dict[Any, Any] = {}
         with project.store() as store:
             while queue or running:
@@ -133,7 +134,7 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
                     elif len(running) < capacity and all(d in done for d in item.requires):
                         queue.remove(item)
                         store.start(item.spec)
-                        ref = task.remote(str(project.root), item.spec.to_dict(), threads, env)
+                        ref = task.remote(root, item.spec.to_dict(), threads, env)
                         running[ref] = item
                 if not running:
                     break  # nothing can start (cannot happen with a valid plan)
