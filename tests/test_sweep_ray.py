@@ -169,13 +169,17 @@ method: {name: dense}
 """
 
 
-def _task_pids():
-    """Ray workers executing a run now (Ray titles a busy worker ``ray::<function>``)."""
+def _task_pids(log):
+    """This module's Ray workers executing a run now: Ray titles a busy worker
+    ``ray::<function>``, and ours inherited the fixture's log variable (another Ray on the
+    machine is left alone)."""
+    mark = f"PRUNEKIT_TEST_CONNECT_LOG={log}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::run_task"):
+                if ((entry / "cmdline").read_bytes().startswith(b"ray::run_task")
+                        and mark in (entry / "environ").read_bytes().split(b"\0")):
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -183,6 +187,7 @@ def _task_pids():
 
 
 def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(ray_session, tmp_path):
+    _, log = ray_session
     sweep = Sweep.from_yaml(KILLED)
     (item,) = plan(sweep)
     folder = Project(tmp_path).run_folder(item.spec.id)
@@ -192,7 +197,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(ray_sess
         deadline = time.time() + 120
         while time.time() < deadline and not (folder / "metrics.json").exists():
             checkpoints = list(folder.glob("checkpoints/*/last.pt"))
-            pids = _task_pids()
+            pids = _task_pids(log)
             if checkpoints and pids:
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)  # the worker, mid-training
