@@ -1,0 +1,226 @@
+"""Measured inference cost of a pruned model in each of its executable forms.
+
+``bench_model(path)`` loads a prunekit model file or folder and measures, side by side:
+
+- ``dense``: the original architecture with dense weights (a fresh registry model of the
+  file's name/kwargs: what the model cost before pruning; dense kernels do not depend on the
+  weight values);
+- ``masked`` (files with a mask): the pruned weights, zeros included, run by dense kernels;
+- ``torch-prune`` (files with a mask): the same through ``torch.nn.utils.prune``
+  (``weight_orig * weight_mask`` recomputed by a hook at every forward);
+- ``sparse``: ``prunekit.export.sparse`` of the pruned model, decided at each batch size;
+- ``thin`` and ``thin-pt2`` (shrunk models): the physically smaller model, eager and as its
+  ``torch.export`` program (``prunekit.export.thin``).
+
+``bench_forms`` is the measuring core, reusable on in-memory models. Every figure is the median
+of ``repeats`` forwards under ``torch.inference_mode``, with the forms timed in turn inside each
+repeat (interleaved), so drifting load on a shared machine affects them alike; ``speedup`` is
+the dense median over the form's. ``flops_ratio`` is the theoretical one (dense FLOPs / the
+form's effective FLOPs, ``core.accounting``: a masked layer counts density x dense FLOPs).
+``file_bytes`` is the size of the form saved as it would be shipped (``torch.save`` of its
+state_dict; the ``.pt2`` file for the exported program); ``weight_bytes`` the bytes of its
+parameters and buffers (CSR values and indices included). ``peak_bytes`` is the peak of the
+memory that torch's CPU allocator handed out during one forward at that batch size
+(activations and temporaries, not the weights), tracked by ``torch.profiler`` with
+``profile_memory=True`` -- not the process RSS.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["bench_model", "bench_forms", "format_table", "peak_memory", "weight_bytes", "saved_bytes"]
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers; CSR tensors count values, column and row indices."""
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.layout == torch.sparse_csr:
+            parts = (t.values(), t.col_indices(), t.crow_indices())
+        elif t.is_sparse:
+            parts = (t._values(), t._indices())
+        else:
+            parts = (t,)
+        total += sum(p.numel() * p.element_size() for p in parts)
+    return total
+
+
+def saved_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())``."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def peak_memory(model: nn.Module, x: torch.Tensor) -> Optional[int]:
+    """Peak bytes held by torch's CPU allocator during one forward (allocations minus frees,
+    in time order, as recorded by ``torch.profiler``); None if the profiler fails."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(x)
+    except Exception:  # pragma: no cover - the profiler is optional instrumentation
+        return None
+    current = best = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        best = max(best, current)
+    return int(best)
+
+
+def _time_interleaved(forms: Dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    times: Dict[str, List[float]] = {name: [] for name in forms}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name, model in forms.items():
+                start = time.perf_counter()
+                model(x)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence[int], *, repeats: int = 10,
+                dense: str = "dense", flops_ratio: Optional[Dict[str, float]] = None,
+                file_bytes: Optional[Dict[str, int]] = None, memory: bool = True) -> List[dict]:
+    """Time the forms ``{batch size: {form name: module}}`` on random ``(b, *input_shape)``
+    batches, interleaved; one row per (form, batch size). ``dense`` names the reference form
+    of the speedups; ``flops_ratio`` / ``file_bytes`` map form names to figures computed by
+    the caller (``file_bytes`` defaults to ``saved_bytes`` of the form)."""
+    rows = []
+    for b, forms in forms_at.items():
+        for m in forms.values():
+            m.eval()
+        param = next((p for m in forms.values() for p in m.parameters()), None)
+        x = torch.randn(b, *input_shape, device=param.device if param is not None else "cpu")
+        medians = _time_interleaved(forms, x, repeats)
+        for name, model in forms.items():
+            rows.append({
+                "form": name, "batch_size": b, "latency_ms": 1e3 * medians[name],
+                "throughput": b / medians[name],
+                "speedup": medians[dense] / medians[name] if dense in medians else None,
+                "flops_ratio": (flops_ratio or {}).get(name),
+                "file_bytes": (file_bytes or {}).get(name, saved_bytes(model)),
+                "weight_bytes": weight_bytes(model),
+                "peak_bytes": peak_memory(model, x) if memory else None,
+            })
+    return rows
+
+
+def sparse_flops_ratio(model: nn.Module, exported: nn.Module, input_shape: Sequence[int]) -> float:
+    """Dense FLOPs over the FLOPs of ``exported`` when only its CSR layers skip their zeros."""
+    from ..core.accounting import flops_per_module
+    from .sparse import decisions
+
+    per, total = flops_per_module(model, input_shape)
+    saved = sum(per.get(d["layer"], 0) * d["sparsity"] for d in decisions(exported) if d["form"] == "csr")
+    return total / max(total - saved, 1)
+
+
+def _torch_prune_copy(model: nn.Module, mask: Dict[str, torch.Tensor]) -> nn.Module:
+    """The masked model through ``torch.nn.utils.prune.custom_from_mask`` (hook + weight_orig)."""
+    from torch.nn.utils import prune as torch_prune
+
+    out = copy.deepcopy(model)
+    for name, m in mask.items():
+        module_name, _, param = name.rpartition(".")
+        torch_prune.custom_from_mask(out.get_submodule(module_name), param, m.to(torch.bool))
+    return out
+
+
+def bench_model(path, *, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int = 10,
+                input_shape: Optional[Sequence[int]] = None, memory: bool = True,
+                sparse_repeats: int = 3) -> List[dict]:
+    """Measure every form of the model in ``path`` (a model file or a shrunk run folder); see
+    the module docstring. Returns one row per (form, batch size): ``form, batch_size,
+    latency_ms, throughput (images/s), speedup, flops_ratio, file_bytes, weight_bytes,
+    peak_bytes``."""
+    from .. import models
+    from ..artifacts import load_model
+    from ..core.accounting import flops_per_module, report
+    from .sparse import sparse
+    from .thin import thin
+
+    for b in batch_sizes:
+        if int(b) < 1:
+            raise ValueError(f"batch sizes must be positive integers, got {b}")
+    model, data = load_model(path)
+    model.eval()
+    spec = data["model"]
+    shape = tuple(input_shape or getattr(model, "input_shape", None) or ())
+    if not shape:
+        raise ValueError(f"{path}: the model has no .input_shape; pass input_shape")
+    dense = models.get(spec["name"], **spec["kwargs"]).eval()
+    shrunk = {k: tuple(v.shape) for k, v in dense.state_dict().items()} != \
+             {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    dense_flops = flops_per_module(dense, shape)[1]
+    ratios: Dict[str, float] = {"dense": 1.0}
+    files: Dict[str, int] = {}
+    common: Dict[str, nn.Module] = {"dense": dense}
+    mask = data.get("mask")
+    if shrunk:
+        thin_flops = flops_per_module(model, shape)[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            exported = thin(model, tmp, torch.randn(1, *shape))
+            files["thin-pt2"] = os.path.getsize(Path(tmp) / "model.pt2")
+            program = torch.export.load(Path(tmp) / "model.pt2").module()
+        common["thin"] = exported.module
+        common["thin-pt2"] = program
+        ratios["thin"] = ratios["thin-pt2"] = dense_flops / thin_flops
+    else:
+        rep = report(model, input_shape=shape)
+        common["masked"] = model
+        ratios["masked"] = dense_flops / max(rep.effective_flops or dense_flops, 1)
+        if mask:
+            common["torch-prune"] = _torch_prune_copy(model, mask)
+            ratios["torch-prune"] = ratios["masked"]
+            files["torch-prune"] = saved_bytes(common["torch-prune"])
+    forms_at: Dict[int, Dict[str, nn.Module]] = {}
+    sparse_ratio: Dict[int, float] = {}
+    for b in batch_sizes:
+        forms = dict(common)
+        forms["sparse"] = sparse(model, batch_size=int(b), repeats=sparse_repeats,
+                                 example_input=torch.randn(1, *shape))
+        sparse_ratio[int(b)] = sparse_flops_ratio(model, forms["sparse"], shape)
+        forms_at[int(b)] = forms
+    rows: List[dict] = []
+    for b, forms in forms_at.items():
+        ratios["sparse"] = sparse_ratio[b]
+        rows += bench_forms({b: forms}, shape, repeats=repeats, flops_ratio=dict(ratios), file_bytes=files,
+                            memory=memory)
+    return rows
+
+
+def _size(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_table(rows: List[dict]) -> str:
+    """The rows of ``bench_model`` / ``bench_forms`` as an aligned text table."""
+    head = (f"{'form':<12} {'batch':>5} {'latency ms':>11} {'images/s':>10} {'speedup':>8} {'FLOPs ratio':>11} "
+            f"{'file':>9} {'weights':>9} {'peak mem':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        speed = f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-"
+        ratio = f"{r['flops_ratio']:.2f}x" if r.get("flops_ratio") is not None else "-"
+        lines.append(f"{r['form']:<12} {r['batch_size']:>5} {r['latency_ms']:>11.3f} {r['throughput']:>10.0f} "
+                     f"{speed:>8} {ratio:>11} {_size(r.get('file_bytes')):>9} {_size(r.get('weight_bytes')):>9} "
+                     f"{_size(r.get('peak_bytes')):>9}")
+    return "\n".join(lines)
