@@ -46,14 +46,31 @@ def read_model_file(path) -> Dict[str, Any]:
 
 
 def load_model(path, device: str | torch.device = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild the model stored in ``path``; returns ``(model, file contents)``."""
+    """Rebuild the model stored in ``path``; returns ``(model, file contents)``.
+
+    ``path`` is a model file or a folder holding ``model.pt``. A shrunk (structured) model is
+    not a registry architecture: when its weights do not fit the registry model and a
+    ``structure.json`` lies beside the file, the shrink plan in it is applied first (what
+    ``prunekit.structured.load_shrunk`` does), so shrunk folders load like any model file."""
     from . import models
 
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
     data = read_model_file(path)
     spec = data["model"]
     model = models.get(spec["name"], **spec["kwargs"])
+    if (path.parent / "structure.json").exists() and not _shapes_fit(model, data["state_dict"]):
+        from .structured.plan import apply_structure, load_plan
+
+        model = apply_structure(model, load_plan(path.parent))
     try:
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit model {spec['name']} {spec['kwargs']}: {err}") from err
     return model.to(device), data
+
+
+def _shapes_fit(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return own.keys() == state_dict.keys() and all(own[k].shape == v.shape for k, v in state_dict.items())
