@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands of the other layers: run, sweep, runs, report (experiments); imp;
     # train-sparse (threshold methods); shrink (structured).
+    from . import bench as bench_cli
     from . import experiments as experiments_cli
     from . import imp as imp_cli
     from . import structured as structured_cli
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp_cli.register(sub)
     thresholds_cli.register(sub)
     structured_cli.register(sub)
+    bench_cli.register(sub)
     return parser
 
 
