@@ -15,7 +15,7 @@
 ``bench_forms`` is the measuring core, reusable on in-memory models. Every figure is the median
 of ``repeats`` forwards under ``torch.inference_mode``, with the forms timed in turn inside each
 repeat (interleaved), so drifting load on a shared machine affects them alike; ``speedup`` is
-the dense median over the form's. ``flops_ratio`` is the theoretical one (dense FLOPs / the
+the median over repeats of dense time / form time within the same repeat (a paired ratio). ``flops_ratio`` is the theoretical one (dense FLOPs / the
 form's effective FLOPs, ``core.accounting``: a masked layer counts density x dense FLOPs).
 ``file_bytes`` is the size of the form saved as it would be shipped (``torch.save`` of its
 state_dict; the ``.pt2`` file for the exported program); ``weight_bytes`` the bytes of its
@@ -38,7 +38,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["bench_model", "bench_forms", "format_table", "peak_memory", "weight_bytes", "saved_bytes"]
+__all__ = ["bench_model", "bench_forms", "format_table", "peak_memory", "weight_bytes", "saved_bytes",
+           "sparse_flops_ratio"]
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -79,7 +80,9 @@ def peak_memory(model: nn.Module, x: torch.Tensor) -> Optional[int]:
     return int(best)
 
 
-def _time_interleaved(forms: Dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int = 2) -> Dict[str, float]:
+def _time_interleaved(forms: Dict[str, nn.Module], x: torch.Tensor, repeats: int,
+                      warmup: int = 2) -> Dict[str, List[float]]:
+    """Seconds of each forward, the forms taking turns inside every repeat."""
     times: Dict[str, List[float]] = {name: [] for name in forms}
     with torch.inference_mode():
         for i in range(warmup + repeats):
@@ -88,7 +91,7 @@ def _time_interleaved(forms: Dict[str, nn.Module], x: torch.Tensor, repeats: int
                 model(x)
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence[int], *, repeats: int = 10,
@@ -101,15 +104,22 @@ def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence
     rows = []
     for b, forms in forms_at.items():
         for m in forms.values():
-            m.eval()
+            try:
+                m.eval()
+            except NotImplementedError:  # a torch.export program module: already traced in eval mode
+                pass
         param = next((p for m in forms.values() for p in m.parameters()), None)
         x = torch.randn(b, *input_shape, device=param.device if param is not None else "cpu")
-        medians = _time_interleaved(forms, x, repeats)
+        times = _time_interleaved(forms, x, repeats)
+        medians = {name: statistics.median(ts) for name, ts in times.items()}
         for name, model in forms.items():
+            # Speedup: median of the per-repeat ratios of side-by-side runs (a load spike on the
+            # shared machine hits both runs of a repeat, so it cancels in the ratio).
+            paired = [d / t for d, t in zip(times[dense], times[name])] if dense in times else None
             rows.append({
                 "form": name, "batch_size": b, "latency_ms": 1e3 * medians[name],
                 "throughput": b / medians[name],
-                "speedup": medians[dense] / medians[name] if dense in medians else None,
+                "speedup": statistics.median(paired) if paired else None,
                 "flops_ratio": (flops_ratio or {}).get(name),
                 "file_bytes": (file_bytes or {}).get(name, saved_bytes(model)),
                 "weight_bytes": weight_bytes(model),
@@ -118,14 +128,16 @@ def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence
     return rows
 
 
-def sparse_flops_ratio(model: nn.Module, exported: nn.Module, input_shape: Sequence[int]) -> float:
-    """Dense FLOPs over the FLOPs of ``exported`` when only its CSR layers skip their zeros."""
+def sparse_flops_ratio(model: nn.Module, exported: nn.Module, input_shape: Sequence[int],
+                       dense_flops: Optional[int] = None) -> float:
+    """``dense_flops`` (default: ``model``'s own FLOPs) over the FLOPs of ``exported``
+    (``sparse(model)``), in which only the CSR layers skip their zeros."""
     from ..core.accounting import flops_per_module
     from .sparse import decisions
 
     per, total = flops_per_module(model, input_shape)
     saved = sum(per.get(d["layer"], 0) * d["sparsity"] for d in decisions(exported) if d["form"] == "csr")
-    return total / max(total - saved, 1)
+    return (dense_flops or total) / max(total - saved, 1)
 
 
 def _torch_prune_copy(model: nn.Module, mask: Dict[str, torch.Tensor]) -> nn.Module:
@@ -192,7 +204,7 @@ def bench_model(path, *, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int
         forms = dict(common)
         forms["sparse"] = sparse(model, batch_size=int(b), repeats=sparse_repeats,
                                  example_input=torch.randn(1, *shape))
-        sparse_ratio[int(b)] = sparse_flops_ratio(model, forms["sparse"], shape)
+        sparse_ratio[int(b)] = sparse_flops_ratio(model, forms["sparse"], shape, dense_flops)
         forms_at[int(b)] = forms
     rows: List[dict] = []
     for b, forms in forms_at.items():

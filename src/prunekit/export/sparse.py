@@ -11,10 +11,14 @@ and a micro-benchmark of single layers 784x300 and 4096x4096):
   product with COO (``torch.sparse.mm`` or ``torch.sparse.addmm``) was 5-30x slower than CSR
   at every shape and sparsity tried, so COO is not offered. ``addmm`` with the bias folded in
   beats ``sparse.mm(...) + b`` by 5-15% at batch 1.
-- break-even (sparse as fast as dense): ~93-95% sparsity at batch 1 for a 784x300 layer
-  (~90% for 4096x4096), ~80% at batch 32, ~80-85% at batch 256. At 98% sparsity a 4096x4096
-  layer ran ~20x faster at batch 1 and ~7x at batch 256; a 784x300 layer 1.5-1.8x at batch 1
-  (the call overhead dominates small layers) and ~6x at batch 256.
+- break-even of the kernel (sparse as fast as dense): ~92-95% sparsity at batch 1 for a
+  784x300 layer (~90% for 4096x4096), between 50% and 80% at batch 32 (80%: 1.2x for
+  784x300, 1.7x for 4096x4096; 50%: 0.4-0.55x), ~80-85% at batch 256. At 98% sparsity a
+  4096x4096 layer ran ~10-20x faster at batch 1 and ~7-9x at batch 256; a 784x300 layer
+  1.5x at batch 1 and ~5x at batch 256.
+- whole modules at batch 1: for small layers (LeNet-300-100) the module call overhead
+  (reshape, transposes, ~10 us) eats the kernel's gain, and the measured choice keeps them
+  dense; a 4096-wide MLP at 98% runs ~9x faster (``benchmarks/results/export.md``).
 
 The decision is taken per layer. With ``measure=True`` (the default) both forms are timed on a
 random input of that layer's own input shape at ``batch_size`` (interleaved, median of a few
@@ -48,8 +52,10 @@ MARGIN = 0.95
 def break_even(batch_size: int) -> float:
     """The measured sparsity above which CSR beats dense for Linear layers on this CPU (see the
     module docstring): 0.95 at batch sizes up to 4 (the sparse call overhead matters most),
-    0.85 above."""
-    return 0.95 if batch_size <= 4 else 0.85
+    0.8 up to 64, 0.85 above."""
+    if batch_size <= 4:
+        return 0.95
+    return 0.8 if batch_size <= 64 else 0.85
 
 
 def _density(weight: torch.Tensor) -> float:

@@ -1,0 +1,241 @@
+"""Export: does pruning make CPU inference faster once the model is exported?
+
+(a) LeNet-300-100 magnitude-pruned globally at 95% and 98% (the trained Fashion-MNIST dense
+    model of bench_accuracy when its checkpoint is present, else a seeded random init; said in
+    the output): dense vs masked (zeros, dense kernels) vs torch.nn.utils.prune vs
+    prunekit.export.sparse, batch 1 and 256.
+(b) a 4096-4096-4096-10 ReLU MLP, every layer magnitude-pruned to 90/95/98%, batch 1 and 256
+    (the target is >= 3x at 98% and batch 1).
+(c) structured ResNet-20 (width 1, option-B shortcut, 3x32x32), uniform L1-filter shrink to 1/2
+    and 1/4 of the FLOPs: dense vs channel-zeroed masked vs thin (eager) vs its torch.export
+    program, batch 1 and 64: measured speedup beside the FLOPs ratio.
+(d) one layer, several kernels: dense vs CSR (sparse.mm + b, addmm) vs COO (sparse.mm + b,
+    sparse.addmm): why SparseLinear uses CSR + addmm.
+
+Every figure is the median of interleaved repeats (the forms run in turn inside each repeat),
+at --threads torch threads (default 1), on whatever else shares the machine. Timing, not
+accuracy: the weights' values do not change the kernels' cost, only the per-layer densities do.
+
+    python benchmarks/bench_export.py                # ~5 minutes on 2 shared cores
+    python benchmarks/bench_export.py --quick        # seconds: fewer repeats, smaller MLP
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.core.accounting import flops_per_module
+from prunekit.export import decisions, sparse, thin
+from prunekit.export.bench import _torch_prune_copy, bench_forms, sparse_flops_ratio
+from prunekit.structured import shrink, uniform_for_flops, zero_channels
+from _common import RESULTS, command_line, machine, write_section
+
+LENET_CKPT = RESULTS / "ckpt" / "lenet_300_100-s0" / "last.pt"
+
+
+def lenet_300_100():
+    torch.manual_seed(0)
+    model = pk.models.get("lenet_300_100")
+    if LENET_CKPT.exists():
+        state = torch.load(LENET_CKPT, weights_only=True)["model"]
+        model.load_state_dict(state)
+        return model.eval(), f"trained on Fashion-MNIST ({LENET_CKPT.relative_to(RESULTS.parent.parent)})"
+    return model.eval(), "seeded random init (no trained checkpoint found)"
+
+
+def mlp(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 10)).eval()
+
+
+def pruned_forms(model, mask_sparsity, allocation, batch_sizes, input_shape, sparse_repeats):
+    """{b: {dense, masked, torch-prune, sparse}} and the FLOPs ratios (same keys)."""
+    masked = copy.deepcopy(model)
+    mask = pk.prune(masked, mask_sparsity, score="magnitude", allocation=allocation)
+    tp = _torch_prune_copy(masked, {k: v for k, v in mask.items()})
+    per, dense_flops = flops_per_module(model, input_shape)
+    density = {n: float((m.weight != 0).float().mean()) for n, m in masked.named_modules() if n in per}
+    eff = dense_flops - sum(per[n] * (1 - density[n]) for n in per)
+    forms_at, ratios, layers = {}, {}, {}
+    for b in batch_sizes:
+        t0 = time.perf_counter()
+        fast = sparse(masked, batch_size=b, repeats=sparse_repeats, example_input=torch.randn(1, *input_shape))
+        layers[b] = {"export_s": time.perf_counter() - t0,
+                     "layers": [{k: d[k] for k in ("layer", "sparsity", "form", "dense_s", "sparse_s")}
+                                for d in decisions(fast)]}
+        forms_at[b] = {"dense": model, "masked": masked, "torch-prune": tp, "sparse": fast}
+        ratios[b] = {"dense": 1.0, "masked": dense_flops / eff, "torch-prune": dense_flops / eff,
+                     "sparse": sparse_flops_ratio(masked, fast, input_shape)}
+    return forms_at, ratios, layers, density
+
+
+def run_pruned(model, sparsity, allocation, batch_sizes, shape, repeats_at, sparse_repeats, memory=False):
+    forms_at, ratios, layers, density = pruned_forms(model, sparsity, allocation, batch_sizes, shape, sparse_repeats)
+    rows = []
+    for b in batch_sizes:
+        rows += bench_forms({b: forms_at[b]}, shape, repeats=repeats_at[b], flops_ratio=ratios[b], memory=memory)
+    for r in rows:
+        r["sparsity"] = sparsity
+    return rows, layers, density
+
+
+def table(rows, extra=()):
+    cols = ["form", "batch", "median ms", "images/s", "speedup vs dense", "FLOPs ratio", "file MB"] + [e[0] for e in extra]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [r["form"], str(r["batch_size"]), f"{r['latency_ms']:.3f}", f"{r['throughput']:.0f}",
+                 f"**{r['speedup']:.2f}x**" if r["form"] in ("sparse", "thin", "thin-pt2") else f"{r['speedup']:.2f}x",
+                 f"{r['flops_ratio']:.2f}x" if r.get("flops_ratio") else "-", f"{r['file_bytes'] / 2**20:.2f}"]
+        cells += [fmt(r) for _, fmt in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kernel_micro(shapes, batch_sizes, repeats):
+    """Median seconds of one layer's product in each kernel form, interleaved."""
+    out = []
+    for (n_in, n_out, s) in shapes:
+        torch.manual_seed(0)
+        w = torch.randn(n_out, n_in)
+        w[torch.rand_like(w) < s] = 0
+        bias = torch.randn(n_out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            csr, coo = w.to_sparse_csr(), w.to_sparse().coalesce()
+        for b in batch_sizes:
+            x = torch.randn(b, n_in)
+            fns = {
+                "dense F.linear": lambda: nn.functional.linear(x, w, bias),
+                "CSR sparse.mm + b": lambda: torch.sparse.mm(csr, x.t()).t() + bias,
+                "CSR addmm (used)": lambda: torch.addmm(bias[:, None], csr, x.t()).t(),
+                "COO sparse.mm + b": lambda: torch.sparse.mm(coo, x.t()).t() + bias,
+                "COO sparse.addmm": lambda: torch.sparse.addmm(bias[:, None], coo, x.t()).t(),
+            }
+            times = {k: [] for k in fns}
+            with torch.inference_mode():
+                for i in range(repeats + 1):
+                    for k, f in fns.items():
+                        t0 = time.perf_counter()
+                        f()
+                        if i:
+                            times[k].append(time.perf_counter() - t0)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            out.append({"shape": f"{n_out}x{n_in}", "sparsity": s, "batch_size": b,
+                        **{k: med["dense F.linear"] / v for k, v in med.items()}})
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few repeats, 1024-wide MLP")
+    parser.add_argument("--width", type=int, default=4096, help="MLP width of part (b)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    q = args.quick
+    width = 1024 if q else args.width
+    data = {"command": command_line(), "machine": machine()}
+    md = [f"## Export: sparse and thin models on CPU\n",
+          f"`{command_line()}` on {machine()}. Medians of interleaved repeats (forms timed in turn in each "
+          "repeat); speedup = median over repeats of (dense time / form time) in the same repeat; FLOPs ratio = dense FLOPs / the form's effective "
+          "FLOPs (theoretical; a masked layer counts density x dense FLOPs, `sparse` only for its CSR layers). "
+          "File = `torch.save(state_dict)` (the .pt2 file for `thin-pt2`). 2 cores shared with other jobs: "
+          "expect +-10% noise on single figures.\n"]
+    start = time.perf_counter()
+
+    # (a) LeNet-300-100
+    model, source = lenet_300_100()
+    rows_a, layers_a = [], {}
+    for s in (0.95, 0.98):
+        rows, layers, density = run_pruned(model, s, "global", (1, 256), (1, 28, 28),
+                                           {1: 40 if q else 400, 256: 10 if q else 100}, 3 if q else 7)
+        rows_a += rows
+        layers_a[s] = {"layers": layers, "density": density}
+    data["lenet_300_100"] = {"source": source, "rows": rows_a, "decisions": layers_a}
+    md.append(f"### (a) LeNet-300-100, global magnitude pruning ({source})\n")
+    for s in (0.95, 0.98):
+        dens = ", ".join(f"{k} {v:.3f}" for k, v in layers_a[s]["density"].items())
+        picks = "; ".join(f"batch {b}: " + ", ".join(f"{d['layer']} {d['form']}" for d in v["layers"])
+                          for b, v in layers_a[s]["layers"].items())
+        md.append(f"**{s:.0%} sparsity** (layer densities {dens}; sparse() chose {picks})\n")
+        md.append(table([r for r in rows_a if r["sparsity"] == s]) + "\n")
+
+    # (b) wide MLP
+    rows_b, layers_b = [], {}
+    model = mlp(width)
+    for s in (0.90, 0.95, 0.98):
+        rows, layers, _ = run_pruned(model, s, "uniform", (1, 256), (width,),
+                                     {1: 10 if q else 40, 256: 3 if q else 7}, 2 if q else 3)
+        rows_b += rows
+        layers_b[s] = layers
+    data["mlp"] = {"width": width, "rows": rows_b, "decisions": layers_b}
+    md.append(f"### (b) {width}-{width}-{width}-10 ReLU MLP, every layer magnitude-pruned to the same sparsity\n")
+    md.append(table(rows_b, extra=[("sparsity", lambda r: f"{r['sparsity']:.0%}")]) + "\n")
+    hit = [r for r in rows_b if r["form"] == "sparse" and r["batch_size"] == 1 and r["sparsity"] == 0.98]
+    if hit:
+        md.append(f"Target >= 3x at 98% sparsity, batch 1: measured **{hit[0]['speedup']:.2f}x** "
+                  f"({'met' if hit[0]['speedup'] >= 3 else 'NOT met'}).\n")
+
+    # (c) structured ResNet-20
+    rows_c = []
+    torch.manual_seed(0)
+    dense = pk.models.get("resnet20", width=1.0, shortcut="B").eval()
+    x1 = torch.randn(1, 3, 32, 32)
+    f_dense = flops_per_module(dense, (3, 32, 32))[1]
+    program_export_s = {}
+    for target in (0.5, 0.25):
+        plan = uniform_for_flops(dense, x1, target)
+        small = shrink(dense, x1, plan).eval()
+        zeroed = zero_channels(copy.deepcopy(dense), x1, plan).eval()
+        t0 = time.perf_counter()
+        exported = thin(small, RESULTS / "tmp_thin", x1)
+        program_export_s[target] = time.perf_counter() - t0
+        pt2_bytes = (RESULTS / "tmp_thin" / "model.pt2").stat().st_size
+        program = torch.export.load(RESULTS / "tmp_thin" / "model.pt2").module()
+        for p in (RESULTS / "tmp_thin").iterdir():
+            p.unlink()
+        (RESULTS / "tmp_thin").rmdir()
+        ratio = f_dense / flops_per_module(small, (3, 32, 32))[1]
+        forms = {"dense": dense, "masked": zeroed, "thin": exported.module, "thin-pt2": program}
+        for b in (1, 64):
+            rows = bench_forms({b: forms}, (3, 32, 32), repeats=(5 if q else 40) if b == 1 else (3 if q else 12),
+                               flops_ratio={"dense": 1.0, "masked": ratio, "thin": ratio, "thin-pt2": ratio},
+                               file_bytes={"thin-pt2": pt2_bytes}, memory=False)
+            for r in rows:
+                r["flops_target"] = target
+            rows_c += rows
+    data["resnet20"] = {"rows": rows_c, "export_seconds": program_export_s}
+    md.append("### (c) ResNet-20 (width 1, option B), uniform L1-filter shrink to 1/2 and 1/4 of the FLOPs\n")
+    md.append("`masked` = the same channels zeroed in the full model (dense kernels; what a channel mask costs); "
+              "`thin` = the shrunk model (eager); `thin-pt2` = its `torch.export` program "
+              "(`torch.export.load(...).module()`).\n")
+    md.append(table(rows_c, extra=[("FLOPs kept", lambda r: f"{r['flops_target']:.2f}")]) + "\n")
+
+    # (d) kernels
+    shapes = [(784, 300, 0.9), (784, 300, 0.95), (784, 300, 0.98), (width, width, 0.98)]
+    micro = kernel_micro(shapes, (1, 256), 5 if q else 30)
+    data["kernels"] = micro
+    md.append("### (d) One layer, each kernel: speedup over dense `F.linear` (median of interleaved repeats)\n")
+    keys = [k for k in micro[0] if k not in ("shape", "sparsity", "batch_size")]
+    md.append("| layer | sparsity | batch | " + " | ".join(keys) + " |")
+    md.append("|" + "---|" * (3 + len(keys)))
+    for m in micro:
+        md.append(f"| {m['shape']} | {m['sparsity']:.0%} | {m['batch_size']} | "
+                  + " | ".join(f"{m[k]:.2f}x" for k in keys) + " |")
+    md.append("")
+    data["seconds"] = time.perf_counter() - start
+    md.append(f"Total run time {data['seconds']:.0f} s.")
+    write_section("export_quick" if q else "export", "\n".join(md), data)
+
+
+if __name__ == "__main__":
+    main()
