@@ -50,6 +50,9 @@ def cmd_bench(args) -> int:
     rows = bench_model(path, batch_sizes=args.batch_sizes, repeats=args.repeats, memory=not args.no_memory)
     print(f"{path}: {torch.get_num_threads()} thread(s), median of {args.repeats} interleaved repeats")
     print(format_table(rows))
+    print("speedup: median of paired dense/form times; FLOPs ratio: theoretical (dense / effective FLOPs); "
+          "file: torch.save(state_dict) (.pt2 for thin-pt2); weights: parameter + buffer bytes; "
+          "peak mem: torch CPU allocator peak during one forward (activations, not weights, not RSS)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
         print(f"wrote {args.json}")

@@ -16,9 +16,9 @@ and a micro-benchmark of single layers 784x300 and 4096x4096):
   784x300, 1.7x for 4096x4096; 50%: 0.4-0.55x), ~80-85% at batch 256. At 98% sparsity a
   4096x4096 layer ran ~10-20x faster at batch 1 and ~7-9x at batch 256; a 784x300 layer
   1.5x at batch 1 and ~5x at batch 256.
-- whole modules at batch 1: for small layers (LeNet-300-100) the module call overhead
-  (reshape, transposes, ~10 us) eats the kernel's gain, and the measured choice keeps them
-  dense; a 4096-wide MLP at 98% runs ~9x faster (``benchmarks/results/export.md``).
+- whole models (``benchmarks/results/export.md``): at batch 1 the call overhead of small
+  layers eats most of the kernel's gain (LeNet-300-100 at 95-98%: only fc1 goes sparse,
+  1.0-1.2x), while a 4096-wide MLP at 98% runs ~6.5x faster at batch 1 and ~7x at 256.
 
 The decision is taken per layer. With ``measure=True`` (the default) both forms are timed on a
 random input of that layer's own input shape at ``batch_size`` (interleaved, median of a few
