@@ -5,7 +5,8 @@
 - ``dense``: the original architecture with dense weights (a fresh registry model of the
   file's name/kwargs: what the model cost before pruning; dense kernels do not depend on the
   weight values);
-- ``masked`` (files with a mask): the pruned weights, zeros included, run by dense kernels;
+- ``masked`` (files with a mask; ``saved`` for other files): the pruned weights, zeros
+  included, run by dense kernels;
 - ``torch-prune`` (files with a mask): the same through ``torch.nn.utils.prune``
   (``weight_orig * weight_mask`` recomputed by a hook at every forward);
 - ``sparse``: ``prunekit.export.sparse`` of the pruned model, decided at each batch size;
@@ -192,8 +193,9 @@ def bench_model(path, *, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int
         ratios["thin"] = ratios["thin-pt2"] = dense_flops / thin_flops
     else:
         rep = report(model, input_shape=shape)
-        common["masked"] = model
-        ratios["masked"] = dense_flops / max(rep.effective_flops or dense_flops, 1)
+        own = "masked" if mask else "saved"  # a file without a mask: its weights as saved
+        common[own] = model
+        ratios[own] = dense_flops / max(rep.effective_flops or dense_flops, 1)
         if mask:
             common["torch-prune"] = _torch_prune_copy(model, mask)
             ratios["torch-prune"] = ratios["masked"]
