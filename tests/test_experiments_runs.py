@@ -321,3 +321,21 @@ def test_two_workers_writing_concurrently_lose_nothing(tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM history").fetchone()[0] == 120 * 10
     assert conn.execute("SELECT SUM(top1) FROM metrics").fetchone()[0] == sum(range(60)) + sum(range(1000, 1060))
     assert re.fullmatch("ok", conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def test_report_bench_measures_each_configuration_once_and_caches_it(finished, tmp_path):
+    root, sweep, _ = finished
+    assert main(["report", str(root), "--out", str(tmp_path / "r"), "--bench", "--bench-batch-sizes", "1",
+                 "--bench-repeats", "2"]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    table = md[md.index("Measured inference"):]
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    main_forms = {(r.split(" | ")[0].lstrip("| "), r.split(" | ")[2]) for r in rows}
+    assert ("LAMP", "masked") in main_forms and ("LAMP", "sparse") in main_forms
+    assert all(re.search(r"\d+\.\d+x", r) for r in rows)  # a measured speedup on every row
+    # Cached: a second report with the same settings reads bench.json instead of measuring.
+    cached = [p for p in Path(root).rglob("bench.json")]
+    assert cached
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    write_report(root, out=tmp_path / "r2", bench=True, bench_batch_sizes=(1,), bench_repeats=2)
+    assert all(p.stat().st_mtime_ns == stamp[p] for p in cached)

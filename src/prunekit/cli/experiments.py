@@ -117,7 +117,8 @@ def format_runs(rows) -> str:
 def cmd_report(args) -> int:
     from ..experiments.report import write_report
 
-    paths = write_report(args.dir, out=args.out, sweep=args.sweep, y=args.y)
+    paths = write_report(args.dir, out=args.out, sweep=args.sweep, y=args.y, bench=args.bench,
+                         bench_batch_sizes=args.bench_batch_sizes, bench_repeats=args.bench_repeats)
     for path in paths:
         print(path)
     return 0
@@ -161,6 +162,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder (default: DIR/report)")
     p.add_argument("--y", choices=["accuracy", "error"], default="accuracy",
                    help="plot top-1 accuracy or top-1 error (log scale)")
+    p.add_argument("--bench", action="store_true",
+                   help="add measured inference latency of each configuration's model (dense, masked, sparse and "
+                        "thin exports; cached per run in bench.json)")
+    p.add_argument("--bench-batch-sizes", nargs="+", type=_positive_int, default=[1, 256], metavar="B")
+    p.add_argument("--bench-repeats", type=_positive_int, default=10, metavar="N")
     p.set_defaults(func=cmd_report)
 
 

@@ -8,6 +8,10 @@ One section per sweep (or the one asked for). Each section has:
   parameters, effective FLOPs, training cost (epochs including the dense training a method
   built on, seconds) and the number of seeds;
 - runs that did not finish, with their errors;
+- with ``bench=True`` (``prunekit report --bench``): measured inference latency of each
+  configuration's model (first seed) in its executable forms -- dense, masked, the sparse
+  export, the thin export of shrunk models -- next to the theoretical FLOPs ratio
+  (``prunekit.export.bench``; cached per run in ``bench.json``, so re-rendering is cheap);
 - figures (:mod:`.plots`): accuracy (or error) vs sparsity / parameters / FLOPs with the dense
   model and the baselines on the same axes, per-layer sparsity bars per sparsity level, and
   training curves.
@@ -152,7 +156,7 @@ def _sparsity_name(s: Optional[float]) -> str:
 
 
 def build_section(store, project: Project, name: str, spec: Dict[str, Any], out: Path,
-                  y: str = "accuracy") -> Section:
+                  y: str = "accuracy", bench: Optional[Dict[str, Any]] = None) -> Section:
     rows = store.runs(sweep=name)
     groups = aggregate(rows)
     setting = _setting(spec)
@@ -178,9 +182,49 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
             ["run", "method", "seed", "status", "error"],
             [[r["id"], r["label"], str(r["seed"]), _live_status(project, r), r.get("error") or ""]
              for r in problems])))
+    if bench is not None and groups:
+        section.tables.append(("Measured inference, first seed's model (median latency; speedup = dense / form, "
+                               "paired; FLOPs ratio = dense / effective FLOPs)", speed_table(project, groups, **bench)))
     if groups:
         section.figures = _figures(store, name, groups, out, y, setting)
     return section
+
+
+def run_speed(project: Project, run_id: str, batch_sizes: Sequence[int], repeats: int) -> List[Dict[str, Any]]:
+    """``bench_model`` rows of one finished run, cached in its folder's ``bench.json``
+    (re-measured when the batch sizes or repeats asked for change)."""
+    from ..export.bench import bench_model
+
+    folder = project.run_folder(run_id)
+    cache = folder / "bench.json"
+    settings = {"batch_sizes": [int(b) for b in batch_sizes], "repeats": int(repeats)}
+    if cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("settings") == settings:
+                return saved["rows"]
+        except (ValueError, KeyError):
+            pass  # a damaged cache is measured again
+    rows = bench_model(folder, batch_sizes=batch_sizes, repeats=repeats, memory=False)
+    atomic_write_text(cache, json.dumps({"settings": settings, "rows": rows}, indent=1))
+    return rows
+
+
+def speed_table(project: Project, groups: Sequence[Dict[str, Any]], batch_sizes: Sequence[int] = (1, 256),
+                repeats: int = 10) -> Table:
+    """One row per (configuration, form, batch size): what each pruned model buys in time."""
+    rows = []
+    for g in groups:
+        if g["kind"] == "dense":
+            continue
+        run = g["runs"][0]
+        for r in run_speed(project, run["id"], batch_sizes, repeats):
+            if r["form"] == "dense":
+                continue
+            rows.append([g["label"], _sparsity_name(g["requested_sparsity"]), r["form"], str(r["batch_size"]),
+                         f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-",
+                         f"{r['flops_ratio']:.2f}x" if r.get("flops_ratio") is not None else "-"])
+    return Table(["method", "sparsity", "form", "batch", "latency (ms)", "speedup", "FLOPs ratio"], rows)
 
 
 def _live_status(project: Project, row: Dict[str, Any]) -> str:
@@ -351,8 +395,10 @@ def render_html(sections: Sequence[Section], title: str) -> str:
 
 
 def write_report(root: Union[str, Path], out: Optional[Union[str, Path]] = None, sweep: Optional[str] = None,
-                 y: str = "accuracy") -> List[Path]:
-    """Write ``report.md``, ``report.html`` and the PNG figures; return the two report paths."""
+                 y: str = "accuracy", bench: bool = False, bench_batch_sizes: Sequence[int] = (1, 256),
+                 bench_repeats: int = 10) -> List[Path]:
+    """Write ``report.md``, ``report.html`` and the PNG figures; return the two report paths.
+    ``bench``: add the measured-inference table (see the module docstring)."""
     if y not in ("accuracy", "error"):
         raise ValueError(f"y must be 'accuracy' or 'error', got {y!r}")
     project = Project(root)
@@ -366,7 +412,8 @@ def write_report(root: Union[str, Path], out: Optional[Union[str, Path]] = None,
         if sweep is not None and sweep not in known:
             raise KeyError(f"no sweep {sweep!r} in {root}; sweeps there: {', '.join(known) or '(none)'}")
         names = [sweep] if sweep is not None else list(known)
-        sections = [build_section(store, project, name, known[name], out, y) for name in names]
+        speed = {"batch_sizes": tuple(bench_batch_sizes), "repeats": bench_repeats} if bench else None
+        sections = [build_section(store, project, name, known[name], out, y, speed) for name in names]
     title = f"prunekit report: {sweep or project.root.resolve().name}"
     md = atomic_write_text(out / "report.md", render_markdown(sections, title))
     page = atomic_write_text(out / "report.html", render_html(sections, title))
