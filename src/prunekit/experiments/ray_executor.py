@@ -110,6 +110,8 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
         raise ValueError(f"num_cpus per Ray task must be positive, got {num_cpus!r}")
     if not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+    from .sweep import take_ready  # (sweep imports this module lazily, only for executor="ray")
+
     ray = import_ray()
     owned = not ray.is_initialized()
     if owned:
@@ -125,17 +127,10 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
         running: Dict[Any, Any] = {}
         with project.store() as store:
             while queue or running:
-                capacity = _capacity(ray, num_cpus)
-                for item in list(queue):
-                    dep = stuck(item)
-                    if dep is not None:
-                        queue.remove(item)
-                        block(item, dep)
-                    elif len(running) < capacity and all(d in done for d in item.requires):
-                        queue.remove(item)
-                        store.start(item.spec)
-                        ref = task.remote(root, item.spec.to_dict(), threads, env)
-                        running[ref] = item
+                slots = _capacity(ray, num_cpus) - len(running)
+                for item in take_ready(queue, slots, done, stuck, block):
+                    store.start(item.spec)
+                    running[task.remote(root, item.spec.to_dict(), threads, env)] = item
                 if not running:
                     break  # nothing can start (cannot happen with a valid plan)
                 finished, _ = ray.wait(list(running), num_returns=1)

@@ -200,6 +200,21 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     return summary
 
 
+def take_ready(queue: List[PlannedRun], slots: int, done: set, stuck, block) -> List[PlannedRun]:
+    """Remove from ``queue`` and return the runs that can start now (every requirement done),
+    at most ``slots``, in plan order; runs whose requirement failed are removed and blocked."""
+    ready = []
+    for item in list(queue):
+        dep = stuck(item)
+        if dep is not None:
+            queue.remove(item)
+            block(item, dep)
+        elif len(ready) < slots and all(d in done for d in item.requires):
+            queue.remove(item)
+            ready.append(item)
+    return ready
+
+
 def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set, stuck, block, settle) -> None:
     """Dispatch runs to ``workers`` spawned processes, each as soon as its requirements are
     done; at most ``workers`` in flight, so the plan's order is the priority."""
@@ -208,15 +223,8 @@ def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set
                              initargs=(threads_per_worker(workers),)) as pool:
         running = {}
         while queue or running:
-            for item in list(queue):
-                dep = stuck(item)
-                if dep is not None:
-                    queue.remove(item)
-                    block(item, dep)
-                elif len(running) < workers and all(d in done for d in item.requires):
-                    queue.remove(item)
-                    future = pool.submit(_execute_in_worker, str(project.root), item.spec.to_dict())
-                    running[future] = item
+            for item in take_ready(queue, workers - len(running), done, stuck, block):
+                running[pool.submit(_execute_in_worker, str(project.root), item.spec.to_dict())] = item
             if not running:
                 break  # nothing can start (cannot happen with a valid plan)
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
