@@ -67,6 +67,12 @@ def _positive(value: Optional[int], what: str) -> None:
 
 # --- commands -------------------------------------------------------------------------------
 
+def _is_main() -> bool:
+    from ..distributed import is_main
+
+    return is_main()
+
+
 def resolve_device():
     """The device of this invocation: ``--device``, else ``$PRUNEKIT_DEVICE``, else cpu."""
     from ..device import resolve
@@ -95,6 +101,8 @@ def cmd_train(args) -> int:
     metrics = {k: history[-1][k] for k in ("test_top1", "test_top5", "test_loss") if k in history[-1]}
     rep = report(model)
     metrics.update({"params": rep.total_params, "flops": rep.flops})
+    if not _is_main():  # under torchrun rank 0 writes the file (every rank holds the same model)
+        return 0
     save_model(out / "model.pt", model, model_name=args.model, model_kwargs=kwargs, dataset=args.data,
                metrics=metrics, recipe=recipe, history=list(history))
     print(f"{args.model} on {args.data}: top-1 {metrics.get('test_top1', float('nan')):.2f}% after {args.epochs} epochs "
@@ -133,6 +141,8 @@ def cmd_prune(args) -> int:
     metrics.update({"achieved_sparsity": rep.sparsity, "params": rep.total_params, "nonzero_params": rep.nonzero_params,
                     "flops": rep.flops, "effective_flops": rep.effective_flops})
     out = Path(args.out)
+    if not _is_main():  # under torchrun rank 0 writes the files (every rank holds the same model)
+        return 0
     save_model(out, model, model_name=stored["model"]["name"], model_kwargs=stored["model"]["kwargs"],
                dataset=dataset, mask=mask, metrics=metrics, recipe=stored.get("recipe"))
     out.with_suffix(".report.json").write_text(json.dumps({"metrics": metrics, "report": rep.as_dict()}, indent=2))

@@ -152,6 +152,10 @@ def cmd_train_sparse(args) -> int:
               "width": width, "history": history}
     if args.method == "ltp":
         result["trail"] = [{k: v for k, v in r.items() if k in ("level", "sparsity", "step", "path")} for r in method.trail]
+    from ..distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 writes the files (every rank holds the same model)
+        return 0
     save_model(out / "model.pt", model, model_name=args.model, model_kwargs=kwargs, dataset=args.data, mask=mask,
                metrics={k: v for k, v in result.items() if k not in ("history", "trail")}, recipe=recipe, history=history)
     tmp = out / "result.json.tmp"
