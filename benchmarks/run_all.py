@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-QUICK = ["bench_enforcement.py", "bench_prune_speed.py"]
-LONG = ["bench_accuracy.py", "experiments_bench.py"]
+QUICK = ["bench_enforcement.py", "bench_prune_speed.py", "bench_export.py", "bench_threshold_overhead.py"]
+# The long grids; bench_structured.py needs CIFAR-10 (see its docstring) and runs by hand.
+LONG = ["bench_accuracy.py", "experiments_bench.py", "bench_imp.py", "bench_thresholds.py", "bench_ddp.py"]
 # Order of sections in BENCHMARKS.md; sections not listed follow alphabetically.
-ORDER = ["enforcement", "prune_speed", "accuracy", "experiments", "imp"]
+ORDER = ["enforcement", "prune_speed", "accuracy", "experiments", "imp", "thresholds", "thresholds_resnet20",
+         "threshold_overhead", "structured", "export", "ddp"]
 
 HEADER = """# Benchmarks
 
