@@ -253,3 +253,17 @@ def test_fit_resume_restores_r(tmp_path):
     second, _ = run()  # a finished run: restores the model and the method's state, trains nothing
     assert second.state_dict()["r"] == pytest.approx(first.state_dict()["r"])
     assert second.steps == first.steps == 6
+
+
+def test_a_budget_below_the_skipped_layers_share_warns_and_a_reachable_one_does_not():
+    import warnings
+
+    # min_weights=1000 trains only fc1 (4096 of 4704 weights): the skipped 608 keep 12.9% density.
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match=r"budget=0.1 is below what can be reached \(0\.129\)"):
+        method = SparsityLoss(budget=0.1).attach(model, opt)
+    assert method.density_floor() == pytest.approx(608 / 4704, abs=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SparsityLoss(budget=0.5).attach(TinyNet(), torch.optim.SGD(TinyNet().parameters(), lr=0.1))

@@ -27,6 +27,7 @@ weights skipped. ``finalize()`` hard-prunes at b_i (the re-centred weights are w
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -121,6 +122,7 @@ class SparsityLoss(Method):
         self.r = nn.ParameterDict({self._key(n): nn.Parameter(torch.tensor(float(self.r_init), device=device, dtype=dtype))
                                    for n in self.trained})
         self._c = self._contribution_weights(model, device, dtype)
+        self._warn_unreachable_budgets()
         lr = self.r_lr if self.r_lr is not None else optimizer.param_groups[0]["lr"] * self.r_lr_factor
         group = {"params": list(self.r.values()), "lr": lr, "weight_decay": 0.0}
         if "momentum" in optimizer.param_groups[0]:
@@ -134,6 +136,28 @@ class SparsityLoss(Method):
     @staticmethod
     def _key(name: str) -> str:
         return name.replace(".", "__")
+
+    def density_floor(self, weights: Optional[str] = None) -> float:
+        """The lowest predicted density L_s(c) reachable: the skipped layers' share sum c_i
+        (they keep every weight) plus the trained layers' share at r = 5 (erf(5/sqrt 2) ~ 1)."""
+        c = self._c[weights or self.weights]
+        s_max = math.erf(R_MAX / math.sqrt(2.0))
+        return float(sum(c[i] * (1.0 if n not in self.trained else 1.0 - s_max) for i, n in enumerate(self.names)))
+
+    def _warn_unreachable_budgets(self) -> None:
+        # A budget below the skipped layers' share can never be met: the loss would keep pulling
+        # the trained layers towards r = 5 instead of settling at the budget.
+        checks = [(self.budget, self.weights, "budget"), (self.budget_flops, "flops", "budget_flops")]
+        for budget, weights, what in checks:
+            if budget is None or self.variant == "unconstrained":
+                continue
+            floor = self.density_floor(weights)
+            if budget < floor:
+                skipped = len(self.names) - len(self.trained)
+                warnings.warn(f"sparsity_loss: {what}={budget:g} is below what can be reached ({floor:.3f}): "
+                              f"{skipped} layer(s) with fewer than min_weights={self.min_weights} weights are "
+                              f"skipped and keep all their weights; lower min_weights or raise the budget",
+                              stacklevel=3)
 
     def _contribution_weights(self, model: nn.Module, device, dtype) -> Dict[str, torch.Tensor]:
         n = len(self.names)
