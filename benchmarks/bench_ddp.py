@@ -187,18 +187,24 @@ done whatever share of the cores the job got.
   repeated itself exactly: {'yes' if all(s['repeats_agree'] for s in summary.values()) else 'no'}. The test
   (tests/test_distributed.py) checks that the ranks agree bit for bit and that pruning one
   model gives the same mask in 1 and 2 processes.
-- Machine: {data['machine']}; load average {min(loads):.1f}-{max(loads):.1f} during the runs. This
-  2-core machine was shared with two other CPU-bound benchmark jobs while this ran, so the
-  times are noisy (1x1 dense epochs took {min(base_epochs):.1f}-{max(base_epochs):.1f} s) and biased: under contention
-  the scheduler gives a 2-process job a larger share of the cores than a 1-process one,
-  which flatters "2 procs x 1 thread", and 2 threads of one process wait for each other
-  whenever another job holds a core, which makes "1 proc x 2 threads" look far worse than on
-  an idle machine. Interleaving spreads the noise over the set-ups but cannot remove the
-  bias; rerun on an idle machine for clean ratios.
+- Machine: {data['machine']}; load average {min(loads):.1f}-{max(loads):.1f} during the runs
+  (the benchmark's own processes included). {machine_note(loads, base_epochs)}
 - Command: `{data['command']}` (`--report-only` re-renders this section from
   results/ddp.json).
 """
     return summary, md
+
+
+def machine_note(loads, base_epochs) -> str:
+    """Whether the figures are clean: a load above the 2 cores this benchmark itself uses means other jobs ran."""
+    spread = f"1x1 dense epochs took {min(base_epochs):.1f}-{max(base_epochs):.1f} s"
+    if max(loads) <= 2.5:
+        return f"The machine was otherwise idle ({spread})."
+    return (f"Other CPU-bound jobs shared the 2 cores, so the times are noisy ({spread}) and biased: under "
+            "contention the scheduler gives a 2-process job a larger share of the cores than a 1-process one, "
+            "which flatters '2 procs x 1 thread', and 2 threads of one process wait for each other whenever "
+            "another job holds a core, which makes '1 proc x 2 threads' look worse than on an idle machine. "
+            "Rerun on an idle machine for clean ratios.")
 
 
 def report_only() -> None:
