@@ -30,8 +30,11 @@ to reproduce. `make bench` runs the quick ones and reassembles this file
 (`python benchmarks/run_all.py --all` adds the long accuracy grids, which resume from their
 caches in `benchmarks/results/`).
 
-The figures of 2026-11-25 were taken while other benchmarks shared the 2 cores (load average
-2-5): absolute times are upper bounds; ratios come from interleaved blocks in one process.
+Timing sections (mask enforcement, export, threshold-method overhead, DDP) were rerun on
+2026-11-26 on an otherwise idle machine; each says its load. The accuracy grids ran as one
+thread per job, often two jobs at a time (and on 2026-11-25 beside other work, load 2-5):
+their accuracy figures do not depend on that, but their recorded seconds per epoch do, so
+compare speed only through the side-by-side sections.
 """
 
 
