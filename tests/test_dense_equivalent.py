@@ -155,3 +155,42 @@ def test_train_sparse_cli(tmp_path):
     with pytest.raises(ValueError, match="--sparsity"):
         bad = parser.parse_args(["train-sparse", "--method", "ste_fixed", "--model", "lenet5", "--out", str(tmp_path / "x")])
         bad.func(bad)
+
+
+def test_ltp_pipeline_after_dense_pretraining(tmp_path):
+    text = LTP.replace("epochs: 2,", "epochs: 3,").replace("finetune_epochs: 1", "pretrain_epochs: 1, ltp_lr: 0.01")
+    record = _run(tmp_path, text)["ltp"]
+    assert record["metrics"]["epochs"] == 3  # 1 dense + 2 LTP: the spec's budget
+    assert [(row["phase"], row["lr"]) for row in record["history"]] == [
+        ("pretrain", 0.05), ("train", 0.01), ("train", 0.01)]  # constant schedule: the lr of each phase
+
+
+def test_ltp_pretrain_epochs_must_leave_ltp_epochs():
+    from prunekit.pipelines.threshold_pipelines import LtpParams, run_ltp
+
+    class Ctx:
+        recipe = {"epochs": 2}
+        model = None
+
+    with pytest.raises(ValueError, match="pretrain_epochs \\(2\\) must be below train.epochs \\(2\\)"):
+        run_ltp(Ctx(), LtpParams(pretrain_epochs=2))
+
+
+def test_train_sparse_cli_pretrains_then_runs_the_method(tmp_path):
+    import argparse
+    import json
+
+    from prunekit.cli import thresholds
+
+    parser = argparse.ArgumentParser()
+    thresholds.register(parser.add_subparsers(dest="command"))
+    common = ["train-sparse", "--method", "ltp", "--lam", "20", "--trail", "0.1", "--model", "lenet_300_100",
+              "--width", "0.25", "--data", "synthetic", "--train-subset", "256", "--schedule", "constant", "--quiet"]
+    args = parser.parse_args(common + ["--epochs", "2", "--pretrain-epochs", "1", "--lr", "0.05",
+                                       "--method-lr", "0.01", "--out", str(tmp_path / "a")])
+    assert args.func(args) == 0
+    history = json.loads((tmp_path / "a" / "result.json").read_text())["history"]
+    assert [(r.get("phase", "train"), r["lr"]) for r in history] == [("pretrain", 0.05), ("train", 0.01)]
+    bad = parser.parse_args(common + ["--epochs", "2", "--pretrain-epochs", "2", "--out", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match=r"--pretrain-epochs must be in \[0, --epochs\)"):
+        bad.func(bad)

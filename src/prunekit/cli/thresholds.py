@@ -2,7 +2,7 @@
 
     prunekit train-sparse --method sparsity_loss --budget 0.15 --weights wavg --model lenet5 --out runs/sl
     prunekit train-sparse --method ste_fixed --sparsity 0.85 --bound gaussian --model lenet5 --out runs/ga
-    prunekit train-sparse --method ltp --lam 1 --trail 0.5 0.7 0.8 0.9 --model lenet5 --out runs/ltp
+    prunekit train-sparse --method ltp --lam 10 --pretrain-epochs 5 --method-lr 0.01 --model lenet5 --out runs/ltp
     prunekit train-sparse --method dense_equivalent --kept-fraction 0.15 --model lenet5 --out runs/thin
 
 Trains ``--epochs`` with the recipe (SGD, cosine by default) and the method attached, calls
@@ -41,6 +41,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="cosine", help="lr schedule (e.g. cosine, cosine_restarts, constant)")
     p.add_argument("--include", nargs="*", default=None, help="name patterns of tensors to prune")
     p.add_argument("--exclude", nargs="*", default=None, help="name patterns of tensors to leave dense")
+    p.add_argument("--pretrain-epochs", type=int, default=0,
+                   help="dense epochs before the method starts (LTP's paper prunes trained networks); "
+                        "the method then trains for --epochs minus these")
+    p.add_argument("--method-lr", type=float, default=None, help="lr once the method runs (default --lr)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs with the final mask fixed")
     p.add_argument("--finetune-lr", type=float, default=0.01)
     g = p.add_argument_group("ste_fixed")
@@ -114,6 +118,9 @@ def cmd_train_sparse(args) -> int:
             raise ValueError(f"{what} must be a positive integer, got {value}")
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if not 0 <= args.pretrain_epochs < args.epochs:
+        raise ValueError(f"--pretrain-epochs must be in [0, --epochs) = [0, {args.epochs}), got {args.pretrain_epochs}: "
+                         "the method trains for the epochs that remain")
     method = build_method(args)
     width = args.width
     if args.method == "dense_equivalent":
@@ -134,8 +141,16 @@ def cmd_train_sparse(args) -> int:
 
     device = resolve()
     callbacks = [MethodCallback(method)] if method is not None else []
-    history = list(fit(model, train, test, checkpoint_dir=out / "checkpoints" / "train", progress=progress,
-                       callbacks=callbacks, recipe={"train_sparse": tag}, device=device, **recipe))
+    history = []
+    if args.pretrain_epochs:
+        history += [dict(r, phase="pretrain") for r in fit(
+            model, train, test, checkpoint_dir=out / "checkpoints" / "pretrain", progress=progress,
+            recipe={"train_sparse": tag}, device=device, **dict(recipe, epochs=args.pretrain_epochs))]
+    method_recipe = dict(recipe, epochs=args.epochs - args.pretrain_epochs)
+    if args.method_lr is not None:
+        method_recipe["lr"] = args.method_lr
+    history += list(fit(model, train, test, checkpoint_dir=out / "checkpoints" / "train", progress=progress,
+                        callbacks=callbacks, recipe={"train_sparse": tag}, device=device, **method_recipe))
     mask = method.finalize() if method is not None else None
     finalized = evaluate(model, test, device=device)["top1"]
     if mask is not None and args.finetune_epochs:

@@ -125,6 +125,10 @@ class LtpParams:
     init_sparsity: float = param(0.0, check=check_sparsity, doc="per-layer sparsity the thresholds start at")
     relative: bool = param(True, doc="threshold in units of var(w) (scale invariant)")
     trail: List[float] = param(list(DEFAULT_TRAIL), doc="sparsity levels at which a checkpoint is taken")
+    pretrain_epochs: int = param(0, check=nonnegative,
+                                 doc="dense epochs before LTP starts (the paper prunes trained networks); "
+                                     "LTP then trains for train.epochs - pretrain_epochs")
+    ltp_lr: Optional[float] = param(None, check=positive, doc="lr of the LTP epochs (None: the recipe's)")
     finetune_epochs: int = param(0, check=nonnegative, doc="fine-tuning epochs with the final mask fixed")
     finetune_lr: Optional[float] = param(None, check=positive, doc="fine-tuning lr (None: the recipe's)")
     include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
@@ -133,11 +137,19 @@ class LtpParams:
 
 @register_pipeline("ltp", LtpParams, target=lambda p: None)
 def run_ltp(ctx: RunContext, p: LtpParams) -> PipelineResult:
-    """Learned threshold pruning; the trail of checkpoints is evaluated as trail points."""
+    """Learned threshold pruning (optionally after ``pretrain_epochs`` dense epochs); the
+    trail of checkpoints is evaluated as trail points."""
     model = ctx.model
+    epochs = int(ctx.recipe["epochs"])
+    if p.pretrain_epochs >= epochs:
+        raise ValueError(f"pretrain_epochs ({p.pretrain_epochs}) must be below train.epochs ({epochs}): "
+                         "LTP trains for the epochs that remain")
+    if p.pretrain_epochs:
+        ctx.fit(model, "pretrain", epochs=p.pretrain_epochs)
     method = LTP(lam=p.lam, T0=p.T0, tau_lr=p.tau_lr, init_sparsity=p.init_sparsity, relative=p.relative,
                  trail=p.trail, trail_dir=str(ctx.folder / "trail"), include=p.include, exclude=p.exclude)
-    ctx.fit(model, "train", callbacks=[MethodCallback(method)])
+    overrides = {"lr": p.ltp_lr} if p.ltp_lr is not None else {}
+    ctx.fit(model, "train", epochs=epochs - p.pretrain_epochs, callbacks=[MethodCallback(method)], **overrides)
     trail = list(method.trail)
     mask = method.finalize()
     for row in trail:
