@@ -239,8 +239,9 @@ def reachable_sparsity(args, model_name: str, kind: str) -> str:
 
 def render(cache, args, plot_name):
     lines = [f"## Pruning during training with thresholds ({args.data})", "",
-             f"`{command_line()}` on {machine()}. Every run trains from scratch for {args.epochs} epochs "
-             "(SGD 0.05, momentum 0.9, wd 5e-4, cosine, batch 128"
+             f"`{command_line()}` on {machine()}. Every run trains from scratch for {args.epochs} epochs in all "
+             f"(LTP after dense: {args.epochs // 2} dense epochs, then {args.epochs - args.epochs // 2} LTP epochs at "
+             "lr 0.01) (SGD 0.05, momentum 0.9, wd 5e-4, cosine, batch 128"
              + (f", {args.train_subset} training images" if args.train_subset else "")
              + f"); ResNet-20 at width {args.resnet_width}. Test top-1 %, mean +- std over seeds {list(args.seeds)}"
              + (f" (trade-off curves: seeds {list(args.curve_seeds)})" if args.curve_seeds != list(args.seeds) else "")
