@@ -176,21 +176,25 @@ class Bench:
             tag = slim_tag(fraction, s)
             self.cache.setdefault(f"{tag}|channels", {name: int(m.out_channels) for name, m in small.named_modules()
                                                       if isinstance(m, torch.nn.Conv2d)})
+            # the plan depends on the seed's gammas: one FLOPs ratio per seed (saved with the next training)
+            self.cache[f"{tag}|ratio|{seed}"] = flops(model) / flops(small)
             self.train(f"{tag}|finetuned|{seed}", copy.deepcopy(small), seed, ft, lr=0.01)
             self.train(f"{tag}|scratch_e|{seed}", shrink(self.fresh(a.slim_model, 1000 + seed), x, plan), seed, E)
             self.train(f"{tag}|scratch_b|{seed}", shrink(self.fresh(a.slim_model, 1000 + seed), x, plan), seed,
                        scratch_b_epochs(E, flops(model), flops(small)))
-            self.cache.setdefault(f"{tag}|ratio", flops(model) / flops(small))
+            self.save()
 
     def latency(self):
         rows = []
         x = torch.randn(1, *SHAPE)
-        torch.manual_seed(0)
-        r20 = pk.models.get("resnet20", width=self.args.width, in_channels=SHAPE[0], shortcut="B").eval()
-        for fr in (0.5, 0.25):
-            small = shrink(r20, x, uniform_for_flops(r20, x, fr))
-            rows.append({"model": f"resnet20-B w{self.args.width} uniform L1 to {fr:.0%} FLOPs",
-                         **compare(r20, small, SHAPE, repeats=self.args.repeats)})
+        # the standard width (the ResNet-20 reference) and the width trained above
+        for width in dict.fromkeys((1.0, self.args.width)):
+            torch.manual_seed(0)
+            r20 = pk.models.get("resnet20", width=width, in_channels=SHAPE[0], shortcut="B").eval()
+            for fr in (0.5, 0.25):
+                small = shrink(r20, x, uniform_for_flops(r20, x, fr))
+                rows.append({"model": f"resnet20-B w{width:g} uniform L1 to {fr:.0%} FLOPs",
+                             **compare(r20, small, SHAPE, repeats=self.args.repeats)})
         for config in self.args.configs:
             big = self.fresh(self.args.resnet, 0).eval()
             small = shrink(big, x, by_ratios(big, config_ratios(config, big)))
@@ -231,12 +235,13 @@ def render(b: Bench):
                                                                           "tp_magnitude")) + " |"
     lines += ["", f"### Network slimming ({a.slim_model}, L1 on BN gammas with strength s, then one global |gamma| "
                   "threshold)", "",
-              "| s | sparsity-trained large model | channels pruned | FLOPs cut | smallest layer kept | fine-tuned "
+              "| s | sparsity-trained large model | channels pruned | FLOPs cut (mean over seeds) | smallest layer kept (first seed) | fine-tuned "
               "| Scratch-E | Scratch-B |", "|---|---|---|---|---|---|---|---|"]
     for s in a.slim_s:
         for fraction in a.fractions:
             tag = slim_tag(fraction, s)
-            ratio = c.get(f"{tag}|ratio")
+            ratios = [c[f"{tag}|ratio|{sd}"] for sd in a.seeds if f"{tag}|ratio|{sd}" in c]
+            ratio = statistics.mean(ratios) if ratios else c.get(f"{tag}|ratio")
             channels = c.get(f"{tag}|channels")
             narrowest = (lambda kv: f"{kv[1]} ({kv[0]})")(min(channels.items(), key=lambda kv: kv[1])) if channels else "n/a"
             lines.append(f"| {s:g} | {mean_std(get(f'{a.slim_model}|slimming_dense_s{s:g}'))} | {fraction:.0%} | "
