@@ -248,7 +248,7 @@ def reachable_sparsity(args, model_name: str, kind: str) -> str:
 
 
 def render(cache, args, plot_name):
-    lines = [f"## Pruning during training with thresholds ({args.data})", "",
+    lines = [f"## Pruning during training with thresholds: {', '.join(args.models)} on {args.data}", "",
              f"`{command_line()}` on {machine()}. Every run trains from scratch for {args.epochs} epochs in all "
              f"(LTP after dense: {args.epochs // 2} dense epochs, then {args.epochs - args.epochs // 2} LTP epochs at "
              "lr 0.01) (SGD 0.05, momentum 0.9, wd 5e-4, cosine, batch 128"
@@ -321,7 +321,8 @@ def render(cache, args, plot_name):
                 spe = statistics.mean(r["seconds_per_epoch"] for r in runs)
                 lines.append(f"| {label} | {spe:.2f} | {spe / base:.2f} |" if base else f"| {label} | {spe:.2f} | n/a |")
         lines.append("")
-    lines += [f"![error vs parameters]({plot_name})", ""]
+    # the path from BENCHMARKS.md (repository root), where the sections are assembled
+    lines += [f"![error vs parameters](benchmarks/results/{plot_name})", ""]
     return "\n".join(lines)
 
 
