@@ -100,7 +100,7 @@ def one_run(args, model_name, kind, value, seed):
     last_reported = hist[-1]["test_top1"]
     trail = []
     # the sparsity loss's own Gaussian prediction, next to what hard pruning then achieves
-    predicted = 1.0 - float(method.predicted_density()) if isinstance(method, SparsityLoss) else None
+    predicted = 1.0 - float(method.predicted_density().detach()) if isinstance(method, SparsityLoss) else None
     if method is not None:
         points = list(getattr(method, "trail", []))
         method.finalize()

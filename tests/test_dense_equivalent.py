@@ -97,6 +97,8 @@ def test_sparsity_loss_pipeline_and_dense_equivalent_baseline(tmp_path):
     main, thin = records["sparsity_loss"]["metrics"], records["dense_equivalent"]
     assert main["requested_sparsity"] == pytest.approx(0.7)
     assert 0.0 < main["achieved_sparsity"] < 1.0
+    predicted = records["sparsity_loss"]["extra"]["predicted_sparsity"]  # the loss's Gaussian estimate
+    assert 0.0 < predicted < 1.0
     kept = main["nonzero_params"] / main["params"]
     assert thin["extra"]["kept_fraction"] == pytest.approx(kept)
     assert thin["metrics"]["params"] == thin["extra"]["equivalent_params"] < main["params"]
@@ -194,3 +196,20 @@ def test_train_sparse_cli_pretrains_then_runs_the_method(tmp_path):
     bad = parser.parse_args(common + ["--epochs", "2", "--pretrain-epochs", "2", "--out", str(tmp_path / "b")])
     with pytest.raises(ValueError, match=r"--pretrain-epochs must be in \[0, --epochs\)"):
         bad.func(bad)
+
+
+def test_train_sparse_cli_reports_the_sparsity_loss_prediction_beside_the_achieved_sparsity(tmp_path):
+    import argparse
+    import json
+
+    from prunekit.cli import thresholds
+
+    parser = argparse.ArgumentParser()
+    thresholds.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-sparse", "--method", "sparsity_loss", "--budget", "0.3", "--min-weights", "0",
+                              "--model", "lenet_300_100", "--width", "0.25", "--data", "synthetic",
+                              "--train-subset", "256", "--epochs", "1", "--quiet", "--out", str(tmp_path / "sl")])
+    assert args.func(args) == 0
+    result = json.loads((tmp_path / "sl" / "result.json").read_text())
+    assert result["requested_sparsity"] == pytest.approx(0.7)
+    assert 0.0 < result["predicted_sparsity"] < 1.0 and 0.0 < result["achieved_sparsity"] < 1.0

@@ -151,6 +151,8 @@ def cmd_train_sparse(args) -> int:
         method_recipe["lr"] = args.method_lr
     history += list(fit(model, train, test, checkpoint_dir=out / "checkpoints" / "train", progress=progress,
                         callbacks=callbacks, recipe={"train_sparse": tag}, device=device, **method_recipe))
+    # the sparsity loss's own Gaussian estimate, reported beside the achieved sparsity
+    predicted = 1.0 - float(method.predicted_density().detach()) if args.method == "sparsity_loss" else None
     mask = method.finalize() if method is not None else None
     finalized = evaluate(model, test, device=device)["top1"]
     if mask is not None and args.finetune_epochs:
@@ -161,7 +163,8 @@ def cmd_train_sparse(args) -> int:
     rep = report(model)
     requested = {"ste_fixed": args.sparsity, "sparsity_loss": (1 - args.budget) if args.budget else None,
                  "ltp": None, "dense_equivalent": None}[args.method]
-    result = {"method": args.method, "requested_sparsity": requested, "achieved_sparsity": rep.sparsity,
+    result = {"method": args.method, "requested_sparsity": requested, "predicted_sparsity": predicted,
+              "achieved_sparsity": rep.sparsity,
               "finalized_top1": finalized, "top1": evaluate(model, test, device=device)["top1"], "params": rep.total_params,
               "nonzero_params": rep.nonzero_params, "flops": rep.flops, "effective_flops": rep.effective_flops,
               "width": width, "history": history}
