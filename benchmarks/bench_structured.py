@@ -146,8 +146,9 @@ class Bench:
         for config in a.configs:
             plan = by_ratios(dense, config_ratios(config, dense))
             small = shrink(dense, x, plan)
+            # set before the trainings, whose save() then stores it (set last, it was never saved)
+            self.cache.setdefault(f"{config}|ratio", flops(dense) / flops(small))
             self.train(f"{config}|finetuned|{seed}", copy.deepcopy(small), seed, ft, lr=0.01)
-            ratio = flops(dense) / flops(small)
             self.train(f"{config}|scratch_e|{seed}", shrink(self.fresh(a.resnet, 1000 + seed), x, plan), seed, E)
             self.train(f"{config}|scratch_b|{seed}", shrink(self.fresh(a.resnet, 1000 + seed), x, plan), seed,
                        scratch_b_epochs(E, flops(dense), flops(small)))
@@ -155,7 +156,6 @@ class Bench:
             if key not in self.cache:
                 tp_model = tp_magnitude_at_flops(dense, flops(small), prunable_layers(dense))
                 self.train(key, tp_model, seed, ft, lr=0.01)
-            self.cache.setdefault(f"{config}|ratio", ratio)
 
     def slimming(self, seed, s):
         a = self.args
@@ -164,7 +164,7 @@ class Bench:
         model = self.fresh(a.slim_model, seed)
         method = Slimming(s=s, fraction=0.0)
         # The sparsity-trained large model: checkpointed so the fractions below reuse it.
-        suffix = "" if s == 1e-4 else f"-l1{s:g}"
+        suffix = "" if s == 1e-4 else f"-l1{s:g}"  # the paper's s keeps the checkpoint name it always had
         self.train(key, model, seed, E, callbacks=[MethodCallback(method)],
                    ckpt=RESULTS / "ckpt" / "structured" / f"{a.slim_model}-slim-w{a.width}-s{seed}-e{E}{suffix}")
         x = torch.randn(1, *SHAPE)

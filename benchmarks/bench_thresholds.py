@@ -42,6 +42,7 @@ from prunekit.training import evaluate, fit
 from _common import RESULTS, command_line, machine, write_section
 
 RECIPE = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine")
+LTP_PRE_LR = RECIPE["lr"] / 5  # LTP's epochs after the dense ones
 TRAIL = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 BUDGET_TABLE = [("fixed-BS", "ste_bs", 0.85), ("fixed-GA", "ste_ga", 0.85),
                 ("budget-avg", "budget_avg", 0.15), ("budget-wavg", "budget_wavg", 0.15),
@@ -89,11 +90,11 @@ def one_run(args, model_name, kind, value, seed):
     epochs, recipe = args.epochs, dict(RECIPE)
     if kind == "ltp_pre":
         # LTP as its paper uses it: on a trained network. Same total budget: E/2 dense epochs
-        # (checkpointed, shared by the lambda sweep), then E/2 LTP epochs at lr/5.
+        # (checkpointed, shared by the lambda sweep), then E/2 LTP epochs at LTP_PRE_LR.
         warm = args.epochs // 2
         fit(model, train, test, epochs=warm, seed=seed, progress=False, **RECIPE,
             checkpoint_dir=ckpt / f"{args.data}-{args.train_subset}-{model_name}-dense{warm}-s{seed}")
-        epochs, recipe["lr"] = args.epochs - warm, RECIPE["lr"] / 5
+        epochs, recipe["lr"] = args.epochs - warm, LTP_PRE_LR
     t0 = time.time()
     hist = fit(model, train, test, epochs=epochs, seed=seed, progress=False, callbacks=callbacks, **recipe)
     seconds = time.time() - t0
@@ -250,8 +251,8 @@ def reachable_sparsity(args, model_name: str, kind: str) -> str:
 def render(cache, args, plot_name):
     lines = [f"## Pruning during training with thresholds: {', '.join(args.models)} on {args.data}", "",
              f"`{command_line()}` on {machine()}. Every run trains from scratch for {args.epochs} epochs in all "
-             f"(LTP after dense: {args.epochs // 2} dense epochs, then {args.epochs - args.epochs // 2} LTP epochs at "
-             "lr 0.01) (SGD 0.05, momentum 0.9, wd 5e-4, cosine, batch 128"
+             f"(SGD {RECIPE['lr']:g}, momentum 0.9, wd 5e-4, cosine, batch 128; LTP after dense: {args.epochs // 2} "
+             f"dense epochs, then {args.epochs - args.epochs // 2} LTP epochs at lr {LTP_PRE_LR:g}"
              + (f", {args.train_subset} training images" if args.train_subset else "")
              + f"); ResNet-20 at width {args.resnet_width}. Test top-1 %, mean +- std over seeds {list(args.seeds)}"
              + (f" (trade-off curves: seeds {list(args.curve_seeds)})" if args.curve_seeds != list(args.seeds) else "")
