@@ -19,7 +19,7 @@ def _one_thread(monkeypatch):
 def test_imp_command_trains_prunes_and_resumes(tmp_path, capsys):
     out = tmp_path / "imp"
     argv = ["imp", "--model", "lenet_300_100", "--width", "0.25", "--data", "synthetic", "--epochs", "1",
-            "--sparsity", "0.9", "--phases", "2", "--retrain-epochs", "1", "--schedule", "allr",
+            "--sparsity", "0.9", "--phases", "2", "--retrain-epochs", "1", "--retrain-schedule", "allr",
             "--allocation", "erk", "--out", str(out), "--quiet"]
     assert run(argv) == 0
     printed = capsys.readouterr().out
@@ -41,6 +41,7 @@ def test_imp_from_a_trained_model_file(tmp_path, capsys):
     assert main(["train", "--model", "lenet_300_100", "--width", "0.25", "--data", "synthetic", "--epochs", "2",
                  "--out", str(dense), "--quiet"]) == 0
     out = tmp_path / "imp"
+    # --schedule: the older spelling of --retrain-schedule keeps working
     assert run(["imp", "--from", str(dense / "model.pt"), "--sparsity", "0.8", "--phases", "1",
                 "--schedule", "lrw", "--out", str(out), "--quiet"]) == 0
     history = json.loads((out / "result.json").read_text())["history"]

@@ -1,10 +1,10 @@
 """``prunekit imp``: iterative magnitude pruning from the command line.
 
     prunekit imp --model lenet5 --data fashion_mnist --sparsity 0.9 --phases 5 \\
-                 --retrain-epochs 2 --schedule allr --out runs/imp
-    prunekit imp --from runs/lenet5/model.pt --sparsity 0.98 --phases 4 --schedule slr --out runs/imp98
+                 --retrain-epochs 2 --retrain-schedule allr --out runs/imp
+    prunekit imp --from runs/lenet5/model.pt --sparsity 0.98 --phases 4 --retrain-schedule slr --out runs/imp98
 
-Trains dense (``--epochs``, ``--lr``, ``--train-schedule`` ...) unless ``--from`` names a trained
+Trains dense (``--epochs``, ``--lr``, ``--lr-schedule`` ...) unless ``--from`` names a trained
 prunekit model file, then prunes in phases and retrains (SPEC.md section 2). ``--out`` holds one
 subfolder per phase (``model.pt`` with its mask, ``mask.pt``, ``metrics.json``), the final
 ``model.pt`` and ``result.json``; running the same command again resumes an interrupted run.
@@ -21,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "imp", help="iterative magnitude pruning: train, then prune + retrain in phases",
         description="Iterative magnitude pruning (SPEC.md section 2): train dense (or start --from a trained "
-                    "model file), then --phases rounds of {prune -> retrain --retrain-epochs with --schedule}. "
+                    "model file), then --phases rounds of {prune -> retrain --retrain-epochs with --retrain-schedule}. "
                     "Rerunning the same command resumes an interrupted run.")
     p.add_argument("--model", default=None, help="registered model name (not needed with --from)")
     p.add_argument("--width", type=float, default=1.0)
@@ -34,7 +34,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, required=True, help="target fraction of prunable weights removed, in [0, 1)")
     p.add_argument("--phases", type=int, default=5, help="pruning phases J (each removes 1-(1-s)^(1/J) of the rest)")
     p.add_argument("--retrain-epochs", type=int, default=1, help="epochs of retraining after each pruning step")
-    p.add_argument("--schedule", default="slr", help="retraining lr schedule: ft, lrw, slr, clr, llr, allr")
+    # Two lr schedules meet here; each flag names which one it sets. `--schedule` and
+    # `--train-schedule` are the older spellings, kept so existing commands still run.
+    p.add_argument("--retrain-schedule", "--schedule", dest="schedule", default="slr",
+                   help="retraining lr schedule (Zimmer et al.): ft, lrw, slr, clr, llr, allr")
     p.add_argument("--score", default="magnitude", help="magnitude, lamp, random")
     p.add_argument("--allocation", default="global", help="global, uniform, uniform_plus, erk")
     p.add_argument("--include", nargs="*", default=None, help="name patterns of tensors to prune")
@@ -50,7 +53,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     dense.add_argument("--momentum", type=float, default=0.9)
     dense.add_argument("--nesterov", action="store_true")
     dense.add_argument("--weight-decay", type=float, default=5e-4)
-    dense.add_argument("--train-schedule", default="cosine", help="lr schedule of the dense training")
+    dense.add_argument("--lr-schedule", "--train-schedule", dest="train_schedule", default="cosine",
+                       help="lr schedule of the dense training: constant, step, multistep, cosine, onecycle, "
+                            "cosine_restarts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (phases, final model.pt, result.json)")
     p.add_argument("--quiet", action="store_true")

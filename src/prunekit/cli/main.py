@@ -38,7 +38,8 @@ def _add_training_args(p: argparse.ArgumentParser, epochs: int, lr: float, sched
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--nesterov", action="store_true")
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default=schedule, help="constant, step, multistep, cosine, onecycle, cosine_restarts")
+    p.add_argument("--lr-schedule", "--schedule", dest="schedule", default=schedule,
+                   help="lr schedule: constant, step, multistep, cosine, onecycle, cosine_restarts")
     p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of N images")
     p.add_argument("--seed", type=int, default=0)
 
