@@ -1,9 +1,10 @@
 """Accounting: parameters, nonzeros, FLOPs (dense and effective) per layer and in total.
 
-FLOPs are counted by ``torch.utils.flop_counter`` (2 FLOPs per multiply-add of convolutions
-and matrix products; elementwise ops, norms and pooling are not counted). The *effective*
-FLOPs of a prunable layer are its dense FLOPs times the density of its weight, the usual
-convention for unstructured sparsity (what a sparse kernel would have to compute).
+FLOPs are counted with torch's FLOP formulas (2 FLOPs per multiply-add of convolutions,
+matrix products and attention; elementwise ops, norms and pooling are not counted) and
+attributed to the weight each op used (:mod:`prunekit.core.flops`). The *effective* FLOPs of
+a prunable layer are its dense FLOPs times the density of its weight, the usual convention
+for unstructured sparsity (what a sparse kernel would have to compute).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 
+from .flops import count_flops
 from .targets import prunable_parameters
 
 
@@ -27,34 +29,21 @@ def _example_input(model: nn.Module, input_shape: Optional[Sequence[int]], examp
     return torch.zeros((1, *shape), device=device)
 
 
-@torch.no_grad()
 def flops_per_module(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
                      example_input: Optional[torch.Tensor] = None) -> Tuple[Dict[str, int], int]:
     """Dense FLOPs of one forward pass at batch 1: ``({module name: flops}, total)``.
 
-    Per-module figures are those of modules that own a ``weight`` (conv, linear); the total
-    counts every op the counter knows.
+    Per-module figures are those of the ops that used a module's ``weight`` (wherever they
+    ran: MHA's ``out_proj`` is used by its parent); weights not called ``weight`` (MHA's
+    ``in_proj_weight``) appear under their full parameter name. The total counts every op
+    the counter knows, attention products included (see :mod:`prunekit.core.flops`).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = _example_input(model, input_shape, example_input)
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    counts = counter.get_flop_counts()
-    prefix = type(model).__name__
+    counted = count_flops(model, _example_input(model, input_shape, example_input))
     per_module = {}
-    for name, module in model.named_modules():
-        if not name or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            continue
-        ops = counts.get(f"{prefix}.{name}")
+    for name, ops in counted.dense.items():
         if ops:
-            per_module[name] = int(sum(ops.values()))
-    return per_module, int(counter.get_total_flops())
+            per_module[name[: -len(".weight")] if name.endswith(".weight") else name] = ops
+    return per_module, counted.total
 
 
 @dataclass
@@ -151,20 +140,18 @@ def report(
     """
     prunable = prunable_parameters(model, include=include, exclude=exclude, types=types)
     counts = count_parameters(model, include=include, exclude=exclude, types=types)
-    per_module, total_flops = ({}, None)
+    counted = None
     if flops:
-        per_module, total_flops = flops_per_module(model, input_shape, example_input)
+        counted = count_flops(model, _example_input(model, input_shape, example_input), params=prunable)
     rows = []
-    saved = 0
     for name, p in prunable.items():
-        module_name = name.rsplit(".", 1)[0] if "." in name else ""
         kept = int(torch.count_nonzero(p))
-        dense_f = per_module.get(module_name, 0)
-        eff_f = int(round(dense_f * kept / p.numel())) if p.numel() else 0
-        saved += dense_f - eff_f
+        dense_f = counted.dense.get(name, 0) if counted else 0
+        eff_f = counted.effective.get(name, 0) if counted else 0
         rows.append(LayerRow(name, tuple(p.shape), p.numel(), kept, dense_f, eff_f))
+    total_flops = counted.total if counted else None
     return Report(
         layers=rows, total_params=counts["total"], nonzero_params=counts["nonzero"],
         prunable_params=counts["prunable"], prunable_nonzero=counts["prunable_nonzero"],
-        flops=total_flops, effective_flops=(total_flops - saved) if total_flops is not None else None,
+        flops=total_flops, effective_flops=counted.effective_total if counted else None,
     )
