@@ -3,6 +3,12 @@ import pytest
 import torch
 from torch import nn
 
+import _torchvision_shim
+
+# torchvision's model definitions (and transformers, which imports torchvision when it is
+# installed) import here only with this test-only shim: see _torchvision_shim.py.
+TORCHVISION = _torchvision_shim.install()
+
 
 class TinyNet(nn.Module):
     """conv -> depthwise conv -> BN -> linear -> linear: every kind of prunable tensor."""
