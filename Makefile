@@ -32,6 +32,8 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest
 
+# The quick sections of benchmarks/manifest.yaml, then BENCHMARKS.md is reassembled; a missing
+# input stops it with a message. `python benchmarks/run_all.py --list` shows every section.
 bench: install data
 	cd benchmarks && ../$(BIN)/python run_all.py
 

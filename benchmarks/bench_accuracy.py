@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 
 import torch
@@ -22,9 +21,10 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import prunekit as pk
+from prunekit.io import atomic_write_json
 from prunekit.pipelines import finetune
 from prunekit.training import evaluate, fit
-from _common import RESULTS, command_line, machine, write_section
+from _common import RESULTS, command_line, machine, mean_std, write_section
 
 DENSE = dict(epochs=8, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine")
 FINETUNE = dict(epochs=2, lr=0.01, schedule="cosine")
@@ -57,9 +57,7 @@ def run(models, seeds, sparsities, cache_path):
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
     def save():
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_path)
+        atomic_write_json(cache_path, cache, indent=1)
 
     for model_name in models:
         for seed in seeds:
@@ -98,14 +96,6 @@ def run(models, seeds, sparsities, cache_path):
                     print(f"{model_name} seed {seed} {label:<18} {s:.2f}: {oneshot:.2f} -> {top1:.2f} "
                           f"(achieved {rep.sparsity:.4f})", flush=True)
     return cache
-
-
-def mean_std(xs):
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
 
 
 def render(cache, models, seeds, sparsities):

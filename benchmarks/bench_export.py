@@ -1,8 +1,8 @@
 """Export: does pruning make CPU inference faster once the model is exported?
 
 (a) LeNet-300-100 magnitude-pruned globally at 95% and 98% (the trained Fashion-MNIST dense
-    model of bench_accuracy when its checkpoint is present, else a seeded random init; said in
-    the output): dense vs masked (zeros, dense kernels) vs torch.nn.utils.prune vs
+    model of bench_accuracy, results/ckpt/lenet_300_100-s0/last.pt; without it the script stops
+    unless --random-weights asks for a seeded random init, said in the output): dense vs masked (zeros, dense kernels) vs torch.nn.utils.prune vs
     prunekit.export.sparse, batch 1 and 256.
 (b) a 4096-4096-4096-10 ReLU MLP, every layer magnitude-pruned to 90/95/98%, batch 1 and 256
     (the target is >= 3x at 98% and batch 1).
@@ -18,12 +18,15 @@ accuracy: the weights' values do not change the kernels' cost, only the per-laye
 
     python benchmarks/bench_export.py                # ~5 minutes on 2 shared cores
     python benchmarks/bench_export.py --quick        # seconds: fewer repeats, smaller MLP
+
+Part (a) needs the trained checkpoint (``python benchmarks/run_all.py --only accuracy`` makes
+it); ``--random-weights`` lets it run on a seeded random init instead, said in the output.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,19 +39,27 @@ from prunekit.core.accounting import flops_per_module
 from prunekit.export import decisions, sparse, thin
 from prunekit.export.bench import _torch_prune_copy, bench_forms, sparse_flops_ratio
 from prunekit.structured import shrink, uniform_for_flops, zero_channels
+from prunekit.timing import time_interleaved
 from _common import RESULTS, command_line, machine, write_section
 
 LENET_CKPT = RESULTS / "ckpt" / "lenet_300_100-s0" / "last.pt"
 
 
-def lenet_300_100():
+def lenet_300_100(random_weights: bool = False):
+    """The trained dense LeNet-300-100 and a description of its weights. Its layer densities
+    after pruning (hence every timing) depend on the trained weights, so a missing checkpoint
+    is an error; ``random_weights`` (--random-weights) allows a seeded random init instead."""
     torch.manual_seed(0)
     model = pk.models.get("lenet_300_100")
-    if LENET_CKPT.exists():
-        state = torch.load(LENET_CKPT, weights_only=True)["model"]
-        model.load_state_dict(state)
-        return model.eval(), f"trained on Fashion-MNIST ({LENET_CKPT.relative_to(RESULTS.parent.parent)})"
-    return model.eval(), "seeded random init (no trained checkpoint found)"
+    if not LENET_CKPT.exists() and random_weights:
+        return model.eval(), "seeded random init: no trained checkpoint, --random-weights"
+    if not LENET_CKPT.exists():
+        sys.exit(f"bench_export.py: missing {LENET_CKPT.relative_to(RESULTS.parent.parent)} (the dense LeNet-300-100 "
+                 "of bench_accuracy.py, seed 0): make it with `python benchmarks/run_all.py --only accuracy`, or "
+                 "pass --random-weights to time a seeded random init instead")
+    state = torch.load(LENET_CKPT, weights_only=True)["model"]
+    model.load_state_dict(state)
+    return model.eval(), f"trained on Fashion-MNIST ({LENET_CKPT.relative_to(RESULTS.parent.parent)})"
 
 
 def mlp(width: int) -> nn.Module:
@@ -120,15 +131,9 @@ def kernel_micro(shapes, batch_sizes, repeats):
                 "COO sparse.mm + b": lambda: torch.sparse.mm(coo, x.t()).t() + bias,
                 "COO sparse.addmm": lambda: torch.sparse.addmm(bias[:, None], coo, x.t()).t(),
             }
-            times = {k: [] for k in fns}
             with torch.inference_mode():
-                for i in range(repeats + 1):
-                    for k, f in fns.items():
-                        t0 = time.perf_counter()
-                        f()
-                        if i:
-                            times[k].append(time.perf_counter() - t0)
-            med = {k: statistics.median(v) for k, v in times.items()}
+                times = time_interleaved(fns, repeats=repeats, warmup=1)
+            med = {k: t.median for k, t in times.items()}
             out.append({"shape": f"{n_out}x{n_in}", "sparsity": s, "batch_size": b,
                         **{k: med["dense F.linear"] / v for k, v in med.items()}})
     return out
@@ -139,6 +144,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: few repeats, 1024-wide MLP")
     parser.add_argument("--width", type=int, default=4096, help="MLP width of part (b)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="part (a) on a seeded random init when the trained checkpoint is missing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     q = args.quick
@@ -153,7 +160,7 @@ def main():
     start = time.perf_counter()
 
     # (a) LeNet-300-100
-    model, source = lenet_300_100()
+    model, source = lenet_300_100(args.random_weights)
     rows_a, layers_a = [], {}
     for s in (0.95, 0.98):
         rows, layers, density = run_pruned(model, s, "global", (1, 256), (1, 28, 28),

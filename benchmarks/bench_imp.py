@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 
 import prunekit as pk
+from prunekit.io import atomic_write_json
 from prunekit.pipelines.imp import imp, train_ticket
 from prunekit.pipelines.rewind import RewindPoint, reinitialized_weights
 from prunekit.training import fit
+import _common
 from _common import RESULTS, command_line, machine, write_section
 
 DENSE = dict(epochs=8, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine")
@@ -74,9 +76,7 @@ class Bench:
             on_disk.update(self.cache)
             on_disk["_meta"] = {"commands": commands}
             self.cache = on_disk
-            tmp = CACHE.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.cache, indent=1))
-            tmp.replace(CACHE)
+            atomic_write_json(CACHE, self.cache, indent=1)
 
     # ------------------------------------------------------------------ shared dense run
     def dense(self, model_name, seed, data):
@@ -188,12 +188,7 @@ class Bench:
 
 
 def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f} (1 seed)"
-    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
+    return _common.mean_std(xs, empty="-", single_suffix=" (1 seed)")
 
 
 def collect(cache, prefix, seeds):

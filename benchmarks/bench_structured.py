@@ -38,6 +38,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.core.accounting import flops_per_module
+from prunekit.io import atomic_write_json
 from prunekit.methods.base import MethodCallback
 from prunekit.methods.slimming import Slimming
 from prunekit.pipelines.scratch import scratch_b_epochs
@@ -45,7 +46,7 @@ from prunekit.structured import by_ratios, compare, predefined_ratios, shrink, u
 from prunekit.structured.configs import block_inner_ratios
 from prunekit.structured.shrink import prunable_layers
 from prunekit.training import evaluate, fit
-from _common import RESULTS, command_line, machine, write_section
+from _common import RESULTS, command_line, machine, mean_std, write_section
 
 SHAPE = (3, 32, 32)
 
@@ -104,9 +105,7 @@ class Bench:
                 self.cache.setdefault(key, value)
 
     def save(self):
-        tmp = self.cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.cache, indent=1))
-        tmp.replace(self.cache_path)
+        atomic_write_json(self.cache_path, self.cache, indent=1)
 
     def loaders(self, seed):
         a = self.args
@@ -206,15 +205,6 @@ class Bench:
 
 def slim_tag(fraction: float, s: float) -> str:
     return f"slim{int(round(fraction * 100))}_s{s:g}"
-
-
-def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}"
 
 
 def render(b: Bench):

@@ -33,13 +33,14 @@ import time
 import torch
 
 import prunekit as pk
+from prunekit.io import atomic_write_json
 from prunekit.methods.base import MethodCallback
 from prunekit.methods.ltp import LTP
 from prunekit.methods.sparsity_loss import SparsityLoss
 from prunekit.methods.ste_fixed import STEFixed
 from prunekit.pipelines.dense_equivalent import equivalent_width
 from prunekit.training import evaluate, fit
-from _common import RESULTS, command_line, machine, write_section
+from _common import RESULTS, command_line, machine, mean_std, write_section
 
 RECIPE = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine")
 LTP_PRE_LR = RECIPE["lr"] / 5  # LTP's epochs after the dense ones
@@ -146,9 +147,7 @@ def run(args, cache_path):
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
     def save():
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_path)
+        atomic_write_json(cache_path, cache, indent=1)
 
     for seed in args.seeds:
         for model_name, kind, value in plan(args, seed):
@@ -165,15 +164,6 @@ def run(args, cache_path):
 
 def key_of(args, model_name, kind, value, seed):
     return f"{args.data}|{args.train_subset}|{args.epochs}|{model_name}|{kind}|{value}|{seed}"
-
-
-def mean_std(xs, fmt="{:.2f}"):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} +- {fmt.format(statistics.stdev(xs))}"
 
 
 def runs_of(cache, args, model_name, kind, value):

@@ -12,8 +12,9 @@ beside the theoretical FLOPs ratio (prunekit.export.bench explains every column)
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..io import atomic_write_json
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -54,6 +55,6 @@ def cmd_bench(args) -> int:
           "file: torch.save(state_dict) (.pt2 for thin-pt2); weights: parameter + buffer bytes; "
           "peak mem: torch CPU allocator peak during one forward (activations, not weights, not RSS)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        atomic_write_json(args.json, rows, indent=1)
         print(f"wrote {args.json}")
     return 0

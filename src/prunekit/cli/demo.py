@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_path, atomic_write_json
+
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
 # (label, score, allocation): LAMP is a score used with the global allocation (SPEC.md 1).
 VARIANTS = (
@@ -26,9 +28,7 @@ VARIANTS = (
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, obj, indent=2)
 
 
 def run_demo(out="demo_out", epochs=8, finetune_epochs=2, finetune_subset=30000, data_dir=None, seed=0,
@@ -121,6 +121,7 @@ def plot(rows, dense_acc: float, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:  # savefig infers the format from it
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path

@@ -13,8 +13,9 @@ subfolder per phase (``model.pt`` with its mask, ``mask.pt``, ``metrics.json``),
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..io import atomic_write_json
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -110,7 +111,7 @@ def cmd_imp(args) -> int:
                "total_seconds": result.total_seconds}
     save_model(out / "model.pt", result.model, model_name=name, model_kwargs=kwargs, dataset=dataset,
                mask=result.mask, metrics=metrics, recipe=recipe or {}, history=result.history)
-    (out / "result.json").write_text(json.dumps({"metrics": metrics, "history": result.history}, indent=2))
+    atomic_write_json(out / "result.json", {"metrics": metrics, "history": result.history}, indent=2)
     print(result.table())
     dense_top1 = result.history[0].get("top1")
     print(f"{name} on {dataset}: sparsity {metrics['achieved_sparsity']:.4f} (requested {args.sparsity}), top-1 "

@@ -6,7 +6,6 @@ says what was wrong and what is accepted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -117,6 +116,7 @@ def cmd_prune(args) -> int:
     from ..artifacts import load_model, save_model
     from ..core.accounting import report
     from ..core.prune import prune
+    from ..io import atomic_write_json
     from ..pipelines.finetune import finetune
     from ..training import evaluate
 
@@ -146,7 +146,7 @@ def cmd_prune(args) -> int:
         return 0
     save_model(out, model, model_name=stored["model"]["name"], model_kwargs=stored["model"]["kwargs"],
                dataset=dataset, mask=mask, metrics=metrics, recipe=stored.get("recipe"))
-    out.with_suffix(".report.json").write_text(json.dumps({"metrics": metrics, "report": rep.as_dict()}, indent=2))
+    atomic_write_json(out.with_suffix(".report.json"), {"metrics": metrics, "report": rep.as_dict()}, indent=2)
     print(rep.table())
     line = f"requested sparsity {args.sparsity:.4f}, achieved {rep.sparsity:.4f}"
     if "test_top1" in metrics:

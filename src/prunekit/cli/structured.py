@@ -15,8 +15,9 @@ CPU latency at batch 1 and 64 of both models. ``register(subparsers)`` adds the 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..io import atomic_write_json
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -74,7 +75,7 @@ def cmd_shrink(args) -> int:
               params=stats["params_shrunk"])
     save_model(out / "model.pt", small, model_name=name, model_kwargs=kwargs, dataset=dataset,
                metrics={k: v for k, v in stats.items()})
-    (out / "report.json").write_text(json.dumps(stats, indent=1))
+    atomic_write_json(out / "report.json", stats, indent=1)
     print(f"{name}: params {stats['params']:,} -> {stats['params_shrunk']:,} ({stats['params_ratio']:.2f}x), "
           f"FLOPs {stats['flops']:,} -> {stats['flops_shrunk']:,} ({stats['flops_ratio']:.2f}x)")
     for b in (1, 64):

@@ -15,8 +15,9 @@ history; for LTP the trail of checkpoints in ``--out/trail``). Rerunning resumes
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from ..io import atomic_write_json
 
 METHOD_CHOICES = ("ste_fixed", "sparsity_loss", "ltp", "dense_equivalent")
 
@@ -176,9 +177,7 @@ def cmd_train_sparse(args) -> int:
         return 0
     save_model(out / "model.pt", model, model_name=args.model, model_kwargs=kwargs, dataset=args.data, mask=mask,
                metrics={k: v for k, v in result.items() if k not in ("history", "trail")}, recipe=recipe, history=history)
-    tmp = out / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    tmp.replace(out / "result.json")
+    atomic_write_json(out / "result.json", result, indent=2, default=str)
     print(f"{args.method} {args.model} on {args.data}: top-1 {result['top1']:.2f}%, sparsity "
           f"{rep.sparsity:.4f} (requested {requested if requested is not None else '-'}), "
           f"{rep.nonzero_params:,}/{rep.total_params:,} nonzero params -> {out / 'model.pt'}")

@@ -8,11 +8,12 @@ pruned model is a plain model whose ``state_dict`` has the dense model's keys.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict, Iterator, List, Mapping, Optional
 
 import torch
 from torch import nn
+
+from ..io import atomic_torch_save
 
 # Optimizer state entries that hold one value per weight and must not resurrect pruned ones.
 _PER_WEIGHT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum")
@@ -134,17 +135,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the mask atomically (temp file + rename)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Optional[nn.Module] = None) -> "Mask":

@@ -10,8 +10,9 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 from urllib.request import urlopen  # module-level so tests can monkeypatch it
+
+from ..io import atomic_open
 
 _CHUNK = 1 << 20
 
@@ -38,26 +39,19 @@ def download_file(url: str, dest: str, checksum: str, algorithm: str = "md5",
     errors (``urllib.error.URLError``, ``OSError``) propagate after the same clean-up.
     Returns ``dest``.
     """
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".part")
-    try:
-        digest = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                digest.update(chunk)
-                out.write(chunk)
+    digest = hashlib.new(algorithm)
+    # The checksum is checked inside the block: raising there deletes the temporary file.
+    with atomic_open(dest, "wb") as out, urlopen(url, timeout=timeout) as response:
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+            digest.update(chunk)
+            out.write(chunk)
         got = digest.hexdigest()
         if got != checksum.lower():
             raise ChecksumError(
                 f"download of {url} has {algorithm} {got}, expected {checksum}; the file was "
                 "deleted. Retry, or download it yourself and pass its folder as --data-dir"
             )
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return dest
 
 
 def safe_extract(archive: str, dest: str) -> None:

@@ -6,12 +6,12 @@ big-endian uint32, then the values in row-major order (big-endian for multi-byte
 from __future__ import annotations
 
 import gzip
-import os
 import struct
-import tempfile
 
 import numpy as np
 import torch
+
+from ..io import atomic_write_bytes
 
 # IDX type code -> big-endian numpy dtype.
 _DTYPES = {
@@ -87,13 +87,4 @@ def write_idx(path: str, array) -> None:
     )
     if str(path).endswith(".gz"):
         payload = gzip.compress(payload)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".idx-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, payload)

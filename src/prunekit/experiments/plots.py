@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..io import atomic_path
+
 BASELINE_MARKERS = ("s", "^", "D", "v", "P", "X")
 
 
@@ -169,9 +171,7 @@ def training_curves(curves: Dict[str, List[Dict]], path: Path, title: str,
 
 def _save(plt, fig, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path, suffix=path.suffix) as tmp:  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
     return path

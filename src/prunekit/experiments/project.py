@@ -23,40 +23,21 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
+from ..io import atomic_write_json as _atomic_write_json
+from ..io import atomic_write_text  # noqa: F401  (re-exported: runner, sweep and report use it from here)
+
 DB_NAME = "results.sqlite"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: mkstemp creates 0600 files, we want the usual permissions
 METRICS = "metrics.json"
 SPEC = "spec.yaml"
 MODEL = "model.pt"
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file + rename: a crash leaves the old file or the
-    new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def atomic_write_json(path: Union[str, Path], data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n")
+    """A run's JSON files (metrics.json, ...): indented, NaN allowed, written atomically."""
+    return _atomic_write_json(path, data, indent=1, sort_keys=False, allow_nan=True)
 
 
 class Project:

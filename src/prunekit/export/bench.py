@@ -28,16 +28,17 @@ memory that torch's CPU allocator handed out during one forward at that batch si
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..timing import paired_ratio, time_interleaved
 
 __all__ = ["bench_model", "bench_forms", "format_table", "peak_memory", "weight_bytes", "saved_bytes",
            "sparse_flops_ratio"]
@@ -81,20 +82,6 @@ def peak_memory(model: nn.Module, x: torch.Tensor) -> Optional[int]:
     return int(best)
 
 
-def _time_interleaved(forms: Dict[str, nn.Module], x: torch.Tensor, repeats: int,
-                      warmup: int = 2) -> Dict[str, List[float]]:
-    """Seconds of each forward, the forms taking turns inside every repeat."""
-    times: Dict[str, List[float]] = {name: [] for name in forms}
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            for name, model in forms.items():
-                start = time.perf_counter()
-                model(x)
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
-    return times
-
-
 def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence[int], *, repeats: int = 10,
                 dense: str = "dense", flops_ratio: Optional[Dict[str, float]] = None,
                 file_bytes: Optional[Dict[str, int]] = None, memory: bool = True) -> List[dict]:
@@ -111,16 +98,16 @@ def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence
                 pass
         param = next((p for m in forms.values() for p in m.parameters()), None)
         x = torch.randn(b, *input_shape, device=param.device if param is not None else "cpu")
-        times = _time_interleaved(forms, x, repeats)
-        medians = {name: statistics.median(ts) for name, ts in times.items()}
+        with torch.inference_mode():  # the forms take turns inside every repeat
+            times = time_interleaved({name: functools.partial(m, x) for name, m in forms.items()},
+                                     repeats=repeats, warmup=2)
         for name, model in forms.items():
             # Speedup: median of the per-repeat ratios of side-by-side runs (a load spike on the
             # shared machine hits both runs of a repeat, so it cancels in the ratio).
-            paired = [d / t for d, t in zip(times[dense], times[name])] if dense in times else None
             rows.append({
-                "form": name, "batch_size": b, "latency_ms": 1e3 * medians[name],
-                "throughput": b / medians[name],
-                "speedup": statistics.median(paired) if paired else None,
+                "form": name, "batch_size": b, "latency_ms": 1e3 * times[name].median,
+                "throughput": b / times[name].median,
+                "speedup": paired_ratio(times[dense], times[name]) if dense in times else None,
                 "flops_ratio": (flops_ratio or {}).get(name),
                 "file_bytes": (file_bytes or {}).get(name, saved_bytes(model)),
                 "weight_bytes": weight_bytes(model),

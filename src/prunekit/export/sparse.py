@@ -31,14 +31,15 @@ is k*k times larger than the input, which dense convolution never materialises).
 from __future__ import annotations
 
 import copy
-import statistics
-import time
+import functools
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..timing import time_interleaved
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions"]
 
@@ -197,15 +198,9 @@ def _input_shapes(model: nn.Module, example_input: Optional[torch.Tensor]) -> Di
 
 def _time_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int) -> Tuple[float, float]:
     """Median seconds of ``a(x)`` and ``b(x)``, timed alternately (one warm-up each)."""
-    ta, tb = [], []
     with torch.inference_mode():
-        a(x), b(x)
-        for _ in range(repeats):
-            for f, out in ((a, ta), (b, tb)):
-                start = time.perf_counter()
-                f(x)
-                out.append(time.perf_counter() - start)
-    return statistics.median(ta), statistics.median(tb)
+        t = time_interleaved({"a": functools.partial(a, x), "b": functools.partial(b, x)}, repeats=repeats, warmup=1)
+    return t["a"].median, t["b"].median
 
 
 def _layer_input(name: str, module: nn.Module, shapes: Dict[str, Tuple[int, ...]], batch_size: int):

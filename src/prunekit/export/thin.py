@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from ..io import atomic_path, atomic_torch_save, atomic_write_text
+
 __all__ = ["thin", "ThinExport", "channel_spec"]
 
 
@@ -102,16 +104,12 @@ def thin(model: nn.Module, out_dir=None, example_input: Optional[torch.Tensor] =
     out.mkdir(parents=True, exist_ok=True)
     files = result.files
     files["model.pt2"] = out / "model.pt2"
-    tmp = out / ".model.tmp.pt2"  # torch.export.save wants the .pt2 suffix
-    torch.export.save(program, tmp)
-    tmp.replace(files["model.pt2"])
+    with atomic_path(files["model.pt2"], suffix=".pt2") as tmp:  # torch.export.save wants .pt2
+        torch.export.save(program, tmp)
     files["state_dict.pt"] = out / "state_dict.pt"
-    tmp = out / ".state_dict.pt.tmp"
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-    tmp.replace(files["state_dict.pt"])
+    atomic_torch_save({k: v.detach().cpu() for k, v in module.state_dict().items()}, files["state_dict.pt"])
     files["channels.json"] = out / "channels.json"
-    (out / ".channels.json.tmp").write_text(json.dumps(channels, indent=1))
-    (out / ".channels.json.tmp").replace(files["channels.json"])
+    atomic_write_text(files["channels.json"], json.dumps(channels, indent=1))
     if model_name is not None:
         structure = dict(structure or {"plan": {}})
         # Check now that the structure really rebuilds this architecture: a wrong plan would

@@ -28,7 +28,6 @@ Trail of checkpoints: whenever the hard sparsity first reaches each of ``trail``
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -39,6 +38,7 @@ from .. import distributed
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
 from ..core.targets import prunable_parameters
+from ..io import atomic_torch_save
 from ._reparam import WeightSubstitution, modules_of
 from .base import METHODS, Method
 
@@ -176,11 +176,8 @@ class LTP(Method):
             if self.trail_dir is not None:
                 path = self.trail_dir / f"ltp_s{lv:.4f}.pt"
                 if distributed.is_main():  # under torchrun the ranks hold the same snapshot
-                    self.trail_dir.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    torch.save({"model": {k: v.cpu() for k, v in state.items()}, "mask": mask_state,
-                                "sparsity": s, "step": self.steps, "level": lv}, tmp)
-                    os.replace(tmp, path)
+                    atomic_torch_save({"model": {k: v.cpu() for k, v in state.items()}, "mask": mask_state,
+                                       "sparsity": s, "step": self.steps, "level": lv}, path)
                 row["path"] = str(path)
             else:
                 row["model"], row["mask"] = state, mask_state

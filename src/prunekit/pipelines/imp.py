@@ -41,6 +41,7 @@ from ..artifacts import read_model_file, save_model
 from ..core.mask import Mask
 from ..core.prune import check_sparsity, prune
 from ..core.targets import prunable_parameters
+from ..io import atomic_write_json
 from ..training import evaluate, fit
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .finetune import EnforceMask
@@ -166,9 +167,7 @@ def _seconds(history: Sequence[Mapping[str, Any]]) -> float:
 def _write_json(path: Path, obj: Any) -> None:
     if not distributed.is_main():  # under torchrun rank 0 writes for every rank
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_json(path, obj, indent=2, default=str)
 
 
 def masked_fit(model: nn.Module, mask: Mask, train: Iterable, test: Optional[Iterable], epochs: int,

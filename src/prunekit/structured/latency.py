@@ -9,12 +9,13 @@ ratio, so the report shows how much of the FLOPs cut the wall clock realises.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import functools
 from typing import Dict, Sequence
 
 import torch
 from torch import nn
+
+from ..timing import time_callable
 
 
 def latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 10,
@@ -24,17 +25,11 @@ def latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, r
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
+    # time_callable's clock waits for queued GPU kernels, so asynchronous devices time right.
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":  # kernels run asynchronously: wait for them
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        timing = time_callable(functools.partial(model, x), repeats=repeats, warmup=warmup)
     model.train(was_training)
-    return statistics.median(times)
+    return timing.median
 
 
 def compare(original: nn.Module, shrunk: nn.Module, input_shape: Sequence[int],

@@ -11,14 +11,13 @@ channels); ``load_shrunk(folder)`` does that and loads the saved weights.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..io import atomic_write_json
 from .shrink import shrink
 
 STRUCTURE = "structure.json"
@@ -35,13 +34,8 @@ def example_input(model: nn.Module, input_shape=None) -> torch.Tensor:
 def save_plan(folder, plan: Dict[str, List[int]], **info: Any) -> Path:
     """Write ``folder/structure.json`` atomically (temp file + rename)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     data = {"format": "prunekit.structure/1", "plan": {k: [int(i) for i in v] for k, v in plan.items()}, **info}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".structure.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, folder / STRUCTURE)
-    return folder / STRUCTURE
+    return atomic_write_json(folder / STRUCTURE, data, indent=1)
 
 
 def load_plan(folder) -> Dict[str, Any]:

@@ -8,12 +8,13 @@ it is produced rather than as an unreadable file at resume time.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import torch
+
+from ..io import atomic_torch_save
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -55,38 +56,8 @@ def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> Path:
     replace ``path`` with ``os.replace``: a crash leaves either the old file or the new one,
     never half of one. Parent folders are created.
     """
-    path = Path(path)
     check_payload(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, hence best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
