@@ -53,6 +53,17 @@ def torch_prune_and_finetune(model, label, sparsity, train, test, seed):
     return oneshot, hist[-1]["test_top1"]
 
 
+def train_dense(model_name, seed):
+    """The dense model of (model, seed), checkpointed in results/ckpt/<model>-s<seed> (a rerun
+    resumes or reloads it): ``(model, history, train loader, test loader)``."""
+    train, test, info = pk.data.loaders("fashion_mnist", batch_size=128, seed=seed)
+    torch.manual_seed(seed)
+    dense = pk.models.get(model_name)
+    hist = fit(dense, train, test, seed=seed, progress=False, checkpoint_dir=RESULTS / "ckpt" / f"{model_name}-s{seed}",
+               **DENSE)
+    return dense, hist, train, test
+
+
 def run(models, seeds, sparsities, cache_path):
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
@@ -61,12 +72,8 @@ def run(models, seeds, sparsities, cache_path):
 
     for model_name in models:
         for seed in seeds:
-            train, test, info = pk.data.loaders("fashion_mnist", batch_size=128, seed=seed)
-            torch.manual_seed(seed)
-            dense = pk.models.get(model_name)
             t0 = time.time()
-            hist = fit(dense, train, test, seed=seed, progress=False, checkpoint_dir=RESULTS / "ckpt" / f"{model_name}-s{seed}",
-                       **DENSE)
+            dense, hist, train, test = train_dense(model_name, seed)
             key = f"{model_name}|dense|0|{seed}"
             cache.setdefault(key, {"top1": hist[-1]["test_top1"], "seconds": time.time() - t0})
             save()
@@ -130,10 +137,18 @@ def main():
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 when sharing the CPU)")
+    ap.add_argument("--dense-only", action="store_true",
+                    help="only train (or resume) the dense checkpoints results/ckpt/<model>-s<seed>/last.pt that "
+                         "other benchmarks load; no pruning, no cache or section written")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
+    if args.dense_only:
+        for model_name in args.models:
+            for seed in args.seeds:
+                train_dense(model_name, seed)
+        return
     cache = run(args.models, args.seeds, args.sparsities, RESULTS / "accuracy_runs.json")
     write_section("accuracy", render(cache, args.models, args.seeds, args.sparsities), cache)
 

@@ -44,6 +44,7 @@ class Input:
     path: str
     make: str
     absent: bool = False
+    command: Optional[str] = None  # a quick benchmarks/ command that makes it (run when missing)
 
     def resolved(self) -> Path:
         return Path(self.path) if os.path.isabs(self.path) else HERE / self.path
@@ -53,9 +54,13 @@ class Input:
         exists = self.resolved().exists()
         if self.absent and exists:
             return f"{self.path} exists: {self.make}"
-        if not self.absent and not exists:
+        if not self.absent and not exists and self.command is None:
             return f"missing {self.path}: make it with {self.make}"
         return None
+
+    def needs_making(self) -> bool:
+        """Missing, and the manifest says which command makes it."""
+        return not self.absent and self.command is not None and not self.resolved().exists()
 
 
 @dataclass
@@ -96,6 +101,10 @@ def preflight(chosen: List[Section]) -> List[str]:
             if not (HERE / script).is_file():
                 problems.append(f"section {s.name}: no script benchmarks/{script}")
         problems += [f"section {s.name}: {p}" for p in (i.problem() for i in s.inputs) if p]
+        for i in s.inputs:
+            script = shlex.split(i.command)[0] if i.command else None
+            if script and not (HERE / script).is_file():
+                problems.append(f"section {s.name}: input {i.path}: no script benchmarks/{script}")
     return problems
 
 
@@ -107,15 +116,24 @@ def _machine_line(facts: dict) -> str:
     return f"{facts['cpu']}, {facts['cores']} cores, torch {facts['torch']}, Python {facts['python']}"
 
 
+def _run(section: Section, command: str) -> None:
+    done = subprocess.run(section.argv(command), cwd=HERE)
+    if done.returncode:
+        sys.exit(f"run_all.py: section {section.name}: `python {command}` failed with exit status {done.returncode}")
+
+
 def run_section(section: Section) -> None:
     """Run the section's commands in order, then record when and where they ran."""
+    for i in section.inputs:
+        if i.needs_making():
+            print(f"[{section.name}] making {i.path}: python {i.command}", flush=True)
+            _run(section, i.command)
+            if not i.resolved().exists():
+                sys.exit(f"run_all.py: section {section.name}: `python {i.command}` did not make {i.path}")
     before = machine_facts()
     for command in section.commands:
         print(f"[{section.name}] python {command}", flush=True)
-        done = subprocess.run(section.argv(command), cwd=HERE)
-        if done.returncode:
-            sys.exit(f"run_all.py: section {section.name}: `python {command}` failed with exit status "
-                     f"{done.returncode}")
+        _run(section, command)
     after = machine_facts()
     record = {"section": section.name, "date": _now(), "commands": [f"python {c}" for c in section.commands],
               "machine": before, "load_after": after["load"]}
@@ -209,6 +227,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         for s in chosen:
             print(f"# {s.name} ({s.kind}): {s.title}")
+            for i in s.inputs:
+                if i.needs_making():
+                    print(f"cd benchmarks && python {i.command}    # makes {i.path}")
             for c in s.commands:
                 print(f"cd benchmarks && python {c}")
         for p in problems:
