@@ -15,6 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
+from ..export.bench import bench_model, format_table
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -32,10 +36,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    import torch
-
-    from ..export.bench import bench_model, format_table
-
     if args.repeats < 1:
         raise ValueError(f"--repeats must be a positive integer, got {args.repeats}")
     if args.threads is not None:

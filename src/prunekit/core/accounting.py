@@ -12,6 +12,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .targets import prunable_parameters
 
@@ -35,8 +36,6 @@ def flops_per_module(model: nn.Module, input_shape: Optional[Sequence[int]] = No
     Per-module figures are those of modules that own a ``weight`` (conv, linear); the total
     counts every op the counter knows.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = _example_input(model, input_shape, example_input)
     was_training = model.training
     model.eval()

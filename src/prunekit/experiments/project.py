@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
+from .store import Store
+
 DB_NAME = "results.sqlite"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, we want the usual permissions
@@ -87,8 +89,6 @@ class Project:
             raise FileNotFoundError(f"run {run_id} has not finished: no {path}") from None
 
     def store(self):
-        from .store import Store
-
         return Store(self.db_path)
 
     @contextlib.contextmanager

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..export.bench import bench_model
 from . import plots
 from .project import Project, atomic_write_text
 from .schema import dump_yaml
@@ -193,8 +194,6 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
 def run_speed(project: Project, run_id: str, batch_sizes: Sequence[int], repeats: int) -> List[Dict[str, Any]]:
     """``bench_model`` rows of one finished run, cached in its folder's ``bench.json``
     (re-measured when the batch sizes or repeats asked for change)."""
-    from ..export.bench import bench_model
-
     folder = project.run_folder(run_id)
     cache = folder / "bench.json"
     settings = {"batch_sizes": [int(b) for b in batch_sizes], "repeats": int(repeats)}

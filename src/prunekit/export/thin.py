@@ -24,6 +24,10 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from .. import models
+from ..artifacts import save_model
+from ..structured.plan import apply_structure, save_plan
+
 __all__ = ["thin", "ThinExport", "channel_spec"]
 
 
@@ -87,10 +91,6 @@ def thin(model: nn.Module, out_dir=None, example_input: Optional[torch.Tensor] =
     ``model_name`` is given: the registry name and kwargs of the *original* architecture and the
     ``structure`` (a ``structure.json`` dict with the shrink ``plan``) that rebuilds the thin one.
     """
-    from .. import models
-    from ..artifacts import save_model
-    from ..structured.plan import apply_structure, save_plan
-
     module = copy.deepcopy(model).eval()
     x = _example(module, example_input)
     program = export_program(module, x)

@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .. import distributed
+from .. import data as datasets, distributed
 from ..artifacts import read_model_file, save_model
 from ..core.mask import Mask
 from ..core.prune import check_sparsity, prune
@@ -139,8 +139,6 @@ class ContinuedLoader:
 def resolve_data(data: Any, seed: int) -> Tuple[Iterable, Optional[Iterable]]:
     """``(train, test)`` from a pair of loaders or a dataset name (batch size 128)."""
     if isinstance(data, str):
-        from .. import data as datasets
-
         train, test, _ = datasets.loaders(data, batch_size=128, seed=seed)
         return train, test
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
@@ -265,8 +266,6 @@ def _my_slice(batch: Any) -> Any:
 def _sync_buffers(model: nn.Module) -> None:
     """Average the normalisation layers' running statistics over the ranks and give every
     other buffer rank 0's value, so all ranks hold the same model."""
-    from torch.nn.modules.batchnorm import _NormBase
-
     averaged, copied = [], []
     for module in model.modules():
         for name, buf in module.named_buffers(recurse=False):
