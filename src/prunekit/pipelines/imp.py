@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -87,6 +88,25 @@ def masked_fit(model: nn.Module, mask: Mask, train: Iterable, test: Optional[Ite
     return fit(model, train, test, epochs=epochs, lr=1.0, schedule=schedule, callbacks=[EnforceMask(mask)],
                checkpoint_dir=checkpoint_dir, seed=seed, progress=progress, device=device, recipe=recipe,
                **settings)
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """The settings every pruning phase of one IMP run shares (``imp``'s arguments, grouped so
+    that ``_phase`` takes one object instead of a dozen keywords)."""
+
+    target_sparsity: float
+    phases: int
+    retrain_epochs: int
+    schedule: str
+    score: str
+    allocation: str
+    include: Optional[Sequence[str]]
+    exclude: Optional[Sequence[str]]
+    rewind: Optional[int]
+    seed: int
+    progress: Optional[bool]
+    device: Any
 
 
 # ------------------------------------------------------------------------- dense stage
@@ -178,6 +198,9 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
     folder = Path(folder) if folder is not None else None
     model_info = dict(model_info or {})
     model.to(device)
+    plan = PhasePlan(target_sparsity=target_sparsity, phases=phases, retrain_epochs=retrain_epochs,
+                     schedule=schedule, score=score, allocation=allocation, include=include, exclude=exclude,
+                     rewind=rewind, seed=seed, progress=progress, device=device)
 
     config = {"target_sparsity": target_sparsity, "phases": phases, "retrain_epochs": retrain_epochs,
               "schedule": schedule, "score": score, "allocation": allocation, "rewind": rewind,
@@ -227,11 +250,8 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
             row = json.loads((stage.path / "metrics.json").read_text())
             hist = list(saved.get("history") or [])
         else:
-            row, mask, hist = _phase(model, mask, j, phases, target_sparsity, train, test, stage, orig, settings,
-                               schedule=schedule, retrain_epochs=retrain_epochs, score=score,
-                               allocation=allocation, include=include, exclude=exclude, rewind=rewind,
-                               weights=weights, epoch_offset=epochs_so_far, seed=seed, progress=progress,
-                               device=device)
+            row, mask, hist = _phase(model, mask, j, plan, train, test, stage, orig, settings, weights=weights,
+                                     epoch_offset=epochs_so_far)
             stage.save(model, mask, row, model_info, {"retrain_schedule": schedule, "phase": j}, history=hist)
         history.append(row)
         log.extend({"stage": f"phase_{j:02d}", **r} for r in hist)
@@ -257,40 +277,40 @@ def _claim_folder(folder: Optional[Path], config: Dict[str, Any]) -> None:
     write_json(path, plain)
 
 
-def _phase(model, mask, j, phases, target, train, test, stage: Stage, orig: OriginalSchedule, settings, *,
-           schedule, retrain_epochs, score, allocation, include, exclude, rewind, weights, epoch_offset,
-           seed, progress, device):
+def _phase(model, mask, j: int, plan: PhasePlan, train, test, stage: Stage, orig: OriginalSchedule,
+           settings, *, weights, epoch_offset: int):
     """Prune to phase ``j``'s sparsity, then retrain (resumable). Returns (row, mask, fit history)."""
     start = time.perf_counter()
-    requested = phase_sparsity(target, j, phases)
-    params = prunable_parameters(model, include=include, exclude=exclude)
+    requested = phase_sparsity(plan.target_sparsity, j, plan.phases)
+    params = prunable_parameters(model, include=plan.include, exclude=plan.exclude)
     before = {n: p.detach().clone() for n, p in params.items()}
     alive = mask.kept() if mask is not None else sum(int(torch.count_nonzero(p)) for p in before.values())
     # Deterministic in the previous phase's weights (and the seed), so a resumed phase recomputes
     # the same mask before fit restores its epoch checkpoint.
-    mask = prune(model, requested, score=score, allocation=allocation, include=include, exclude=exclude,
-                 mask=mask, seed=seed)
+    mask = prune(model, requested, score=plan.score, allocation=plan.allocation, include=plan.include,
+                 exclude=plan.exclude, mask=mask, seed=plan.seed)
     change = relative_change(before, {n: p.detach() for n, p in params.items()})
     pruned_fraction = (alive - mask.kept()) / alive if alive else 0.0
-    pruned_top1 = top1_on(model, test, device)
+    pruned_top1 = top1_on(model, test, plan.device)
 
     steps_per_epoch = len(train)
     peak = None
-    if rewind is not None:
+    if plan.rewind is not None:
         rewind_to(model, mask, weights)
-        epochs, sched = replay_schedule(orig, rewind, steps_per_epoch)
+        epochs, sched = replay_schedule(orig, plan.rewind, steps_per_epoch)
     else:
-        epochs = retrain_epochs
-        if schedule == "allr":
-            peak = allr_peak(change, pruned_fraction, orig.eta_max, retrain_epochs, float(orig.epochs)) \
+        epochs = plan.retrain_epochs
+        if plan.schedule == "allr":
+            peak = allr_peak(change, pruned_fraction, orig.eta_max, plan.retrain_epochs, float(orig.epochs)) \
                 if pruned_fraction > 0 else orig.eta_max
-        sched = retrain_schedule(schedule, epochs * steps_per_epoch, orig, peak=peak)
+        sched = retrain_schedule(plan.schedule, epochs * steps_per_epoch, orig, peak=peak)
     prune_seconds = time.perf_counter() - start
     hist = masked_fit(model, mask, ContinuedLoader(train, epoch_offset), test, epochs, sched, settings,
-                      checkpoint_dir=stage.checkpoints, seed=seed + j, progress=progress, device=device,
-                      recipe={"imp_phase": j, "retrain_schedule": sched.name})
+                      checkpoint_dir=stage.checkpoints, seed=plan.seed + j, progress=plan.progress,
+                      device=plan.device, recipe={"imp_phase": j, "retrain_schedule": sched.name})
     top1 = hist[-1].get("test_top1") if hist else pruned_top1
-    row = {"phase": j, "stage": "rewind" if rewind is not None else schedule, "requested_sparsity": requested,
+    row = {"phase": j, "stage": "rewind" if plan.rewind is not None else plan.schedule,
+           "requested_sparsity": requested,
            "sparsity": mask.sparsity(), "kept": mask.kept(), "pruned_top1": pruned_top1, "top1": top1,
            "epochs": epochs, "seconds": prune_seconds + history_seconds(hist), "change": change,
            "pruned_fraction": pruned_fraction, "lr_peak": sched.max_factor(), "schedule": sched.name}
