@@ -37,6 +37,7 @@ import sys
 from typing import Any, Iterable, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["setup", "requested", "active", "rank", "local_rank", "world_size", "is_main", "barrier",
            "broadcast_", "broadcast_object", "all_reduce_mean", "all_reduce_sum",
@@ -110,7 +111,6 @@ def setup(device: Any = None) -> bool:
         return active()
     if not requested():
         return False
-    import torch.distributed as dist
 
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 asks for several processes, but this torch build has no "

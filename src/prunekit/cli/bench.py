@@ -15,6 +15,9 @@ import argparse
 from pathlib import Path
 
 from ..io import atomic_write_json
+import torch
+
+from ..export.bench import bench_model, format_table
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -33,10 +36,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    import torch
-
-    from ..export.bench import bench_model, format_table
-
     if args.repeats < 1:
         raise ValueError(f"--repeats must be a positive integer, got {args.repeats}")
     if args.threads is not None:

@@ -15,6 +15,11 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_path, atomic_write_json
+from .. import data, models
+from ..core.accounting import report
+from ..core.prune import prune
+from ..pipelines.finetune import finetune
+from ..training import evaluate, fit
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
 # (label, score, allocation): LAMP is a score used with the global allocation (SPEC.md 1).
@@ -35,12 +40,6 @@ def run_demo(out="demo_out", epochs=8, finetune_epochs=2, finetune_subset=30000,
              quiet=False, dataset="fashion_mnist", model_name="lenet5", sparsities=SPARSITIES, variants=VARIANTS,
              batch_size=128):
     """Run the demo and return the list of result rows."""
-    from .. import data, models
-    from ..core.accounting import report
-    from ..core.prune import prune
-    from ..pipelines.finetune import finetune
-    from ..training import evaluate, fit
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = False if quiet else None

@@ -11,20 +11,23 @@ import json
 import sys
 from pathlib import Path
 
+from ..distributed import is_main
+from ..experiments.project import Project
+from ..experiments.ray_executor import import_ray
+from ..experiments.report import write_report
+from ..experiments.spec import Sweep
+from ..experiments.sweep import plan, run_sweep
+
 DEFAULT_DIR = "runs"
 
 
 def _load(path: str, data_dir=None):
-    from ..experiments.spec import Sweep
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"no experiment file {path}")
     return Sweep.from_yaml(Path(path)).with_data_dir(data_dir)  # a location: ids stay
 
 
 def _finish(summary, quiet: bool) -> int:
-    from ..distributed import is_main
-
     if not is_main():  # under torchrun rank 0 reports for the job
         return 1 if summary.failed or summary.blocked else 0
     if not quiet or summary.failed:
@@ -35,8 +38,6 @@ def _finish(summary, quiet: bool) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..experiments.sweep import run_sweep
-
     spec = _load(args.spec, args.data_dir)
     if spec.grid:
         raise ValueError(f"{args.spec} has a grid ({', '.join(spec.grid)}): run it with `prunekit sweep`")
@@ -45,12 +46,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from ..experiments.sweep import plan, run_sweep
-
     spec = _load(args.spec, args.data_dir)
     if args.dry_run:
-        from ..experiments.project import Project
-
         project = Project(args.dir)
         runs = plan(spec)
         for item in runs:
@@ -64,7 +61,6 @@ def cmd_sweep(args) -> int:
         if args.workers != 1:
             raise ValueError("--workers is for the process executor; with --executor ray each run is a "
                              "Ray task (size them with --ray-cpus)")
-        from ..experiments.ray_executor import import_ray
 
         try:
             import_ray()
@@ -78,8 +74,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from ..experiments.project import Project
-
     project = Project(args.dir)
     if not project.db_path.is_file():
         raise FileNotFoundError(f"no results database in {args.dir} ({project.db_path} is missing); "
@@ -115,8 +109,6 @@ def format_runs(rows) -> str:
 
 
 def cmd_report(args) -> int:
-    from ..experiments.report import write_report
-
     paths = write_report(args.dir, out=args.out, sweep=args.sweep, y=args.y, bench=args.bench,
                          bench_batch_sizes=args.bench_batch_sizes, bench_repeats=args.bench_repeats)
     for path in paths:

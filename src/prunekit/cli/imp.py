@@ -16,6 +16,13 @@ import argparse
 from pathlib import Path
 
 from ..io import atomic_write_json
+import torch
+
+from .. import data, models
+from ..artifacts import read_model_file, save_model
+from ..core.accounting import report
+from ..device import resolve
+from ..pipelines.imp import imp
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -65,13 +72,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_imp(args) -> int:
-    import torch
-
-    from .. import data, models
-    from ..artifacts import read_model_file, save_model
-    from ..core.accounting import report
-    from ..pipelines.imp import imp
-
     for value, flag in ((args.phases, "--phases"), (args.retrain_epochs, "--retrain-epochs"),
                         (args.batch_size, "--batch-size"), (args.epochs, "--epochs")):
         if value is None or value < 1:
@@ -96,7 +96,6 @@ def cmd_imp(args) -> int:
     torch.manual_seed(args.seed)
     model = models.get(name, **kwargs)
     out = Path(args.out)
-    from ..device import resolve
 
     result = imp(model, (train, test), args.sparsity, phases=args.phases, retrain_epochs=args.retrain_epochs,
                  schedule=args.schedule, score=args.score, allocation=args.allocation, include=args.include,

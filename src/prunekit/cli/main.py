@@ -11,14 +11,27 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
+from .. import __version__, data, distributed, models
+from ..artifacts import load_model, save_model
+from ..core import ALLOCATIONS, SCORES
+from ..core.accounting import report
+from ..core.prune import prune
+from ..device import resolve
+from ..distributed import is_main, threads_per_rank
+from ..io import atomic_write_json
+from ..pipelines.finetune import finetune
+from ..training import evaluate, fit
+from ..training.checkpoint import CheckpointError
+from . import (bench as bench_cli, experiments as experiments_cli, imp as imp_cli,
+               structured as structured_cli, thresholds as thresholds_cli)
+from .demo import run_demo
+
 EXIT_USAGE = 2
 
 
 def _threads() -> None:
-    import torch
-
-    from ..distributed import threads_per_rank
-
     # PRUNEKIT_THREADS is the cores to use; under torchrun they are shared by the local ranks.
     torch.set_num_threads(threads_per_rank(max(1, int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))))
 
@@ -54,8 +67,6 @@ def _fit_kwargs(recipe: dict) -> dict:
 
 
 def _loaders(dataset: str, args, seed: int = 0, train_subset=None):
-    from .. import data
-
     return data.loaders(dataset, batch_size=args.batch_size, data_dir=args.data_dir, seed=seed,
                         train_subset=train_subset)
 
@@ -68,27 +79,17 @@ def _positive(value: Optional[int], what: str) -> None:
 # --- commands -------------------------------------------------------------------------------
 
 def _is_main() -> bool:
-    from ..distributed import is_main
-
     return is_main()
 
 
 def resolve_device():
     """The device of this invocation: ``--device``, else ``$PRUNEKIT_DEVICE``, else cpu."""
-    from ..device import resolve
-
     return resolve()
 
 
 def cmd_train(args) -> int:
-    from .. import models
-    from ..artifacts import save_model
-    from ..core.accounting import report
-    from ..training import fit
-
     _positive(args.epochs, "--epochs")
     _positive(args.batch_size, "--batch-size")
-    import torch
 
     train, test, info = _loaders(args.data, args, seed=args.seed, train_subset=args.train_subset)
     kwargs = {"num_classes": info.num_classes, "in_channels": info.in_channels, "width": args.width}
@@ -111,15 +112,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    import torch
-
-    from ..artifacts import load_model, save_model
-    from ..core.accounting import report
-    from ..core.prune import prune
-    from ..io import atomic_write_json
-    from ..pipelines.finetune import finetune
-    from ..training import evaluate
-
     device = resolve_device()
     model, stored = load_model(args.checkpoint, device=device)
     mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
@@ -158,10 +150,6 @@ def cmd_prune(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..artifacts import load_model
-    from ..core.accounting import report
-    from ..training import evaluate
-
     device = resolve_device()
     model, stored = load_model(args.checkpoint, device=device)
     dataset = args.data or stored.get("dataset")
@@ -176,9 +164,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .. import data, models
-    from ..core import ALLOCATIONS, SCORES
-
     for title, names in [("datasets", data.names()), ("models", models.names()),
                          ("scores", SCORES.names()), ("allocations", ALLOCATIONS.names())]:
         print(f"{title}: {', '.join(names)}")
@@ -186,8 +171,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
-
     run_demo(out=args.out, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
              finetune_subset=args.finetune_subset, data_dir=args.data_dir, seed=args.seed,
              quiet=args.quiet, dataset=args.data)
@@ -251,12 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands of the other layers: run, sweep, runs, report (experiments); imp;
     # train-sparse (threshold methods); shrink (structured).
-    from . import bench as bench_cli
-    from . import experiments as experiments_cli
-    from . import imp as imp_cli
-    from . import structured as structured_cli
-    from . import thresholds as thresholds_cli
-
     experiments_cli.register(sub)
     imp_cli.register(sub)
     thresholds_cli.register(sub)
@@ -266,14 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return f"prunekit {__version__}"
 
 
 def _user_errors():
-    from ..training.checkpoint import CheckpointError
-
     return (ValueError, KeyError, FileNotFoundError, CheckpointError, TypeError)
 
 
@@ -283,14 +256,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     _threads()
     try:
         if args.device is not None:
-            from ..device import resolve
-
             resolve(args.device)  # a bad name fails here, with what is accepted
             os.environ["PRUNEKIT_DEVICE"] = args.device  # sweep workers and Ray tasks inherit it
-        from .. import distributed
 
         if distributed.requested():  # launched by torchrun: one process group for the command
-            from ..device import resolve
 
             distributed.setup(resolve())
         return args.func(args)

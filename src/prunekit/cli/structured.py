@@ -18,6 +18,13 @@ import argparse
 from pathlib import Path
 
 from ..io import atomic_write_json
+import torch
+
+from .. import models
+from ..artifacts import load_model, save_model
+from ..pipelines.structured_pipelines import StructuredParams, structured_plan
+from ..structured import CHANNEL_SCORES, compare, save_plan, shrink
+from ..structured.plan import example_input
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -45,14 +52,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_shrink(args) -> int:
-    import torch
-
-    from .. import models
-    from ..artifacts import load_model, save_model
-    from ..pipelines.structured_pipelines import StructuredParams, structured_plan
-    from ..structured import CHANNEL_SCORES, compare, save_plan, shrink
-    from ..structured.plan import example_input
-
     CHANNEL_SCORES.get(args.score)  # an unknown score fails before any work
     if args.pretrained:
         model, stored = load_model(args.pretrained)

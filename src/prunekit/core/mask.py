@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_torch_save
+from .targets import prunable_parameters
 
 # Optimizer state entries that hold one value per weight and must not resurrect pruned ones.
 _PER_WEIGHT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum")
@@ -150,8 +151,6 @@ class Mask(Mapping[str, torch.Tensor]):
     @classmethod
     def from_model(cls, model: nn.Module, names: Optional[List[str]] = None) -> "Mask":
         """The mask of nonzero entries of the given (default: prunable) parameters."""
-        from .targets import prunable_parameters
-
         params = dict(model.named_parameters())
         names = names if names is not None else list(prunable_parameters(model))
         return cls({n: params[n].detach() != 0 for n in names}, model)

@@ -14,8 +14,12 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .. import data as datasets, models, training
+from ..core.accounting import count_parameters
+from ..data import Loader, augment_by_default
 from ..device import resolve as resolve_device
 from ..pipelines.registry import FinishedRun, PipelineResult, RunContext
+from ..training import evaluate
 from .project import Project
 from .spec import DataSpec, RunSpec, to_dict
 
@@ -28,8 +32,6 @@ _PHASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def dataset_splits(data: DataSpec):
     """``prunekit.data.load`` of the spec's dataset, cached per process."""
-    from .. import data as datasets
-
     key = (data.name, data.data_dir)
     if key not in _SPLITS:
         _SPLITS[key] = datasets.load(data.name, data_dir=data.data_dir)
@@ -41,8 +43,6 @@ def dataset_splits(data: DataSpec):
 
 def make_loaders(data: DataSpec, seed: int):
     """Train and test loaders as ``prunekit.data.loaders`` builds them, from cached splits."""
-    from ..data import Loader, augment_by_default
-
     splits = dataset_splits(data)
     train = splits.train
     if data.train_subset is not None:
@@ -89,15 +89,11 @@ class Context(RunContext):
                 "width": m.width, **m.kwargs, **overrides}
 
     def build_model(self, **overrides):
-        from .. import models
-
         torch.manual_seed(self.seed)  # the same seed gives the same initial weights (built on CPU)
         return models.get(self.spec.model.name, **self.model_kwargs(**overrides)).to(self.device)
 
     # -- data
     def train_loader(self, subset: Optional[int] = None):
-        from ..data import Loader
-
         if subset is None or subset >= self.train.num_samples:
             return self.train
         base = self.train
@@ -107,8 +103,6 @@ class Context(RunContext):
     # -- training
     def fit(self, model, phase: str, *, epochs: Optional[int] = None, callbacks: Sequence = (),
             train=None, **overrides):
-        from ..training import fit
-
         if not _PHASE_RE.match(phase):
             raise ValueError(f"phase names a folder: use letters, digits, '_', '.', '-' (got {phase!r})")
         if phase in self._phases:
@@ -120,21 +114,19 @@ class Context(RunContext):
         loader = self.train if train is None else train
         # The data description goes into the checkpoint's recipe: resuming with other data
         # is refused by fit rather than silently mixed.
-        history = fit(model, loader, self.test, callbacks=list(callbacks), seed=self.seed,
-                      checkpoint_dir=self.folder / "checkpoints" / phase, resume=True,
-                      progress=self.progress, device=self.device,
-                      recipe={"phase": phase, "data": to_dict(self.spec.data, canonical=True),
-                              "train_samples": getattr(loader, "num_samples", None)},
-                      **kwargs)
+        # training.fit is looked up at call time, so a test can swap it (tests/test_device.py).
+        history = training.fit(model, loader, self.test, callbacks=list(callbacks), seed=self.seed,
+                               checkpoint_dir=self.folder / "checkpoints" / phase, resume=True,
+                               progress=self.progress, device=self.device,
+                               recipe={"phase": phase, "data": to_dict(self.spec.data, canonical=True),
+                                       "train_samples": getattr(loader, "num_samples", None)},
+                               **kwargs)
         self.history.extend({"phase": phase, **row} for row in history)
         self.epochs += int(kwargs["epochs"])
         self.steps += int(history[-1]["step"]) if len(history) else 0
         return history
 
     def record(self, phase: str, model, **values) -> Dict[str, Any]:
-        from ..core.accounting import count_parameters
-        from ..training import evaluate
-
         result = evaluate(model, self.test, device=self.device)
         counts = count_parameters(model)
         prunable = counts["prunable"]

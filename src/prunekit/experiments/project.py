@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, Optional, Union
 
 from ..io import atomic_write_json as _atomic_write_json
 from ..io import atomic_write_text  # noqa: F401  (re-exported: runner, sweep and report use it from here)
+from .store import Store
 
 DB_NAME = "results.sqlite"
 METRICS = "metrics.json"
@@ -68,8 +69,6 @@ class Project:
             raise FileNotFoundError(f"run {run_id} has not finished: no {path}") from None
 
     def store(self):
-        from .store import Store
-
         return Store(self.db_path)
 
     @contextlib.contextmanager

@@ -38,10 +38,13 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Optional
 
+import torch
+
 from .project import METRICS, SPEC, Project, atomic_write_json, atomic_write_text
 from .runner import Outcome, execute
 from .spec import RunSpec
 from .store import NO_STORE_ENV, Store
+from .sweep_plan import take_ready
 
 INSTALL_HINT = "pip install 'prunekit[ray]'"
 # Environment the driver hands to each task (a remote node does not inherit the driver's).
@@ -63,7 +66,6 @@ def run_task(root: str, spec_dict: Dict[str, Any], threads: int, env: Dict[str, 
     store and returns the outcome with its record for the driver to write."""
     os.environ.update(env)
     os.environ[NO_STORE_ENV] = "1"  # this worker process never opens the database
-    import torch
 
     torch.set_num_threads(threads)
     spec = RunSpec.from_dict(spec_dict)  # crosses the boundary as plain data, re-validated here
@@ -110,8 +112,6 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
         raise ValueError(f"num_cpus per Ray task must be positive, got {num_cpus!r}")
     if not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-    from .sweep import take_ready  # (sweep imports this module lazily, only for executor="ray")
-
     ray = import_ray()
     owned = not ray.is_initialized()
     if owned:

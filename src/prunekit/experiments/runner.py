@@ -20,6 +20,7 @@ broadcasts) in :func:`_follow`, write nothing, take no lock, open no store, and 
 """
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -27,7 +28,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .. import distributed
+from ..artifacts import save_model
+from ..core.accounting import report
 from ..pipelines.registry import PipelineResult
+from ..training import evaluate
 from .context import Context
 from .project import MODEL, METRICS, SPEC, Project, atomic_write_json, atomic_write_text
 from .spec import RunSpec
@@ -111,8 +115,6 @@ class _NoStore:
 def _follow(project: Project, spec: RunSpec) -> Outcome:
     """A rank other than 0: run the pipeline in step with rank 0 (which decides whether the
     run is done already), write nothing, and return rank 0's outcome."""
-    import sys
-
     if distributed.broadcast_object(None):
         record = project.read_record(spec.id)  # rank 0 found it done: nothing to join
         return _outcome(spec, "skipped", record["metrics"], record.get("elapsed") or 0.0)
@@ -165,9 +167,6 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
 
 def summarize(ctx: Context, result: PipelineResult) -> Dict[str, Any]:
     """The run's record: final accuracy, sizes, per-layer counts, history and trail."""
-    from ..core.accounting import report
-    from ..training import evaluate
-
     spec, model = ctx.spec, result.model
     final = evaluate(model, ctx.test, device=ctx.device)
     shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
@@ -195,8 +194,6 @@ def summarize(ctx: Context, result: PipelineResult) -> Dict[str, Any]:
 
 
 def _save_model(ctx: Context, result: PipelineResult, record: Dict[str, Any]) -> None:
-    from ..artifacts import save_model
-
     spec = ctx.spec
     save_model(ctx.folder / MODEL, result.model, model_name=spec.model.name,
                model_kwargs=result.model_kwargs or ctx.model_kwargs(), dataset=spec.data.name,

@@ -40,7 +40,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .. import data, models
+from ..models import torchvision_models
 from ..pipelines.registry import BASELINES, PIPELINES, nonnegative, param, positive
+from ..training import OPTIMIZER_NAMES, SCHEDULE_NAMES
 from .schema import SpecError, describe, join_path, reject_unknown, dump_yaml, load_yaml, parse, to_dict
 
 HASH_CHARS = 16
@@ -50,20 +53,14 @@ HASH_CHARS = 16
 
 
 def _dataset_names():
-    from .. import data
-
     return data.names()
 
 
 def _optimizer_names():
-    from ..training import OPTIMIZER_NAMES
-
     return OPTIMIZER_NAMES
 
 
 def _schedule_names():
-    from ..training import SCHEDULE_NAMES
-
     return SCHEDULE_NAMES
 
 
@@ -99,9 +96,6 @@ class ModelSpec:
     kwargs: Dict[str, Any] = param({})
 
     def _validate(self, path: str) -> None:
-        from .. import models
-        from ..models import torchvision_models
-
         if self.name not in models.MODELS:
             if not torchvision_models.has(self.name):
                 raise SpecError(join_path(path, "name"), f"unknown model {self.name!r}; choose one of: "

@@ -24,46 +24,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
+import torch
+from tqdm import tqdm
+
 from .. import distributed
 from .project import Project, atomic_write_text
+from .ray_executor import import_ray, run_ray
 from .runner import Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
+# The plan (and which planned runs can start) is shared with the Ray executor, so it lives
+# below both; its names stay importable from here.
+from .sweep_plan import ROLE_RANK, PlannedRun, as_sweep, plan, take_ready  # noqa: F401
 
-ROLE_RANK = {"dependency": 0, "baseline": 1, "main": 2}
 EXECUTORS = ("process", "ray")
-
-
-@dataclass
-class PlannedRun:
-    """One run of a sweep: its spec, why it is there, and the ids it waits for."""
-
-    spec: RunSpec
-    role: str  # main, baseline or dependency
-    requires: List[str] = field(default_factory=list)
-
-
-def plan(sweep: Union[Sweep, ExperimentSpec]) -> List[PlannedRun]:
-    """Every run of ``sweep``, deduplicated by id, requirements before dependents."""
-    sweep = _as_sweep(sweep)
-    runs: Dict[str, PlannedRun] = {}
-
-    def add(spec: RunSpec, role: str) -> None:
-        known = runs.get(spec.id)
-        if known is not None:
-            if ROLE_RANK[role] > ROLE_RANK[known.role]:
-                known.role = role
-            return
-        requires = spec.requirements()
-        for dep in requires:
-            add(dep, "dependency")
-        runs[spec.id] = PlannedRun(spec, role, [dep.id for dep in requires])
-
-    for point in sweep.points:
-        for main in point.run_specs():
-            add(main, "main")
-            for baseline in point.baseline_specs(main):
-                add(baseline, "baseline")
-    return list(runs.values())
 
 
 @dataclass
@@ -88,8 +61,6 @@ def threads_per_worker(workers: int) -> int:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -101,10 +72,6 @@ def _execute_in_worker(root: str, spec_dict: dict) -> Outcome:
     except Exception as err:  # e.g. a store error; execute records pipeline errors itself
         return Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
                        error=f"{type(err).__name__}: {err}")
-
-
-def _as_sweep(spec: Union[Sweep, ExperimentSpec]) -> Sweep:
-    return spec if isinstance(spec, Sweep) else Sweep.of(spec)
 
 
 def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], workers: int = 1, quiet: bool = False,
@@ -121,15 +88,11 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     ``ray_address``, ``ray_num_cpus`` per task and ``ray_max_retries`` after a lost worker go
     to :func:`.ray_executor.run_ray`).
     """
-    from tqdm import tqdm
-
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
     if executor == "ray":
-        from .ray_executor import import_ray
-
         import_ray()  # before any file is written: a missing Ray is a set-up error
     if workers > 1 and distributed.active():
         raise ValueError("--workers > 1 cannot be combined with torchrun: the ranks of one "
@@ -137,7 +100,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     started = time.time()
     project = Project(root)
     project.root.mkdir(parents=True, exist_ok=True)
-    sweep = _as_sweep(sweep)
+    sweep = as_sweep(sweep)
     planned = plan(sweep)
     # Under torchrun rank 0 alone writes; the others take its list of finished runs.
     if distributed.is_main():
@@ -181,8 +144,6 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     queue = [p for p in planned if p.spec.id not in done]
     try:
         if executor == "ray":
-            from .ray_executor import run_ray
-
             run_ray(project, queue, done, stuck, block, settle, address=ray_address, num_cpus=ray_num_cpus,
                     max_retries=ray_max_retries)
         elif workers == 1:
@@ -198,21 +159,6 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
         bar.close()
     summary.seconds = time.time() - started
     return summary
-
-
-def take_ready(queue: List[PlannedRun], slots: int, done: set, stuck, block) -> List[PlannedRun]:
-    """Remove from ``queue`` and return the runs that can start now (every requirement done),
-    at most ``slots``, in plan order; runs whose requirement failed are removed and blocked."""
-    ready = []
-    for item in list(queue):
-        dep = stuck(item)
-        if dep is not None:
-            queue.remove(item)
-            block(item, dep)
-        elif len(ready) < slots and all(d in done for d in item.requires):
-            queue.remove(item)
-            ready.append(item)
-    return ready
 
 
 def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set, stuck, block, settle) -> None:

@@ -8,7 +8,8 @@
                    structure=pk.structured.load_plan("runs/r20"))
     rows = pk.export.bench_model("runs/r20")             # latency, throughput, sizes per form
 
-Imports only torch (torch-pruning is needed only when a shrink plan is re-applied).
+Layer: above ``artifacts`` (``bench_model`` loads model files with ``artifacts.load_model``;
+``thin`` writes them), ``structured`` (shrink plans) and ``models``; below ``pipelines``.
 """
 from .bench import bench_model, format_table
 from .sparse import SparseConv2d, SparseLinear, break_even, decisions, sparse

@@ -37,6 +37,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
+from torch.profiler import ProfilerActivity, profile
+
+from .. import models
+from ..artifacts import load_model
+from ..core.accounting import flops_per_module, report
+from .sparse import decisions, sparse
+from .thin import thin
 
 from ..timing import paired_ratio, time_interleaved
 
@@ -68,8 +76,6 @@ def saved_bytes(model: nn.Module) -> int:
 def peak_memory(model: nn.Module, x: torch.Tensor) -> Optional[int]:
     """Peak bytes held by torch's CPU allocator during one forward (allocations minus frees,
     in time order, as recorded by ``torch.profiler``); None if the profiler fails."""
-    from torch.profiler import ProfilerActivity, profile
-
     try:
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model(x)
@@ -120,9 +126,6 @@ def sparse_flops_ratio(model: nn.Module, exported: nn.Module, input_shape: Seque
                        dense_flops: Optional[int] = None) -> float:
     """``dense_flops`` (default: ``model``'s own FLOPs) over the FLOPs of ``exported``
     (``sparse(model)``), in which only the CSR layers skip their zeros."""
-    from ..core.accounting import flops_per_module
-    from .sparse import decisions
-
     per, total = flops_per_module(model, input_shape)
     saved = sum(per.get(d["layer"], 0) * d["sparsity"] for d in decisions(exported) if d["form"] == "csr")
     return (dense_flops or total) / max(total - saved, 1)
@@ -130,8 +133,6 @@ def sparse_flops_ratio(model: nn.Module, exported: nn.Module, input_shape: Seque
 
 def _torch_prune_copy(model: nn.Module, mask: Dict[str, torch.Tensor]) -> nn.Module:
     """The masked model through ``torch.nn.utils.prune.custom_from_mask`` (hook + weight_orig)."""
-    from torch.nn.utils import prune as torch_prune
-
     out = copy.deepcopy(model)
     for name, m in mask.items():
         module_name, _, param = name.rpartition(".")
@@ -146,12 +147,6 @@ def bench_model(path, *, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int
     the module docstring. Returns one row per (form, batch size): ``form, batch_size,
     latency_ms, throughput (images/s), speedup, flops_ratio, file_bytes, weight_bytes,
     peak_bytes``."""
-    from .. import models
-    from ..artifacts import load_model
-    from ..core.accounting import flops_per_module, report
-    from .sparse import sparse
-    from .thin import thin
-
     for b in batch_sizes:
         if int(b) < 1:
             raise ValueError(f"batch sizes must be positive integers, got {b}")

@@ -25,6 +25,9 @@ import torch
 from torch import nn
 
 from ..io import atomic_path, atomic_torch_save, atomic_write_text
+from .. import models
+from ..artifacts import save_model
+from ..structured.plan import apply_structure, save_plan
 
 __all__ = ["thin", "ThinExport", "channel_spec"]
 
@@ -89,10 +92,6 @@ def thin(model: nn.Module, out_dir=None, example_input: Optional[torch.Tensor] =
     ``model_name`` is given: the registry name and kwargs of the *original* architecture and the
     ``structure`` (a ``structure.json`` dict with the shrink ``plan``) that rebuilds the thin one.
     """
-    from .. import models
-    from ..artifacts import save_model
-    from ..structured.plan import apply_structure, save_plan
-
     module = copy.deepcopy(model).eval()
     x = _example(module, example_input)
     program = export_program(module, x)

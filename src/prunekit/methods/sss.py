@@ -28,37 +28,14 @@ import copy
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
+# The block surgery lives in structured/ (it also rebuilds saved shrunk models); its names
+# stay importable from here.
+from ..structured.blocks import RESIDUAL_BLOCKS, RemovedBlock, remove_blocks, residual_relu  # noqa: F401
 from .base import METHODS, Method
-
-
-def _block_types() -> Dict[type, Tuple[str, bool]]:
-    """Residual block class -> (last module of the residual branch, ReLU after the sum)."""
-    from ..models.preresnet import PreActBasicBlock, PreActBottleneck
-    from ..models.resnet import BasicBlock
-
-    return {BasicBlock: ("bn2", True), PreActBasicBlock: ("conv2", False), PreActBottleneck: ("conv3", False)}
-
-
-def residual_relu(block: nn.Module) -> bool:
-    """Whether a registered residual block applies a ReLU after its sum."""
-    return _block_types()[type(block)][1]
-
-
-class RemovedBlock(nn.Module):
-    """What is left of a residual block whose factor is 0: its shortcut (and the ReLU)."""
-
-    def __init__(self, shortcut: nn.Module, relu: bool):
-        super().__init__()
-        self.shortcut, self.relu = shortcut, relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.shortcut(x)
-        return F.relu(out) if self.relu else out
 
 
 @METHODS.register("sss")
@@ -88,7 +65,7 @@ class SSS(Method):
     # ------------------------------------------------------------------ protocol
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "SSS":
         super().attach(model, optimizer)
-        types = _block_types()
+        types = RESIDUAL_BLOCKS
         blocks = [(n, m) for n, m in model.named_modules() if type(m) in types]
         if self.structure == "blocks" and not blocks:
             raise ValueError("sss: structure='blocks' needs ResNet/PreResNet blocks; use 'channels'")
@@ -173,8 +150,6 @@ class SSS(Method):
         self._require_attached()
         model = copy.deepcopy(self.model)
         if self.kind == "blocks":
-            from ..structured.plan import remove_blocks
-
             return remove_blocks(model, self.zeroed())
         from ..structured.shrink import shrink
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
+import torch
 from torch import nn
+
+from .. import models
 
 
 def _check_fraction(kept_fraction: Any) -> float:
@@ -39,11 +42,8 @@ def dense_equivalent(model_name: str, kept_fraction: float, num_classes: int = 1
     parameter count), reference_params (the full-width model's), target_params
     (kept_fraction * reference_params) and ratio (params / reference_params).
     """
-    from .. import models
-
     thin_width = equivalent_width(kept_fraction, width)
     model = models.get(model_name, num_classes=num_classes, in_channels=in_channels, width=thin_width, **model_kwargs)
-    import torch
 
     state = torch.get_rng_state()
     reference = models.get(model_name, num_classes=num_classes, in_channels=in_channels, width=width, **model_kwargs)

@@ -2,7 +2,7 @@
 
 Seed 004 compares IMP with pruning during training at equal total cost; this runs GMP inside
 one :func:`prunekit.training.fit` with the dense recipe and reports the same
-:class:`~prunekit.pipelines.imp.PruneResult` (cost = the epochs of that one training).
+:class:`~prunekit.pipelines.imp_result.PruneResult` (cost = the epochs of that one training).
 
     result = pk.pipelines.gmp(pk.models.get("lenet_300_100"), "fashion_mnist",
                               target_sparsity=0.9, recipe={"epochs": 10})
@@ -20,7 +20,10 @@ from ..core.prune import check_sparsity
 from ..methods.base import MethodCallback
 from ..methods.gmp import GMP
 from ..training import fit
-from .imp import PruneResult, _seconds, _Stage, _top1, dense_recipe, resolve_data
+from .imp import dense_recipe
+from .imp_data import resolve_data
+from .imp_result import PruneResult, history_seconds, top1_on
+from .imp_stages import Stage
 
 
 def gmp_steps(epochs: int, steps_per_epoch: int, start_epoch: float, end_epoch: Optional[float],
@@ -51,7 +54,7 @@ def gmp(model: nn.Module, data: Any, target_sparsity: float, *, recipe: Optional
     train, test = resolve_data(data, seed)
     settings = dense_recipe(recipe)
     start, end, dt = gmp_steps(int(settings["epochs"]), len(train), start_epoch, end_epoch, prune_every)
-    stage = _Stage(Path(folder) if folder is not None else None, "gmp")
+    stage = Stage(Path(folder) if folder is not None else None, "gmp")
     if stage.done():
         saved = stage.load(model.to(device))
         return PruneResult(model, Mask(saved["mask"], model), [json.loads((stage.path / "metrics.json").read_text())],
@@ -63,8 +66,8 @@ def gmp(model: nn.Module, data: Any, target_sparsity: float, *, recipe: Optional
     mask = method.finalize()
     rows = [{"phase": 1, "stage": "gmp", "requested_sparsity": target_sparsity, "sparsity": mask.sparsity(),
              "kept": mask.kept(), "pruned_top1": None,
-             "top1": hist[-1].get("test_top1") if hist else _top1(model, test, device),
-             "epochs": int(settings["epochs"]), "seconds": _seconds(hist),
+             "top1": hist[-1].get("test_top1") if hist else top1_on(model, test, device),
+             "epochs": int(settings["epochs"]), "seconds": history_seconds(hist),
              "start_step": start, "end_step": end, "prune_every": dt}]
     stage.save(model, mask, rows[0], dict(model_info or {}), dict(settings, steps_per_epoch=len(train)), history=hist)
     return PruneResult(model, mask, rows, stage.path, [{"stage": "gmp", **r} for r in hist])

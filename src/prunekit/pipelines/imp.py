@@ -23,28 +23,33 @@ With ``folder``, every stage lives in its own subfolder (``dense/``, ``phase_01/
 its model file (``model.pt``, a prunekit model file with the mask), ``mask.pt``,
 ``metrics.json`` and fit's epoch checkpoints: a rerun skips the finished phases and resumes the
 unfinished one from its last epoch.
+
+Modules: the loop and the lottery-ticket training are here (they share ``masked_fit``);
+``imp_result`` (``PruneResult``), ``imp_data`` (loaders), ``imp_stages`` (stage folders).
 """
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .. import distributed
-from ..artifacts import read_model_file, save_model
 from ..core.mask import Mask
 from ..core.prune import check_sparsity, prune
 from ..core.targets import prunable_parameters
-from ..io import atomic_write_json
-from ..training import evaluate, fit
+from ..training import fit
 from ..training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .finetune import EnforceMask
+# Results, data and stage folders have their own modules; their public names stay importable
+# from here.
+from .imp_data import ContinuedLoader, resolve_data  # noqa: F401
+from .imp_result import PruneResult, history_seconds, top1_on  # noqa: F401
+from .imp_stages import Stage, write_json
 from .retrain_schedules import (OriginalSchedule, allr_peak, check_retrain_schedule, relative_change,
                                 retrain_schedule)
 from .rewind import RewindPoint, replay_schedule, rewind as rewind_to
@@ -55,57 +60,6 @@ DENSE_RECIPE: Dict[str, Any] = {"epochs": 8, "optimizer": "sgd", "lr": 0.05, "mo
 # The optimizer settings a retraining phase takes over from the dense recipe.
 OPTIMIZER_KEYS = ("optimizer", "momentum", "nesterov", "weight_decay", "optimizer_kwargs")
 FIT_KEYS = ("epochs", "lr", "schedule", "schedule_kwargs", *OPTIMIZER_KEYS)
-
-
-# ------------------------------------------------------------------------------ results
-
-
-@dataclass
-class PruneResult:
-    """What IMP and the other pipelines of this package return.
-
-    ``history`` has one row per stage: ``phase`` (0 = dense training), ``stage``,
-    ``requested_sparsity``, ``sparsity`` (achieved, of the prunable weights), ``kept``,
-    ``pruned_top1`` (right after pruning), ``top1`` (after the stage's training), ``epochs`` and
-    ``seconds`` (the stage's training cost, wall time including evaluation), plus stage details
-    (``schedule``, ``lr_peak``, ``change``). ``epochs_log`` has fit's per-epoch rows of every
-    stage, each with a ``stage`` key (``dense``, ``phase_01``, ...).
-    """
-
-    model: nn.Module
-    mask: Optional[Mask]
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    folder: Optional[Path] = None
-    epochs_log: List[Dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def total_epochs(self) -> float:
-        """Training epochs of every stage, dense training included (seed 004's cost)."""
-        return float(sum(r.get("epochs") or 0 for r in self.history))
-
-    @property
-    def total_seconds(self) -> float:
-        return float(sum(r.get("seconds") or 0.0 for r in self.history))
-
-    @property
-    def top1(self) -> Optional[float]:
-        return self.history[-1].get("top1") if self.history else None
-
-    def table(self) -> str:
-        """The history as a fixed-width text table."""
-        head = f"{'phase':>5} {'stage':<12} {'sparsity':>9} {'kept':>9} {'pruned':>7} {'top-1':>7} {'epochs':>7} {'seconds':>8}"
-        lines = [head, "-" * len(head)]
-        for r in self.history:
-            lines.append(f"{r['phase']:>5} {r.get('stage', ''):<12} {r.get('sparsity', 0):>9.4f} "
-                         f"{_fmt(r.get('kept'), 'd'):>9} {_fmt(r.get('pruned_top1'), '.2f'):>7} "
-                         f"{_fmt(r.get('top1'), '.2f'):>7} {_fmt(r.get('epochs'), 'g'):>7} "
-                         f"{_fmt(r.get('seconds'), '.1f'):>8}")
-        lines.append(f"total: {self.total_epochs:g} epochs, {self.total_seconds:.1f} s")
-        return "\n".join(lines)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -119,55 +73,11 @@ def phase_sparsity(target: float, phase: int, phases: int) -> float:
     return 1.0 - (1.0 - target) ** (phase / phases)
 
 
-class ContinuedLoader:
-    """A training loader whose epoch numbering continues after ``offset`` epochs, so each IMP
-    phase draws new batch orders instead of replaying the dense run's first epochs."""
-
-    def __init__(self, loader: Iterable, offset: int):
-        self.loader, self.offset = loader, int(offset)
-
-    def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
-
-    def __iter__(self):
-        return iter(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(self.offset + epoch)
-
-
-def resolve_data(data: Any, seed: int) -> Tuple[Iterable, Optional[Iterable]]:
-    """``(train, test)`` from a pair of loaders or a dataset name (batch size 128)."""
-    if isinstance(data, str):
-        from .. import data as datasets
-
-        train, test, _ = datasets.loaders(data, batch_size=128, seed=seed)
-        return train, test
-    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-        return data[0], data[1]
-    raise ValueError(f"data must be a dataset name or a (train_loader, test_loader) pair, got {type(data).__name__}")
-
-
 def dense_recipe(recipe: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """The fit keywords of the dense training: :data:`DENSE_RECIPE` updated with ``recipe``."""
     out = dict(DENSE_RECIPE)
     out.update({k: v for k, v in (recipe or {}).items() if k in FIT_KEYS})
     return out
-
-
-def _top1(model: nn.Module, test: Optional[Iterable], device: Any) -> Optional[float]:
-    return None if test is None else float(evaluate(model, test, device=device)["top1"])
-
-
-def _seconds(history: Sequence[Mapping[str, Any]]) -> float:
-    return float(sum(r.get("seconds") or 0.0 for r in history))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    if not distributed.is_main():  # under torchrun rank 0 writes for every rank
-        return
-    atomic_write_json(path, obj, indent=2, default=str)
 
 
 def masked_fit(model: nn.Module, mask: Mask, train: Iterable, test: Optional[Iterable], epochs: int,
@@ -180,46 +90,29 @@ def masked_fit(model: nn.Module, mask: Mask, train: Iterable, test: Optional[Ite
                **settings)
 
 
-class _Stage:
-    """One stage's subfolder: ``model.pt`` marks it finished; ``checkpoints/`` holds fit's."""
+@dataclass(frozen=True)
+class PhasePlan:
+    """The settings every pruning phase of one IMP run shares (``imp``'s arguments, grouped so
+    that ``_phase`` takes one object instead of a dozen keywords)."""
 
-    def __init__(self, folder: Optional[Path], name: str):
-        self.path = None if folder is None else folder / name
-
-    @property
-    def checkpoints(self) -> Optional[Path]:
-        return None if self.path is None else self.path / "checkpoints"
-
-    def done(self) -> bool:
-        return self.path is not None and (self.path / "model.pt").is_file()
-
-    def load(self, model: nn.Module) -> Dict[str, Any]:
-        data = read_model_file(self.path / "model.pt")
-        model.load_state_dict(data["state_dict"])
-        return data
-
-    def save(self, model: nn.Module, mask: Optional[Mask], row: Dict[str, Any], model_info: Mapping[str, Any],
-             recipe: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None,
-             history: Sequence[Mapping[str, Any]] = ()) -> None:
-        if self.path is None:
-            return
-        if distributed.is_main():  # under torchrun: rank 0 writes, every rank waits for it
-            self.path.mkdir(parents=True, exist_ok=True)
-            if mask is not None:
-                mask.save(self.path / "mask.pt")
-            _write_json(self.path / "metrics.json", row)
-            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
-            save_model(self.path / "model.pt", model, model_name=model_info.get("name") or type(model).__name__,
-                       model_kwargs=model_info.get("kwargs"), dataset=model_info.get("dataset"), mask=mask,
-                       metrics=metrics, recipe={**(recipe or {}), **(extra or {})},
-                       history=[dict(r) for r in history])
-        distributed.barrier()
+    target_sparsity: float
+    phases: int
+    retrain_epochs: int
+    schedule: str
+    score: str
+    allocation: str
+    include: Optional[Sequence[str]]
+    exclude: Optional[Sequence[str]]
+    rewind: Optional[int]
+    seed: int
+    progress: Optional[bool]
+    device: Any
 
 
 # ------------------------------------------------------------------------- dense stage
 
 
-def _train_dense(model, train, test, recipe, rewind_step, stage: _Stage, seed, progress, device, model_info):
+def _train_dense(model, train, test, recipe, rewind_step, stage: Stage, seed, progress, device, model_info):
     """Train dense (resumable); returns (history row, full recipe, rewind weights or None, fit history)."""
     if stage.done():
         data = stage.load(model)
@@ -234,8 +127,8 @@ def _train_dense(model, train, test, recipe, rewind_step, stage: _Stage, seed, p
                   device=device, callbacks=callbacks, **recipe)
     full = dict(recipe, steps_per_epoch=len(train), total_steps=int(recipe["epochs"]) * len(train))
     row = {"phase": 0, "stage": "dense", "requested_sparsity": 0.0, "sparsity": 0.0, "kept": None,
-           "pruned_top1": None, "top1": history[-1].get("test_top1") if history else _top1(model, test, device),
-           "epochs": int(recipe["epochs"]), "seconds": _seconds(history)}
+           "pruned_top1": None, "top1": history[-1].get("test_top1") if history else top1_on(model, test, device),
+           "epochs": int(recipe["epochs"]), "seconds": history_seconds(history)}
     weights = callbacks[0].weights if callbacks else None
     if stage.path is not None and weights is not None and distributed.is_main():
         save_checkpoint(stage.path / "rewind.pt", {"step": rewind_step, "weights": weights})
@@ -256,8 +149,8 @@ def _given_dense(model, pretrained, recipe, test, device):
         stored_recipe, history = dict(data.get("recipe") or {}), list(data.get("history") or [])
     full = {**stored_recipe, **dict(recipe or {})}
     row = {"phase": 0, "stage": "given", "requested_sparsity": 0.0, "sparsity": 0.0, "kept": None,
-           "pruned_top1": None, "top1": _top1(model, test, device), "epochs": full.get("epochs"),
-           "seconds": _seconds(history) if history else None}
+           "pruned_top1": None, "top1": top1_on(model, test, device), "epochs": full.get("epochs"),
+           "seconds": history_seconds(history) if history else None}
     return row, full, history
 
 
@@ -305,6 +198,9 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
     folder = Path(folder) if folder is not None else None
     model_info = dict(model_info or {})
     model.to(device)
+    plan = PhasePlan(target_sparsity=target_sparsity, phases=phases, retrain_epochs=retrain_epochs,
+                     schedule=schedule, score=score, allocation=allocation, include=include, exclude=exclude,
+                     rewind=rewind, seed=seed, progress=progress, device=device)
 
     config = {"target_sparsity": target_sparsity, "phases": phases, "retrain_epochs": retrain_epochs,
               "schedule": schedule, "score": score, "allocation": allocation, "rewind": rewind,
@@ -338,7 +234,7 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
     else:
         orig = original(dense_recipe(recipe))
         row, full_recipe, weights, dense_log = _train_dense(model, train, test, dense_recipe(recipe), rewind,
-                                                            _Stage(folder, "dense"), seed, progress, device,
+                                                            Stage(folder, "dense"), seed, progress, device,
                                                             model_info)
     history: List[Dict[str, Any]] = [row]
     log = [{"stage": "dense", **r} for r in dense_log]
@@ -347,18 +243,15 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
 
     mask: Optional[Mask] = None
     for j in range(1, phases + 1):
-        stage = _Stage(folder, f"phase_{j:02d}")
+        stage = Stage(folder, f"phase_{j:02d}")
         if stage.done():
             saved = stage.load(model)
             mask = Mask(saved["mask"], model)
             row = json.loads((stage.path / "metrics.json").read_text())
             hist = list(saved.get("history") or [])
         else:
-            row, mask, hist = _phase(model, mask, j, phases, target_sparsity, train, test, stage, orig, settings,
-                               schedule=schedule, retrain_epochs=retrain_epochs, score=score,
-                               allocation=allocation, include=include, exclude=exclude, rewind=rewind,
-                               weights=weights, epoch_offset=epochs_so_far, seed=seed, progress=progress,
-                               device=device)
+            row, mask, hist = _phase(model, mask, j, plan, train, test, stage, orig, settings, weights=weights,
+                                     epoch_offset=epochs_so_far)
             stage.save(model, mask, row, model_info, {"retrain_schedule": schedule, "phase": j}, history=hist)
         history.append(row)
         log.extend({"stage": f"phase_{j:02d}", **r} for r in hist)
@@ -381,45 +274,45 @@ def _claim_folder(folder: Optional[Path], config: Dict[str, Any]) -> None:
             raise ValueError(f"{folder} holds an IMP run with other settings ({'; '.join(diffs)}); "
                              "use another folder or delete it")
         return
-    _write_json(path, plain)
+    write_json(path, plain)
 
 
-def _phase(model, mask, j, phases, target, train, test, stage: _Stage, orig: OriginalSchedule, settings, *,
-           schedule, retrain_epochs, score, allocation, include, exclude, rewind, weights, epoch_offset,
-           seed, progress, device):
+def _phase(model, mask, j: int, plan: PhasePlan, train, test, stage: Stage, orig: OriginalSchedule,
+           settings, *, weights, epoch_offset: int):
     """Prune to phase ``j``'s sparsity, then retrain (resumable). Returns (row, mask, fit history)."""
     start = time.perf_counter()
-    requested = phase_sparsity(target, j, phases)
-    params = prunable_parameters(model, include=include, exclude=exclude)
+    requested = phase_sparsity(plan.target_sparsity, j, plan.phases)
+    params = prunable_parameters(model, include=plan.include, exclude=plan.exclude)
     before = {n: p.detach().clone() for n, p in params.items()}
     alive = mask.kept() if mask is not None else sum(int(torch.count_nonzero(p)) for p in before.values())
     # Deterministic in the previous phase's weights (and the seed), so a resumed phase recomputes
     # the same mask before fit restores its epoch checkpoint.
-    mask = prune(model, requested, score=score, allocation=allocation, include=include, exclude=exclude,
-                 mask=mask, seed=seed)
+    mask = prune(model, requested, score=plan.score, allocation=plan.allocation, include=plan.include,
+                 exclude=plan.exclude, mask=mask, seed=plan.seed)
     change = relative_change(before, {n: p.detach() for n, p in params.items()})
     pruned_fraction = (alive - mask.kept()) / alive if alive else 0.0
-    pruned_top1 = _top1(model, test, device)
+    pruned_top1 = top1_on(model, test, plan.device)
 
     steps_per_epoch = len(train)
     peak = None
-    if rewind is not None:
+    if plan.rewind is not None:
         rewind_to(model, mask, weights)
-        epochs, sched = replay_schedule(orig, rewind, steps_per_epoch)
+        epochs, sched = replay_schedule(orig, plan.rewind, steps_per_epoch)
     else:
-        epochs = retrain_epochs
-        if schedule == "allr":
-            peak = allr_peak(change, pruned_fraction, orig.eta_max, retrain_epochs, float(orig.epochs)) \
+        epochs = plan.retrain_epochs
+        if plan.schedule == "allr":
+            peak = allr_peak(change, pruned_fraction, orig.eta_max, plan.retrain_epochs, float(orig.epochs)) \
                 if pruned_fraction > 0 else orig.eta_max
-        sched = retrain_schedule(schedule, epochs * steps_per_epoch, orig, peak=peak)
+        sched = retrain_schedule(plan.schedule, epochs * steps_per_epoch, orig, peak=peak)
     prune_seconds = time.perf_counter() - start
     hist = masked_fit(model, mask, ContinuedLoader(train, epoch_offset), test, epochs, sched, settings,
-                      checkpoint_dir=stage.checkpoints, seed=seed + j, progress=progress, device=device,
-                      recipe={"imp_phase": j, "retrain_schedule": sched.name})
+                      checkpoint_dir=stage.checkpoints, seed=plan.seed + j, progress=plan.progress,
+                      device=plan.device, recipe={"imp_phase": j, "retrain_schedule": sched.name})
     top1 = hist[-1].get("test_top1") if hist else pruned_top1
-    row = {"phase": j, "stage": "rewind" if rewind is not None else schedule, "requested_sparsity": requested,
+    row = {"phase": j, "stage": "rewind" if plan.rewind is not None else plan.schedule,
+           "requested_sparsity": requested,
            "sparsity": mask.sparsity(), "kept": mask.kept(), "pruned_top1": pruned_top1, "top1": top1,
-           "epochs": epochs, "seconds": prune_seconds + _seconds(hist), "change": change,
+           "epochs": epochs, "seconds": prune_seconds + history_seconds(hist), "change": change,
            "pruned_fraction": pruned_fraction, "lr_peak": sched.max_factor(), "schedule": sched.name}
     return row, mask, list(hist)
 
@@ -445,7 +338,7 @@ def train_ticket(model: nn.Module, mask: Mask, weights: Mapping[str, torch.Tenso
     model.to(device)
     rewind_to(model, mask, weights)
     epochs, sched = replay_schedule(orig, rewind_step, len(train))
-    box = _Stage(Path(folder) if folder is not None else None, stage)
+    box = Stage(Path(folder) if folder is not None else None, stage)
     if box.done():
         saved = box.load(model)
         return PruneResult(model, Mask(saved["mask"], model), [json.loads((box.path / "metrics.json").read_text())],
@@ -454,6 +347,6 @@ def train_ticket(model: nn.Module, mask: Mask, weights: Mapping[str, torch.Tenso
                       seed=seed, progress=progress, device=device, recipe={"ticket": stage})
     row = {"phase": 1, "stage": stage, "requested_sparsity": mask.sparsity(), "sparsity": mask.sparsity(),
            "kept": mask.kept(), "pruned_top1": None, "top1": hist[-1].get("test_top1") if hist else None,
-           "epochs": epochs, "seconds": _seconds(hist)}
+           "epochs": epochs, "seconds": history_seconds(hist)}
     box.save(model, mask, row, dict(model_info or {}), full, history=hist)
     return PruneResult(model, mask, [row], box.path, [{"stage": stage, **r} for r in hist])

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..core.mask import Mask
+from ..models._common import init_weights
 from ..training.callbacks import Callback, TrainState
 from ..training.schedules import Schedule
 from .retrain_schedules import OriginalSchedule
@@ -100,8 +101,6 @@ def reinitialized_weights(model: nn.Module, seed: int) -> Dict[str, torch.Tensor
             if callable(reset):
                 reset()
         if type(model).__module__.startswith("prunekit.models"):
-            from ..models._common import init_weights
-
             init_weights(clone)
     return _snapshot(clone)
 

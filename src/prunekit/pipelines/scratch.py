@@ -22,7 +22,12 @@ from typing import Optional
 
 import torch
 
+from .. import models
+from ..structured.plan import apply_structure, example_input, load_plan
+from ..structured.select import uniform_for_flops
+from ..structured.shrink import shrink
 from .registry import FinishedRun, PipelineResult, RunContext, param, positive, register_baseline
+from .structured_pipelines import finetune_shrunk, save_structure
 
 
 def scratch_b_epochs(epochs: int, flops_large: float, flops_small: float, max_ratio: Optional[float] = None) -> int:
@@ -39,15 +44,10 @@ def scratch_b_epochs(epochs: int, flops_large: float, flops_small: float, max_ra
 
 
 def _structure(main: FinishedRun):
-    from ..structured.plan import load_plan
-
     return load_plan(main.folder)
 
 
 def _fresh_shrunk(ctx: RunContext, main: FinishedRun, init_seed: Optional[int]):
-    from .. import models
-    from ..structured.plan import apply_structure
-
     seed = init_seed if init_seed is not None else 1000 + ctx.seed
     torch.manual_seed(seed)
     model = models.get(ctx.spec.model.name, **ctx.model_kwargs())
@@ -106,8 +106,6 @@ def run_scratch_b(ctx: RunContext, p: ScratchBParams, main: FinishedRun) -> Pipe
 @register_baseline("structured_lottery", StructuredLotteryParams)
 def run_structured_lottery(ctx: RunContext, p: StructuredLotteryParams, main: FinishedRun) -> PipelineResult:
     """The kept channels of the original initialisation, trained E epochs."""
-    from ..structured.plan import apply_structure
-
     model = apply_structure(ctx.build_model(), _structure(main))
     return _train(ctx, main, model, "structured_lottery", p.epochs or int(ctx.recipe["epochs"]))
 
@@ -115,11 +113,6 @@ def run_structured_lottery(ctx: RunContext, p: StructuredLotteryParams, main: Fi
 @register_baseline("uniform_channels", UniformChannelsParams, requires=("dense",))
 def run_uniform_channels(ctx: RunContext, p: UniformChannelsParams, main: FinishedRun) -> PipelineResult:
     """The dense model pruned uniformly (L1-filter) to the main run's FLOPs, then fine-tuned."""
-    from ..structured.plan import example_input
-    from ..structured.select import uniform_for_flops
-    from ..structured.shrink import shrink
-    from .structured_pipelines import finetune_shrunk, save_structure
-
     info = _structure(main)
     dense = ctx.dense_run()
     model, _ = dense.load()

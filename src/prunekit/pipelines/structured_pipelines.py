@@ -32,9 +32,23 @@ architecture, and report ``params``/``flops`` of the shrunk model (the runner co
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
+from ..core.accounting import flops_per_module
+from ..methods.base import MethodCallback
+from ..methods.slimming import Slimming
+from ..methods.sss import SSS
+from ..structured import select
+from ..structured.configs import PREDEFINED, predefined_ratios
+from ..structured.latency import compare
+from ..structured.plan import example_input, save_plan
+from ..structured.reconstruct import reconstruct_layers
+from ..structured.scores import CHANNEL_SCORES
+from ..structured.shrink import shrink
 from ..training import SCHEDULE_NAMES
 from .registry import PipelineResult, RunContext, nonnegative, param, positive, register_pipeline
 
@@ -45,25 +59,17 @@ def _fraction(value) -> None:
 
 
 def _predefined(value) -> None:
-    from ..structured.configs import PREDEFINED
-
     if value is not None and value not in PREDEFINED:
         raise ValueError(f"unknown predefined configuration {value!r}; known: {', '.join(PREDEFINED)}")
 
 
 def _score_names():
-    from ..structured.scores import CHANNEL_SCORES
-
     return CHANNEL_SCORES.names()
 
 
 def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], latency_repeats: int = 0,
                    removed_blocks: Sequence[str] = ()) -> Dict:
     """Write ``structure.json`` and return the size (and latency) metrics of ``small``."""
-    from ..core.accounting import flops_per_module
-    from ..structured.latency import compare
-    from ..structured.plan import save_plan
-
     shape = getattr(dense, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
     f0, f1 = flops_per_module(dense, shape)[1], flops_per_module(small, shape)[1]
     p0, p1 = (sum(p.numel() for p in m.parameters()) for m in (dense, small))
@@ -105,9 +111,6 @@ def _structured_target(p: StructuredParams) -> Optional[float]:
 
 def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
     """The channels ``p`` removes from ``model`` (exactly one selection must be set)."""
-    from ..structured import select
-    from ..structured.configs import predefined_ratios
-
     chosen = [k for k in ("config", "ratio", "fraction", "flops_ratio") if getattr(p, k) is not None]
     if len(chosen) != 1:
         raise ValueError(f"structured: set exactly one of config, ratio, fraction, flops_ratio (got {chosen or 'none'})")
@@ -122,12 +125,6 @@ def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
 
 def _reconstructed(ctx: RunContext, model, p: StructuredParams):
     """ThiNet / LASSO layer by layer on one seeded training batch (structured/reconstruct.py)."""
-    import torch
-
-    from ..structured import select
-    from ..structured.configs import predefined_ratios
-    from ..structured.reconstruct import reconstruct_layers
-
     if p.config is not None:
         ratios = predefined_ratios(p.config, model)
     elif p.ratio is not None:
@@ -145,9 +142,6 @@ def _reconstructed(ctx: RunContext, model, p: StructuredParams):
 @register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target)
 def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
     """Choose channels of the shared dense model, shrink it, fine-tune the smaller model."""
-    from ..structured.plan import example_input
-    from ..structured.shrink import shrink
-
     dense = ctx.dense_run()
     model, _ = dense.load()
     x = example_input(model)
@@ -177,16 +171,10 @@ class SlimmingParams:
 @register_pipeline("slimming", SlimmingParams, target=lambda p: p.fraction)
 def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     """Network slimming: train with L1 on BN gammas, threshold globally, shrink, fine-tune."""
-    import copy
-
-    from ..methods.base import MethodCallback
-    from ..methods.slimming import Slimming
-
     model = ctx.model
     method = Slimming(s=p.s, fraction=p.fraction)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     if method.model is None:  # a finished training restored from its checkpoint: nothing attached it
-        import torch
 
         method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
     ctx.record("trained", model)
@@ -215,13 +203,6 @@ class SSSParams:
 @register_pipeline("sss", SSSParams, target=lambda p: None)
 def run_sss(ctx: RunContext, p: SSSParams) -> PipelineResult:
     """Sparse structure selection: train with factors under L1, remove zero-factor blocks, fine-tune."""
-    import copy
-
-    import torch
-
-    from ..methods.base import MethodCallback
-    from ..methods.sss import SSS
-
     model = ctx.model
     shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
     method = SSS(gamma=p.gamma, lr=p.factor_lr, structure=p.structure, input_shape=shape)

@@ -28,6 +28,7 @@ from typing import Dict, Tuple
 
 from torch import nn
 
+from ..models.resnet import conv_numbering
 from .shrink import out_channels
 
 # name -> (model depth, per-stage ratios, skipped conv numbers)
@@ -43,8 +44,6 @@ PREDEFINED = ("vgg16-a", *RESNET_CONFIGS)
 
 
 def _resnet_ratios(name: str, model: nn.Module) -> Dict[str, float]:
-    from ..models.resnet import conv_numbering
-
     depth, ratios, skipped = RESNET_CONFIGS[name]
     numbering = conv_numbering(model)
     blocks = (len(numbering) - 1) // 2
@@ -65,8 +64,6 @@ def block_inner_ratios(model: nn.Module, ratio: float) -> Dict[str, float]:
     """The same pruning ratio on the first conv of every basic block of a CIFAR ResNet (the
     rule of the A/B configurations with one ratio everywhere and nothing skipped): the only
     convs an option-A ResNet can lose channels in. E.g. ResNet-20 at 0.5: about 1.9x fewer FLOPs."""
-    from ..models.resnet import conv_numbering
-
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"pruning ratio must be in [0, 1), got {ratio!r}")
     return {layer: ratio for number, layer in conv_numbering(model) if number % 2 == 0 and number > 1}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..timing import time_callable
+from ..core.accounting import flops_per_module
 
 
 def latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 10,
@@ -35,8 +36,6 @@ def latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, r
 def compare(original: nn.Module, shrunk: nn.Module, input_shape: Sequence[int],
             batch_sizes: Sequence[int] = (1, 64), repeats: int = 10) -> Dict[str, float]:
     """Latency of both models, speedups and the FLOPs / parameter ratios (original / shrunk)."""
-    from ..core.accounting import flops_per_module
-
     f0, f1 = flops_per_module(original, input_shape)[1], flops_per_module(shrunk, input_shape)[1]
     p0 = sum(p.numel() for p in original.parameters())
     p1 = sum(p.numel() for p in shrunk.parameters())

@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_json
+from .. import models
+from ..training.model_file import read_model_file
+from .blocks import remove_blocks  # noqa: F401  (kept importable from here)
 from .shrink import shrink
 
 STRUCTURE = "structure.json"
@@ -47,20 +50,6 @@ def load_plan(folder) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """Replace the named residual blocks by their shortcut, in place (SSS's removed blocks)."""
-    from ..methods.sss import RemovedBlock, residual_relu
-
-    modules = dict(model.named_modules())
-    for name in names:
-        if name not in modules:
-            raise ValueError(f"the structure removes block {name!r}, which this model does not have")
-        parent_name, _, child = name.rpartition(".")
-        block = modules[name]
-        modules[parent_name]._modules[child] = RemovedBlock(block.shortcut, residual_relu(block))
-    return model
-
-
 def apply_plan(model: nn.Module, plan: Dict[str, List[int]], input_shape=None,
                removed_blocks: Sequence[str] = ()) -> nn.Module:
     """Rebuild a shrunk architecture in place: remove ``removed_blocks``, then ``shrink``
@@ -78,9 +67,6 @@ def apply_structure(model: nn.Module, structure: Dict[str, Any], input_shape=Non
 
 def load_shrunk(folder) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild a structured run's shrunk model from ``folder/model.pt`` and its plan."""
-    from .. import models
-    from ..artifacts import read_model_file
-
     data = read_model_file(Path(folder) / "model.pt")
     model = models.get(data["model"]["name"], **data["model"]["kwargs"])
     model = apply_structure(model, load_plan(folder))

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..core.accounting import flops_per_module
 from .configs import kept_counts
 from .scores import CHANNEL_SCORES
 from .shrink import prunable_layers, shrink
@@ -86,8 +87,6 @@ def uniform_for_flops(model: nn.Module, example_input: torch.Tensor, flops_ratio
                       score: str = "l1_filter", iters: int = 12) -> Dict[str, List[int]]:
     """channels_to_remove of the uniform ratio whose shrunk model keeps about ``flops_ratio``
     of the FLOPs (bisection over the ratio; FLOPs fall monotonically as the ratio grows)."""
-    from ..core.accounting import flops_per_module
-
     if not 0.0 < flops_ratio <= 1.0:
         raise ValueError(f"flops_ratio must be in (0, 1], got {flops_ratio!r}")
     shape = tuple(example_input.shape[1:])

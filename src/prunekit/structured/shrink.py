@@ -28,14 +28,17 @@ import copy
 from typing import Dict, Iterable, List, Mapping
 
 import torch
+import torch_pruning as tp
 from torch import nn
+
+from ..models.resnet import PadShortcut
 
 __all__ = ["shrink", "zero_channels", "out_channels", "prunable_layers"]
 
 
 def _tp():
     try:
-        import torch_pruning as tp
+        pass
     except ImportError as err:  # pragma: no cover - a dependency, but say what is missing
         raise ImportError("structured pruning needs torch-pruning: pip install torch-pruning") from err
     return tp
@@ -50,8 +53,6 @@ def out_channels(module: nn.Module) -> int:
 
 
 def _pad_shortcut_types() -> tuple:
-    from ..models.resnet import PadShortcut
-
     return (PadShortcut,)
 
 

@@ -1,4 +1,8 @@
-"""``fit``: the training loop shared by every method and pipeline."""
+"""``fit``: the training loop shared by every method and pipeline.
+
+Its data parallelism under ``torchrun`` is in :mod:`.data_parallel`, the checkpoint it
+writes after every epoch and the guards on resuming it in :mod:`.resume`.
+"""
 from __future__ import annotations
 
 import sys
@@ -14,14 +18,14 @@ from tqdm import tqdm
 
 from prunekit import distributed
 from prunekit.training.callbacks import Callback, TrainState
-from prunekit.training.checkpoint import (CheckpointError, check_payload, load_checkpoint,
-                                          save_checkpoint)
+from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.training.data_parallel import average_gradients, my_slice, sync_buffers
 from prunekit.training.metrics import History, evaluate, to_device, topk_correct
 from prunekit.training.optim import make_optimizer
-from prunekit.training.schedules import SCHEDULES, Schedule, make_schedule
-
-CHECKPOINT_NAME = "last.pt"
-CHECKPOINT_FORMAT = "prunekit.fit/1"
+# The checkpoint layout and resume guards have their own module; its names stay importable here.
+from prunekit.training.resume import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, check_resumable,  # noqa: F401
+                                      checkpoint_payload, guarded, make_recipe, restore)
+from prunekit.training.schedules import Schedule, make_schedule
 
 
 def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epochs: int = 1,
@@ -118,19 +122,19 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     # A zero-epoch run still gets a valid (unused) one-step schedule.
     sched = make_schedule(schedule, max(total_steps, 1), steps_per_epoch,
                           **(schedule_kwargs or {}))
-    run_recipe = _make_recipe(opt, optimizer, optimizer_kwargs, sched, schedule,
-                              epochs, steps_per_epoch, total_steps, seed, recipe)
+    run_recipe = make_recipe(opt, optimizer, optimizer_kwargs, sched, schedule,
+                             epochs, steps_per_epoch, total_steps, seed, recipe)
 
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     payload = None
     if path is not None and resume and path.exists():
         payload = load_checkpoint(path)  # unreadable -> CheckpointError, file left in place
-        _check_resumable(payload, run_recipe, len(callbacks), path)
+        check_resumable(payload, run_recipe, len(callbacks), path)
 
     state = TrainState(model=model, optimizer=opt, steps_per_epoch=steps_per_epoch,
                        total_steps=total_steps, epochs=epochs, device=device)
     if payload is not None:
-        _guarded(path, "model", lambda: model.load_state_dict(payload["model"]))
+        guarded(path, "model", lambda: model.load_state_dict(payload["model"]))
     for cb in callbacks:
         cb.on_fit_start(state)
     # Built after on_fit_start so param groups added there (a method's thresholds) follow
@@ -138,7 +142,7 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     state.scheduler = LambdaLR(opt, lambda t: sched.factor(t))
     start_epoch = 0
     if payload is not None:
-        start_epoch = _restore(payload, state, callbacks, path)
+        start_epoch = restore(payload, state, callbacks, path)
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -152,7 +156,7 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
             state.history.append(metrics)
             if path is not None:
                 if distributed.is_main():
-                    save_checkpoint(path, _payload(state, callbacks, run_recipe))
+                    save_checkpoint(path, checkpoint_payload(state, callbacks, run_recipe))
                 distributed.barrier()  # nobody reads or races past a half-written epoch
     finally:
         bar.close()
@@ -182,7 +186,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
     for x, y in train:
         full = len(y)
         if world > 1:
-            x, y = _my_slice(x), _my_slice(y)
+            x, y = my_slice(x), my_slice(y)
         x, y = to_device(x, state.device), to_device(y, state.device)
         opt.zero_grad(set_to_none=True)
         batch = len(y)
@@ -200,8 +204,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
             state.loss = float(loss.detach())
         if world > 1:
             # Every rank joins, even one whose slice was empty (a batch smaller than N).
-            distributed.average_gradients([p for g in opt.param_groups for p in g["params"]],
-                                          weight=batch / full if full else 0.0)
+            average_gradients(opt, batch, full)
         lr = opt.param_groups[0]["lr"]  # the lr this step uses
         opt.step()
         state.scheduler.step()
@@ -222,7 +225,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         bar.set_postfix(loss=f"{state.loss:.4f}", refresh=False)
 
     if world > 1:
-        _sync_buffers(model)
+        sync_buffers(model)
         loss_sum, seen, correct, penalty_sum, logits = distributed.all_reduce_sum(
             [loss_sum, seen, correct, penalty_sum, float(classification)])
         seen, correct = int(seen), int(correct)
@@ -250,37 +253,6 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
     return distributed.broadcast_object(row) if world > 1 else row
 
 
-def _my_slice(batch: Any) -> Any:
-    """This rank's piece of a batch: the rank-th of ``tensor_split(batch, N)`` along dim 0,
-    recursively through tuples, lists and dicts."""
-    if isinstance(batch, torch.Tensor):
-        return torch.tensor_split(batch, distributed.world_size())[distributed.rank()]
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_my_slice(b) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _my_slice(v) for k, v in batch.items()}
-    return batch
-
-
-def _sync_buffers(model: nn.Module) -> None:
-    """Average the normalisation layers' running statistics over the ranks and give every
-    other buffer rank 0's value, so all ranks hold the same model."""
-    from torch.nn.modules.batchnorm import _NormBase
-
-    averaged, copied = [], []
-    for module in model.modules():
-        for name, buf in module.named_buffers(recurse=False):
-            if buf is None:
-                continue
-            if isinstance(module, _NormBase) and name in ("running_mean", "running_var") \
-                    and buf.is_floating_point():
-                averaged.append(buf)
-            else:
-                copied.append(buf)
-    distributed.all_reduce_mean(averaged)
-    distributed.broadcast_(copied)
-
-
 def _plain_number(value: Any) -> Any:
     # Callbacks may report 0-d tensors or numpy scalars; the history must stay plain data.
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -302,116 +274,3 @@ def _steps_per_epoch(train: Iterable) -> int:
     return int(n)
 
 
-# -------------------------------------------------------------------------- recipe
-
-
-def _plain(obj: Any) -> Any:
-    """Tuples -> lists, recursively, so a recipe compares equal after a save/load trip."""
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _make_recipe(opt: torch.optim.Optimizer, optimizer: Any, optimizer_kwargs: Optional[dict],
-                 sched: Schedule, schedule: Any, epochs: int, steps_per_epoch: int,
-                 total_steps: int, seed: Optional[int], extra: Optional[dict]) -> Dict[str, Any]:
-    # Read the hyper-parameters back from the optimizer, so a ready-made one is described
-    # as faithfully as one built here.
-    group = opt.param_groups[0]
-    base_lr = float(group.get("initial_lr", group["lr"]))
-    named = isinstance(schedule, str) and schedule in SCHEDULES
-    recipe: Dict[str, Any] = {
-        "optimizer": optimizer.lower() if isinstance(optimizer, str) else type(opt).__name__,
-        "lr": base_lr,
-        "momentum": group.get("momentum"),
-        "nesterov": group.get("nesterov"),
-        "weight_decay": group.get("weight_decay"),
-        "optimizer_kwargs": dict(optimizer_kwargs or {}),
-        "schedule": sched.name,
-        "schedule_kwargs": dict(sched.params) if named else {},
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "eta_max": base_lr * sched.max_factor(),
-        "eta_min": base_lr * sched.min_factor(),
-        "seed": seed,
-    }
-    recipe.update(extra or {})
-    recipe = _plain(recipe)
-    try:
-        check_payload(recipe, "recipe")
-    except TypeError as err:
-        raise TypeError(f"the recipe must be plain data: {err}") from None
-    return recipe
-
-
-# ------------------------------------------------------------------ checkpoint I/O
-
-
-def _payload(state: TrainState, callbacks: List[Callback], recipe: Dict[str, Any]) -> dict:
-    rng: Dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "epoch": state.epoch + 1,  # epochs completed: the resumed run starts at this index
-        "step": state.step,
-        "history": [dict(row) for row in state.history],
-        "callbacks": [cb.state_dict() for cb in callbacks],
-        "rng": rng,
-        "recipe": recipe,
-    }
-
-
-_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "history", "callbacks", "rng",
-         "recipe")
-
-
-def _check_resumable(payload: dict, recipe: Dict[str, Any], n_callbacks: int,
-                     path: Path) -> None:
-    missing = [k for k in _KEYS if k not in payload]
-    if payload.get("format") != CHECKPOINT_FORMAT or missing:
-        raise CheckpointError(
-            f"{path} is not a prunekit training checkpoint (format "
-            f"{payload.get('format')!r}, missing {missing}); delete it or pass resume=False")
-    stored = payload["recipe"]
-    diffs = [f"{k}: {stored.get(k)!r} -> {recipe.get(k)!r}"
-             for k in sorted(set(stored) | set(recipe)) if stored.get(k) != recipe.get(k)]
-    if diffs:
-        raise CheckpointError(
-            f"checkpoint {path} was written by a different training recipe ("
-            + "; ".join(diffs) + "). Use another checkpoint_dir, delete the file, or pass "
-            "resume=False to start over.")
-    if len(payload["callbacks"]) != n_callbacks:
-        raise CheckpointError(
-            f"checkpoint {path} holds the state of {len(payload['callbacks'])} callbacks but "
-            f"fit() got {n_callbacks}; pass the same callbacks, or resume=False to start over")
-
-
-def _guarded(path: Path, what: str, load: Callable[[], Any]) -> None:
-    try:
-        load()
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} does not match this {what}: {err}. Use another "
-            "checkpoint_dir, delete the file, or pass resume=False to start over.") from err
-
-
-def _restore(payload: dict, state: TrainState, callbacks: List[Callback], path: Path) -> int:
-    _guarded(path, "optimizer", lambda: state.optimizer.load_state_dict(payload["optimizer"]))
-    _guarded(path, "lr scheduler", lambda: state.scheduler.load_state_dict(payload["scheduler"]))
-    for i, (cb, cb_state) in enumerate(zip(callbacks, payload["callbacks"])):
-        _guarded(path, f"callback #{i} ({type(cb).__name__})",
-                 lambda: cb.load_state_dict(cb_state))
-    state.history = History(payload["history"])
-    state.step = int(payload["step"])
-    state.epoch = int(payload["epoch"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    if "cuda" in payload["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    return state.epoch

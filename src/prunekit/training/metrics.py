@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -77,8 +79,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
     the whole loader for 1/N of the work. It is a collective: every rank must call it. Off by
     default, so a call made by one rank alone never waits for the others.
     """
-    from .. import distributed
-
     world = distributed.world_size() if sharded else 1
     me = distributed.rank() if world > 1 else 0
     loss_fn = loss_fn or F.cross_entropy
