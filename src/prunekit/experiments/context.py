@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from ..device import resolve as resolve_device
-from ..pipelines.registry import FinishedRun, PipelineResult, RunContext
+from ..pipelines.results import FinishedRun, PipelineResult, RunContext
 from .project import Project
 from .spec import DataSpec, RunSpec, to_dict
 

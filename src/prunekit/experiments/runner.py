@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .. import distributed
-from ..pipelines.registry import PipelineResult
+from ..pipelines.results import PipelineResult
 from .context import Context
 from .project import MODEL, METRICS, SPEC, Project, atomic_write_json, atomic_write_text
 from .spec import RunSpec

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..pipelines.registry import BASELINES, PIPELINES, nonnegative, param, positive
+from ..params import nonnegative, param, positive
+from ..pipelines.registry import BASELINES, PIPELINES
 from .schema import SpecError, describe, join_path, reject_unknown, dump_yaml, load_yaml, parse, to_dict
 
 HASH_CHARS = 16

@@ -29,15 +29,17 @@ from ..methods.gmp import GMP
 from .finetune import EnforceMask
 from .gradual import gmp_steps
 from .imp import imp
-from .registry import (FinishedRun, PipelineResult, RunContext, check_sparsity, nonnegative, param, positive,
-                       register_baseline, register_pipeline)
+from .. import params as valid
+from ..params import nonnegative, param, positive
+from .registry import register_baseline, register_pipeline
+from .results import FinishedRun, PipelineResult, RunContext
 from .retrain_schedules import RETRAIN_SCHEDULE_NAMES
 from .rewind import reinitialized_weights, rewind
 
 
 @dataclass
 class ImpParams:
-    sparsity: float = param(check=check_sparsity, doc="target fraction of the prunable weights removed")
+    sparsity: float = param(check=valid.sparsity, example=0.9, doc="target fraction of the prunable weights removed")
     phases: int = param(5, check=positive, doc="pruning phases J; each removes 1-(1-s)^(1/J) of the rest")
     retrain_epochs: int = param(1, check=positive, doc="retraining epochs T_r after each pruning step")
     schedule: str = param("slr", choices=RETRAIN_SCHEDULE_NAMES, doc="retraining lr schedule")
@@ -82,11 +84,11 @@ def run_imp(ctx: RunContext, p: ImpParams) -> PipelineResult:
 
 @dataclass
 class GmpParams:
-    sparsity: float = param(check=check_sparsity, doc="final sparsity s_f")
+    sparsity: float = param(check=valid.sparsity, doc="final sparsity s_f")
     start_epoch: float = param(0.0, check=nonnegative, doc="first pruning step t0, in epochs")
     end_epoch: Optional[float] = param(None, check=positive, doc="last pruning step (None: 3/4 of train.epochs)")
     prune_every: Optional[int] = param(None, check=positive, doc="steps between pruning steps (None: 1/4 epoch)")
-    initial_sparsity: float = param(0.0, check=check_sparsity, doc="sparsity s_i of the first pruning step")
+    initial_sparsity: float = param(0.0, check=valid.sparsity, doc="sparsity s_i of the first pruning step")
     score: str = param("magnitude", choices=SCORES.names, doc="weight score (magnitude, lamp, random)")
     allocation: str = param("global", choices=ALLOCATIONS.names,
                             doc="per-layer budget (global, uniform, uniform_plus, erk)")

@@ -22,7 +22,9 @@ from typing import Optional
 
 import torch
 
-from .registry import FinishedRun, PipelineResult, RunContext, param, positive, register_baseline
+from ..params import param, positive
+from .registry import register_baseline
+from .results import FinishedRun, PipelineResult, RunContext
 
 
 def scratch_b_epochs(epochs: int, flops_large: float, flops_small: float, max_ratio: Optional[float] = None) -> int:

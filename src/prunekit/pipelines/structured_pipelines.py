@@ -36,12 +36,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from ..training import SCHEDULE_NAMES
-from .registry import PipelineResult, RunContext, nonnegative, param, positive, register_pipeline
-
-
-def _fraction(value) -> None:
-    if value is not None and not 0.0 <= value < 1.0:
-        raise ValueError(f"must be in [0, 1), got {value!r}")
+from ..params import fraction_removed, nonnegative, param, positive
+from .registry import register_pipeline
+from .results import PipelineResult, RunContext
 
 
 def _predefined(value) -> None:
@@ -86,8 +83,8 @@ def finetune_shrunk(ctx: RunContext, model, epochs: int, lr: float, schedule: st
 @dataclass
 class StructuredParams:
     config: Optional[str] = param(None, check=_predefined, doc="predefined configuration (vgg16-a, resnet56-a, ...)")
-    ratio: Optional[float] = param(None, check=_fraction, doc="the same pruning ratio in every prunable layer")
-    fraction: Optional[float] = param(None, check=_fraction, doc="share of channels removed by one global threshold")
+    ratio: Optional[float] = param(None, check=fraction_removed, doc="the same pruning ratio in every prunable layer")
+    fraction: Optional[float] = param(None, check=fraction_removed, doc="share of channels removed by one global threshold")
     flops_ratio: Optional[float] = param(None, check=positive, doc="uniform ratio keeping this fraction of FLOPs")
     score: str = param("l1_filter", choices=_score_names, doc="channel score (l1_filter, bn_scale, random)")
     selection: str = param("score", choices=("score", "thinet", "lasso"),
@@ -165,7 +162,7 @@ def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
 
 @dataclass
 class SlimmingParams:
-    fraction: float = param(check=_fraction, doc="share of channels removed by the global |gamma| threshold")
+    fraction: float = param(check=fraction_removed, doc="share of channels removed by the global |gamma| threshold")
     s: float = param(1e-4, check=nonnegative, doc="L1 strength on BN gammas (1e-4 VGG, 1e-5 ResNet/DenseNet)")
     finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after pruning")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
