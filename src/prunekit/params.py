@@ -143,6 +143,15 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         check(value)
 
 
+def check(validator: Callable[[Any], None], value: Any, name: str) -> Any:
+    """Run one validator on ``value``; a failure names it: ``ValueError("<name>: <message>")``."""
+    try:
+        validator(value)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    return value
+
+
 def check_arguments(params_class: type, owner: str, **values: Any) -> None:
     """Check keyword arguments against the fields of ``params_class`` of the same names.
 

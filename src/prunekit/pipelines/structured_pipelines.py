@@ -32,11 +32,17 @@ architecture, and report ``params``/``flops`` of the shrunk model (the runner co
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..training import SCHEDULE_NAMES
+import torch
+
+from ..methods.base import MethodCallback
+from ..methods.slimming import Slimming
+from ..methods.sss import SSS
 from ..params import fraction_removed, nonnegative, param, positive
+from ..training import SCHEDULE_NAMES
 from .registry import register_pipeline
 from .results import PipelineResult, RunContext
 
@@ -160,10 +166,13 @@ def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
                                       **metrics}, built_on=[dense])
 
 
-@dataclass
-class SlimmingParams:
-    fraction: float = param(check=fraction_removed, doc="share of channels removed by the global |gamma| threshold")
-    s: float = param(1e-4, check=nonnegative, doc="L1 strength on BN gammas (1e-4 VGG, 1e-5 ResNet/DenseNet)")
+@dataclass(kw_only=True)
+class SlimmingParams(Slimming.Params):
+    """The method's parameters (``Slimming.Params``; here ``fraction`` is required) plus
+    fine-tuning of the shrunk model."""
+
+    fraction: float = param(check=fraction_removed, example=0.4,
+                            doc="share of channels removed by the global |gamma| threshold")
     finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after pruning")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
@@ -174,17 +183,10 @@ class SlimmingParams:
 @register_pipeline("slimming", SlimmingParams, target=lambda p: p.fraction)
 def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     """Network slimming: train with L1 on BN gammas, threshold globally, shrink, fine-tune."""
-    import copy
-
-    from ..methods.base import MethodCallback
-    from ..methods.slimming import Slimming
-
     model = ctx.model
-    method = Slimming(s=p.s, fraction=p.fraction)
+    method = Slimming.from_params(p)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     if method.model is None:  # a finished training restored from its checkpoint: nothing attached it
-        import torch
-
         method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
     ctx.record("trained", model)
     dense = copy.deepcopy(model)
@@ -196,12 +198,10 @@ def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     return ctx.result(small, metrics={"requested_sparsity": p.fraction, "oneshot_top1": pruned["top1"], **metrics})
 
 
-@dataclass
-class SSSParams:
-    gamma: float = param(1e-2, check=nonnegative, doc="sparsity strength on the factors (soft threshold lr * gamma)")
-    factor_lr: float = param(0.1, check=positive, doc="learning rate of the scaling factors")
-    structure: str = param("auto", choices=("auto", "blocks", "channels"),
-                           doc="factors on residual blocks or on BN channels (auto: blocks when the model has them)")
+@dataclass(kw_only=True)
+class SSSParams(SSS.Params):
+    """The method's parameters (``SSS.Params``) plus fine-tuning of the shrunk model."""
+
     finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after removal")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
@@ -212,16 +212,9 @@ class SSSParams:
 @register_pipeline("sss", SSSParams, target=lambda p: None)
 def run_sss(ctx: RunContext, p: SSSParams) -> PipelineResult:
     """Sparse structure selection: train with factors under L1, remove zero-factor blocks, fine-tune."""
-    import copy
-
-    import torch
-
-    from ..methods.base import MethodCallback
-    from ..methods.sss import SSS
-
     model = ctx.model
     shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
-    method = SSS(gamma=p.gamma, lr=p.factor_lr, structure=p.structure, input_shape=shape)
+    method = SSS.from_params(p, input_shape=shape)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     if method.model is None:  # a finished training restored from its checkpoint: attach to apply its state
         method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
