@@ -81,7 +81,7 @@ class GMP(Method):
     @dataclass(kw_only=True)
     class Params(PruningStepParams):
         final_sparsity: float = param(check=valid.sparsity, example=0.8, doc="final sparsity s_f")
-        end_step: int = param(check=valid.int_at_least(1), example=20,
+        end_step: int = param(check=valid.int_at_least(1), example=1000,
                               doc="last pruning step t0 + n dt, in optimizer steps")
         start_step: int = param(0, check=valid.int_at_least(0), doc="first pruning step t0")
         prune_every: int = param(100, check=valid.int_at_least(1), doc="steps dt between pruning steps")
@@ -95,8 +95,8 @@ class GMP(Method):
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None,
                  seed: Optional[int] = None):
         super().__init__()
-        self.final_sparsity = check_sparsity(final_sparsity)
-        self.initial_sparsity = check_sparsity(initial_sparsity)
+        self.final_sparsity = check_sparsity(final_sparsity, "gmp: final_sparsity")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "gmp: initial_sparsity")
         if self.initial_sparsity > self.final_sparsity:
             raise ValueError(f"initial_sparsity {initial_sparsity} is above final_sparsity {final_sparsity}: "
                              "pruning only removes weights")

@@ -84,9 +84,9 @@ class LTP(Method):
         valid.check_arguments(self.Params, "ltp", lam=lam, T0=T0, tau_lr=tau_lr)
         valid.check(valid.int_at_least(1), trail_every, "ltp: trail_every")
         self.lam, self.T0, self.tau_lr = float(lam), float(T0), tau_lr
-        self.init_sparsity = check_sparsity(init_sparsity)
+        self.init_sparsity = check_sparsity(init_sparsity, "ltp: init_sparsity")
         self.relative = bool(relative)
-        self.levels = sorted(check_sparsity(s) for s in trail)
+        self.levels = sorted(check_sparsity(s, "ltp: trail") for s in trail)
         self.trail_dir = Path(trail_dir) if trail_dir is not None else None
         self.trail_every = trail_every
         self.include, self.exclude = include, exclude

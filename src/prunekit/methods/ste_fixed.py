@@ -81,7 +81,7 @@ class STEFixed(Method):
     def __init__(self, sparsity: float, bound: str = "binary_search", eps: float = 1e-3,
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__()
-        self.sparsity = check_sparsity(sparsity)
+        self.sparsity = check_sparsity(sparsity, "ste_fixed: sparsity")
         valid.check_arguments(self.Params, "ste_fixed", bound=bound, eps=eps)
         self.bound, self.eps = bound, float(eps)
         self.include, self.exclude = include, exclude
