@@ -225,13 +225,15 @@ def field_types(params_class: type) -> Dict[str, Any]:
 
 
 def add_field_argument(parser_or_group: Any, f: dataclasses.Field, tp: Any, prefix: str = "",
-                       default: Any = MISSING, help_default: Optional[str] = None) -> None:
+                       default: Any = MISSING, help_default: Optional[str] = None, doc: Optional[str] = None) -> None:
     """Add the flag of one field. ``default``: the namespace default (the field's own unless
-    given); ``help_default``: the default as written in the help text."""
+    given); ``help_default``: the default as written in the help text; ``doc``: the help
+    (the field's ``doc`` unless given)."""
     flag, dest, negated = flag_of(f, prefix)
-    doc = f.metadata.get("doc", "") if f.metadata else ""
+    doc = (f.metadata.get("doc", "") if doc is None else doc).replace("%", "%%")  # argparse formats help with %  # argparse formats help with %
     if tp is bool:  # a switch: --name turns a False default on, --no-name a True one off
-        parser_or_group.add_argument(flag, dest=dest, action="store_true", help=doc)
+        state = "on by default; this flag turns it off" if negated else "off by default"
+        parser_or_group.add_argument(flag, dest=dest, action="store_true", help=f"{doc} ({state})")
         return
     elem, is_list = _plain_type(tp)
     value = default_of(f) if default is MISSING else default
