@@ -30,6 +30,8 @@ from .. import params as valid
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
 from ..params import param
+from ..structured.select import global_fraction
+from ..structured.shrink import shrink, zero_channels
 from .base import METHODS, Method
 
 
@@ -84,8 +86,6 @@ class Slimming(Method):
     def channels(self) -> Dict[str, List[int]]:
         """``{layer: channels to remove}`` from the global |gamma| threshold (fixed at the
         first call after training, i.e. by ``finalize``)."""
-        from ..structured.select import global_fraction
-
         self._require_attached()
         if self.plan is None:
             self.plan = global_fraction(self.model, self.fraction, score="bn_scale")
@@ -93,16 +93,12 @@ class Slimming(Method):
 
     def finalize(self) -> Mask:
         """Zero the selected channels' dependency groups; return the Mask of the prunable weights."""
-        from ..structured.shrink import zero_channels
-
         self._require_attached()
         zero_channels(self.model, self.example_input(), self.channels())
         return Mask.from_model(self.model, list(prunable_parameters(self.model)))
 
     def shrunk(self) -> nn.Module:
         """The physically smaller copy of the model (call after ``finalize``)."""
-        from ..structured.shrink import shrink
-
         return shrink(self.model, self.example_input(), self.channels())
 
     def metrics(self) -> Dict[str, Any]:

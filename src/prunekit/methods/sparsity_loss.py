@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .. import params as valid
+from ..core.accounting import flops_per_module
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
 from ..params import param
@@ -180,8 +181,6 @@ class SparsityLoss(Method):
         sizes = torch.tensor([float(self.params[k].numel()) for k in self.names], dtype=torch.float64)
         c = {"avg": torch.full((n,), 1.0 / n, dtype=torch.float64), "wavg": sizes / sizes.sum()}
         if self.weights == "flops" or self.budget_flops is not None:
-            from ..core.accounting import flops_per_module
-
             shape = self.input_shape if self.input_shape is not None else getattr(model, "input_shape", None)
             if shape is None:
                 raise ValueError("FLOPs weights need the input shape: pass input_shape=(C, H, W) "

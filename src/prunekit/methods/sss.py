@@ -36,6 +36,8 @@ from .. import params as valid
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
 from ..params import param
+from ..structured.scores import following_bn
+from ..structured.shrink import prunable_layers, shrink, zero_channels
 from .base import METHODS, Method
 
 STRUCTURES = ("auto", "blocks", "channels")
@@ -179,8 +181,6 @@ class SSS(Method):
                             if not pname.startswith("shortcut"):
                                 p.zero_()
         if self.kind == "channels":
-            from ..structured.shrink import zero_channels
-
             zero_channels(self.model, self._example_input(), self._channel_plan(self.model))
         return Mask.from_model(self.model, list(prunable_parameters(self.model)))
 
@@ -193,8 +193,6 @@ class SSS(Method):
             from ..structured.plan import remove_blocks
 
             return remove_blocks(model, self.zeroed())
-        from ..structured.shrink import shrink
-
         return shrink(model, self._example_input(), self._channel_plan(model))
 
     def removal(self) -> Dict[str, Any]:
@@ -216,9 +214,6 @@ class SSS(Method):
         """Channels whose BN gamma and beta are both 0 (a zero factor folded in), per layer.
         A layer whose channels all died keeps them (its output is 0 anyway): a layer cannot
         be emptied without cutting the network."""
-        from ..structured.scores import following_bn
-        from ..structured.shrink import prunable_layers
-
         plan = {}
         for layer in prunable_layers(model):
             bn = following_bn(model, layer)

@@ -38,35 +38,35 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..core.accounting import flops_per_module
 from ..methods.base import MethodCallback
 from ..methods.slimming import Slimming
 from ..methods.sss import SSS
 from ..params import fraction_removed, nonnegative, param, positive
+from ..structured import select
+from ..structured.configs import PREDEFINED, predefined_ratios
+from ..structured.latency import compare
+from ..structured.plan import example_input, save_plan
+from ..structured.reconstruct import reconstruct_layers
+from ..structured.scores import CHANNEL_SCORES
+from ..structured.shrink import shrink
 from ..training import SCHEDULE_NAMES
 from .registry import register_pipeline
 from .results import PipelineResult, RunContext
 
 
 def _predefined(value) -> None:
-    from ..structured.configs import PREDEFINED
-
     if value is not None and value not in PREDEFINED:
         raise ValueError(f"unknown predefined configuration {value!r}; known: {', '.join(PREDEFINED)}")
 
 
 def _score_names():
-    from ..structured.scores import CHANNEL_SCORES
-
     return CHANNEL_SCORES.names()
 
 
 def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], latency_repeats: int = 0,
                    removed_blocks: Sequence[str] = ()) -> Dict:
     """Write ``structure.json`` and return the size (and latency) metrics of ``small``."""
-    from ..core.accounting import flops_per_module
-    from ..structured.latency import compare
-    from ..structured.plan import save_plan
-
     shape = getattr(dense, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
     f0, f1 = flops_per_module(dense, shape)[1], flops_per_module(small, shape)[1]
     p0, p1 = (sum(p.numel() for p in m.parameters()) for m in (dense, small))
@@ -108,9 +108,6 @@ def _structured_target(p: StructuredParams) -> Optional[float]:
 
 def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
     """The channels ``p`` removes from ``model`` (exactly one selection must be set)."""
-    from ..structured import select
-    from ..structured.configs import predefined_ratios
-
     chosen = [k for k in ("config", "ratio", "fraction", "flops_ratio") if getattr(p, k) is not None]
     if len(chosen) != 1:
         raise ValueError(f"structured: set exactly one of config, ratio, fraction, flops_ratio (got {chosen or 'none'})")
@@ -125,12 +122,6 @@ def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
 
 def _reconstructed(ctx: RunContext, model, p: StructuredParams):
     """ThiNet / LASSO layer by layer on one seeded training batch (structured/reconstruct.py)."""
-    import torch
-
-    from ..structured import select
-    from ..structured.configs import predefined_ratios
-    from ..structured.reconstruct import reconstruct_layers
-
     if p.config is not None:
         ratios = predefined_ratios(p.config, model)
     elif p.ratio is not None:
@@ -148,9 +139,6 @@ def _reconstructed(ctx: RunContext, model, p: StructuredParams):
 @register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target)
 def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
     """Choose channels of the shared dense model, shrink it, fine-tune the smaller model."""
-    from ..structured.plan import example_input
-    from ..structured.shrink import shrink
-
     dense = ctx.dense_run()
     model, _ = dense.load()
     x = example_input(model)
