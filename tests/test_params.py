@@ -50,6 +50,16 @@ def test_run_ids_of_the_method_pipelines_did_not_move(name, params, run_id):
     assert RunSpec.from_dict(dict(BASE, method={"name": name, "params": params})).id == run_id
 
 
+def test_labels_list_the_params_in_their_old_order():
+    """Labels group results in tables and plots (display only, but they should not move)."""
+    ltp = {"lam": 10.0, "pretrain_epochs": 5, "ltp_lr": 0.01, "finetune_epochs": 2, "finetune_lr": 0.01}
+    assert RunSpec.from_dict(dict(BASE, method={"name": "ltp", "params": ltp})).label == \
+        "ltp(lam=10.0, pretrain_epochs=5, ltp_lr=0.01, finetune_epochs=2, finetune_lr=0.01)"
+    gmp = {"sparsity": 0.9, "start_epoch": 1.0, "score": "lamp"}
+    assert RunSpec.from_dict(dict(BASE, method={"name": "gmp", "params": gmp})).label == \
+        "gmp(start_epoch=1.0, score=lamp)"
+
+
 @pytest.mark.parametrize("name,params,run_id", PINNED_BASELINE_IDS)
 def test_run_ids_of_the_baselines_did_not_move(name, params, run_id):
     spec = RunSpec.from_dict(dict(BASE, method={"name": "ste_fixed", "params": {"sparsity": 0.9}},

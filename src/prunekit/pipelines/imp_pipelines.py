@@ -84,14 +84,19 @@ def run_imp(ctx: RunContext, p: ImpParams) -> PipelineResult:
 
 
 @dataclass(kw_only=True)
-class GmpParams(PruningStepParams):
-    """How each pruning step prunes (shared with :class:`GMP`) plus the schedule in epochs
-    (the method's ``Params`` count optimizer steps; :func:`gmp_steps` converts)."""
+class GmpEpochSchedule:
+    """GMP's schedule in epochs (the method's ``Params`` count optimizer steps; :func:`gmp_steps` converts)."""
 
     sparsity: float = param(check=valid.sparsity, example=0.9, doc="final sparsity s_f")
     start_epoch: float = param(0.0, check=nonnegative, doc="first pruning step t0, in epochs")
     end_epoch: Optional[float] = param(None, check=positive, doc="last pruning step (None: 3/4 of train.epochs)")
     prune_every: Optional[int] = param(None, check=positive, doc="steps between pruning steps (None: 1/4 epoch)")
+
+
+@dataclass(kw_only=True)
+class GmpParams(PruningStepParams, GmpEpochSchedule):
+    """The schedule in epochs, then how each pruning step prunes (shared with :class:`GMP`).
+    (Base order: the fields come schedule first, as the labels and resolved specs list them.)"""
 
 
 @register_pipeline("gmp", GmpParams)

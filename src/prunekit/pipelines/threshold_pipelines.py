@@ -100,13 +100,19 @@ def run_sparsity_loss(ctx: RunContext, p: SparsityLossParams) -> PipelineResult:
 
 
 @dataclass(kw_only=True)
-class LtpParams(FinetuneParams, LTP.Params):
-    """The method's parameters (``LTP.Params``) plus dense pre-training, the LTP lr and fine-tuning."""
+class PretrainParams:
+    """Dense epochs before LTP starts, and the lr of the LTP epochs."""
 
     pretrain_epochs: int = param(0, check=nonnegative,
                                  doc="dense epochs before LTP starts (the paper prunes trained networks); "
                                      "LTP then trains for train.epochs - pretrain_epochs")
     ltp_lr: Optional[float] = param(None, check=positive, doc="lr of the LTP epochs (None: the recipe's)")
+
+
+@dataclass(kw_only=True)
+class LtpParams(FinetuneParams, PretrainParams, LTP.Params):
+    """The method's parameters (``LTP.Params``), dense pre-training with the LTP lr, fine-tuning
+    (fields in that order: the bases are listed last-first)."""
 
 
 @register_pipeline("ltp", LtpParams, target=LTP.requested_sparsity)
