@@ -220,6 +220,19 @@ def flag_of(f: dataclasses.Field, prefix: str = "") -> Tuple[str, str, bool]:
     return flag, flag.lstrip("-").replace("-", "_"), negated
 
 
+def _yes_no(text: str) -> bool:
+    """An Optional[bool] flag's value: true/false, yes/no, 1/0."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_ARG_TYPES = {int: int, float: float, str: str, bool: _yes_no}
+
+
 def field_types(params_class: type) -> Dict[str, Any]:
     return typing.get_type_hints(params_class)
 
@@ -230,7 +243,7 @@ def add_field_argument(parser_or_group: Any, f: dataclasses.Field, tp: Any, pref
     given); ``help_default``: the default as written in the help text; ``doc``: the help
     (the field's ``doc`` unless given)."""
     flag, dest, negated = flag_of(f, prefix)
-    doc = (f.metadata.get("doc", "") if doc is None else doc).replace("%", "%%")  # argparse formats help with %  # argparse formats help with %
+    doc = (f.metadata.get("doc", "") if doc is None else doc).replace("%", "%%")  # argparse formats help with %
     if tp is bool:  # a switch: --name turns a False default on, --no-name a True one off
         state = "on by default; this flag turns it off" if negated else "off by default"
         parser_or_group.add_argument(flag, dest=dest, action="store_true", help=f"{doc} ({state})")
@@ -238,7 +251,7 @@ def add_field_argument(parser_or_group: Any, f: dataclasses.Field, tp: Any, pref
     elem, is_list = _plain_type(tp)
     value = default_of(f) if default is MISSING else default
     shown = help_default if help_default is not None else ("required" if value is MISSING else repr(value))
-    kwargs: Dict[str, Any] = {"dest": dest, "type": elem if elem in (int, float, str) else str,
+    kwargs: Dict[str, Any] = {"dest": dest, "type": _ARG_TYPES.get(elem, str),
                               "default": None if value is MISSING else value,
                               "help": f"{doc} (default: {shown})" if doc else f"(default: {shown})"}
     if is_list:
