@@ -151,7 +151,7 @@ def main():
     q = args.quick
     width = 1024 if q else args.width
     data = {"command": command_line(), "machine": machine()}
-    md = [f"## Export: sparse and thin models on CPU\n",
+    md = ["## Export: sparse and thin models on CPU\n",
           f"`{command_line()}` on {machine()}. Medians of interleaved repeats (forms timed in turn in each "
           "repeat); speedup = median over repeats of (dense time / form time) in the same repeat; FLOPs ratio = dense FLOPs / the form's effective "
           "FLOPs (theoretical; a masked layer counts density x dense FLOPs, `sparse` only for its CSR layers). "

@@ -35,9 +35,7 @@ import torch
 import prunekit as pk
 from prunekit.io import atomic_write_json
 from prunekit.methods.base import MethodCallback
-from prunekit.methods.ltp import LTP
 from prunekit.methods.sparsity_loss import SparsityLoss
-from prunekit.methods.ste_fixed import STEFixed
 from prunekit.pipelines.dense_equivalent import equivalent_width
 from prunekit.training import evaluate, fit
 from _common import RESULTS, command_line, machine, mean_std, write_section
@@ -51,28 +49,35 @@ BUDGET_TABLE = [("fixed-BS", "ste_bs", 0.85), ("fixed-GA", "ste_ga", 0.85),
                 ("budget-wavg, no layer skipped, r at lr/10", "budget_wavg_all_fast", 0.15)]
 
 
+# Each kind of run: the registered method and its Params fields (VALUE: the swept value;
+# LTP_LAM: --ltp-lam). Built through Method.from_params, like the pipelines and train-sparse.
+VALUE, LTP_LAM = object(), object()
+METHOD_KINDS = {
+    "ste_bs": ("ste_fixed", {"sparsity": VALUE, "bound": "binary_search"}),
+    "ste_ga": ("ste_fixed", {"sparsity": VALUE, "bound": "gaussian"}),
+    "budget_avg": ("sparsity_loss", {"budget": VALUE, "weights": "avg"}),
+    "budget_wavg": ("sparsity_loss", {"budget": VALUE, "weights": "wavg"}),
+    # min_weights=0: the small layers are pruned too
+    "budget_wavg_all": ("sparsity_loss", {"budget": VALUE, "weights": "wavg", "min_weights": 0}),
+    # and r learns 10x faster than the authors' lr/100 (short budgets)
+    "budget_wavg_all_fast": ("sparsity_loss", {"budget": VALUE, "weights": "wavg", "min_weights": 0,
+                                               "r_lr_factor": 0.1}),
+    "unconstrained": ("sparsity_loss", {"variant": "unconstrained", "lam": VALUE}),
+    "ltp": ("ltp", {"lam": LTP_LAM, "trail": list(TRAIL)}),
+    "ltp_pre": ("ltp", {"lam": VALUE, "trail": list(TRAIL)}),
+}
+
+
 def make_method(kind: str, value, ltp_lam: float, trail_dir: str):
-    if kind == "ste_bs":
-        return STEFixed(value, bound="binary_search")
-    if kind == "ste_ga":
-        return STEFixed(value, bound="gaussian")
-    if kind == "budget_avg":
-        return SparsityLoss(budget=value, weights="avg")
-    if kind == "budget_wavg":
-        return SparsityLoss(budget=value, weights="wavg")
-    if kind == "budget_wavg_all":  # min_weights=0: the small layers are pruned too
-        return SparsityLoss(budget=value, weights="wavg", min_weights=0)
-    if kind == "budget_wavg_all_fast":  # and r learns 10x faster than the authors' lr/100 (short budgets)
-        return SparsityLoss(budget=value, weights="wavg", min_weights=0, r_lr_factor=0.1)
-    if kind == "unconstrained":
-        return SparsityLoss(variant="unconstrained", lam=value)
-    if kind == "ltp":
-        return LTP(lam=ltp_lam, trail=TRAIL, trail_dir=trail_dir)
-    if kind == "ltp_pre":
-        return LTP(lam=value, trail=TRAIL, trail_dir=trail_dir)
     if kind in ("dense", "dense_equivalent"):
         return None
-    raise ValueError(kind)
+    if kind not in METHOD_KINDS:
+        raise ValueError(kind)
+    name, fields = METHOD_KINDS[kind]
+    method_class = pk.methods.get(name)
+    params = method_class.Params(**{k: value if v is VALUE else ltp_lam if v is LTP_LAM else v
+                                    for k, v in fields.items()})
+    return method_class.from_params(params, **({"trail_dir": trail_dir} if name == "ltp" else {}))
 
 
 def one_run(args, model_name, kind, value, seed):

@@ -25,7 +25,7 @@ import ast
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "prunekit"
@@ -63,20 +63,6 @@ LAZY_OK = {
     "matplotlib": "plots only; ~0.7 s (pyplot ~1.5 s) to import",
 }
 
-# Cycles that another branch removes; the lead empties this list after merging it.
-# Each entry is the set of modules on the cycle.
-KNOWN_CYCLES_AWAITING_PARAMS_MERGE: List[Set[str]] = [
-    {"prunekit.pipelines.registry", "prunekit.pipelines.oneshot"},
-]
-# Files whose function-level imports the params-layer rewrite hoists; the lead empties this
-# list after merging it.
-FUNCTION_IMPORTS_AWAITING_PARAMS_MERGE: Set[str] = {
-    "prunekit/cli/thresholds.py",
-    "prunekit/pipelines/registry.py",
-    "prunekit/methods/slimming.py",
-    "prunekit/methods/sparsity_loss.py",
-    "prunekit/methods/sss.py",
-}
 
 
 @dataclass(frozen=True)
@@ -205,8 +191,6 @@ def hidden_imports() -> List[Import]:
 def test_no_function_level_imports():
     errors = []
     for imp in hidden_imports():
-        if imp.file in FUNCTION_IMPORTS_AWAITING_PARAMS_MERGE:
-            continue
         errors.append(f"{imp.where()}: {imp.importer} imports {imp.target} inside a function "
                       "(rule: import at module top; only the heavy optional packages in "
                       "LAZY_OK may be imported where they are used)")
@@ -247,20 +231,10 @@ def test_no_import_cycles():
     graph = import_graph()
     errors = []
     for cycle in find_cycles(graph):
-        if set(cycle) in KNOWN_CYCLES_AWAITING_PARAMS_MERGE:
-            continue
         path = " -> ".join(f"{a} ({graph[a][b].where()})" for a, b in zip(cycle, cycle[1:]))
         errors.append(f"{path} -> {cycle[-1]}")
     assert not errors, "import cycles (rule: no cycles):\n" + "\n".join(errors)
 
-
-def test_known_exceptions_are_still_needed():
-    """An exception that no longer applies must leave its list (so the lists only shrink)."""
-    cycles = [set(c) for c in find_cycles(import_graph())]
-    stale = [f"cycle {sorted(c)}" for c in KNOWN_CYCLES_AWAITING_PARAMS_MERGE if c not in cycles]
-    files = {imp.file for imp in hidden_imports()}
-    stale += [f"file {f}" for f in sorted(FUNCTION_IMPORTS_AWAITING_PARAMS_MERGE - files)]
-    assert not stale, "remove from the known-exception lists in tests/test_layers.py: " + ", ".join(stale)
 
 
 def test_the_checker_sees_a_cycle_and_a_function_level_import():

@@ -1,13 +1,14 @@
 """Registry-wide checks: every registered method runs on a tiny model in a plain loop.
 
-A new method is tested by being registered: add its small-model arguments to METHOD_KWARGS
-(the test fails for a registered method without them).
+A new method is tested by being registered: it is built from its Params examples unless
+METHOD_KWARGS gives small-model arguments (e.g. a schedule in steps that fits 30 steps).
 """
 import pytest
 import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit import params as valid
 from prunekit.core import Mask
 
 from conftest import TinyNet
@@ -35,14 +36,20 @@ def _plain_loop(model, optimizer, method, steps=STEPS, seed=0):
         method.step()
 
 
+def _build(name):
+    cls = pk.methods.get(name)
+    if name in METHOD_KWARGS:
+        return cls(**METHOD_KWARGS[name])
+    return cls.from_params(valid.example(cls.Params))
+
+
 @pytest.mark.parametrize("name", pk.methods.names())
 def test_every_method_runs_in_a_plain_loop_and_finalizes_to_a_plain_model(name):
-    assert name in METHOD_KWARGS, f"add small-model arguments for the new method {name!r} to METHOD_KWARGS"
     torch.manual_seed(0)
     model = TinyNet()
     dense_keys = set(model.state_dict())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    method = pk.methods.get(name)(**METHOD_KWARGS[name])
+    method = _build(name)
     method.attach(model, optimizer)
     _plain_loop(model, optimizer, method)
     state = method.state_dict()
@@ -55,7 +62,7 @@ def test_every_method_runs_in_a_plain_loop_and_finalizes_to_a_plain_model(name):
         assert bool((params[pname][~keep] == 0).all()), f"{pname}: pruned weights are exact zeros"
     assert 0.0 < mask.sparsity() < 1.0
     # the method's state (step count included) round-trips
-    fresh = pk.methods.get(name)(**METHOD_KWARGS[name])
+    fresh = _build(name)
     fresh.load_state_dict(state)
     assert fresh.state_dict().get("steps") == state.get("steps") == STEPS
 

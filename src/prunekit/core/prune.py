@@ -1,13 +1,13 @@
 """``prune()``: one-shot unstructured pruning with a score and a layer-wise allocation."""
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional, Sequence, Type
 
 import torch
 from torch import nn
 
 from .. import distributed
+from .. import params as valid
 from . import allocation as allocations
 from . import scores as score_fns
 from .allocation import PrunableTensor
@@ -16,12 +16,15 @@ from .targets import prunable_parameters
 from .thresholds import largest_remainder, topk_mask
 
 
-def check_sparsity(sparsity: float) -> float:
-    """A sparsity must be a finite number in [0, 1): 1 would remove every weight."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity) \
-            or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1) (e.g. 0.9 removes 90% of the prunable "
-                         f"weights), got {sparsity!r}")
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """``sparsity`` as a float after the shared check (:func:`prunekit.params.sparsity`: a
+    finite number in [0, 1), 1 would remove every weight); here it is required (not None)."""
+    if sparsity is None:
+        raise ValueError(f"{name} is required: a number in [0, 1)")
+    try:
+        valid.sparsity(sparsity)
+    except ValueError as err:
+        raise ValueError(str(err) if name == "sparsity" else f"{name}: {err}") from None
     return float(sparsity)
 
 

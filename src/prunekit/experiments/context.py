@@ -18,8 +18,8 @@ from .. import data as datasets, models, training
 from ..core.accounting import count_parameters
 from ..data import Loader, augment_by_default
 from ..device import resolve as resolve_device
-from ..pipelines.registry import FinishedRun, PipelineResult, RunContext
 from ..training import evaluate
+from ..pipelines.results import FinishedRun, PipelineResult, RunContext
 from .project import Project
 from .spec import DataSpec, RunSpec, to_dict
 

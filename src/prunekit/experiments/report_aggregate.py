@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 STAT_KEYS = ("top1", "top5", "loss", "achieved_sparsity", "params", "nonzero_params", "flops",
              "effective_flops", "epochs", "steps", "wall_time", "elapsed")

@@ -30,8 +30,8 @@ from typing import Any, Dict, Optional, Union
 from .. import distributed
 from ..artifacts import save_model
 from ..core.accounting import report
-from ..pipelines.registry import PipelineResult
 from ..training import evaluate
+from ..pipelines.results import PipelineResult
 from .context import Context
 from .project import MODEL, METRICS, SPEC, Project, atomic_write_json, atomic_write_text
 from .spec import RunSpec

@@ -4,7 +4,7 @@ The generic half of the spec machinery: :func:`parse` builds a dataclass from a 
 checking every key (unknown keys are rejected with the accepted ones listed) and every type
 (bool, int, float, str, Optional/List/Dict of them, nested dataclasses, ``Any`` = plain
 data); field metadata adds ``choices`` and ``check`` validation (see
-``prunekit.pipelines.registry.param``). :func:`to_dict` turns a dataclass back into plain
+``prunekit.params.param``). :func:`to_dict` turns a dataclass back into plain
 data, in full, or in the *canonical* form that is hashed into run ids (no display-only
 fields, nothing equal to its default).
 
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 import yaml
+
+from ..params import check_value
 
 
 class SpecError(ValueError):
@@ -89,19 +91,11 @@ def parse(cls: type, value: Any, path: str = "", where: str = "") -> Any:
 
 
 def _check_field(f: dataclasses.Field, value: Any, path: str) -> None:
-    if value is None:
-        return
-    choices = f.metadata.get("choices")
-    if choices is not None:
-        allowed = list(choices() if callable(choices) else choices)
-        if value not in allowed:
-            raise SpecError(path, f"unknown value {value!r}; choose one of: {', '.join(map(str, allowed))}")
-    check = f.metadata.get("check")
-    if check is not None:
-        try:
-            check(value)
-        except (ValueError, TypeError) as err:
-            raise SpecError(path, str(err)) from None
+    """The field's ``choices`` / ``check`` (:func:`prunekit.params.check_value`), reported at ``path``."""
+    try:
+        check_value(f, value)
+    except (ValueError, TypeError) as err:
+        raise SpecError(path, str(err)) from None
 
 
 def _parse_value(tp: Any, value: Any, path: str) -> Any:

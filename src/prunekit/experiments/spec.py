@@ -42,8 +42,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from .. import data, models
 from ..models import torchvision_models
-from ..pipelines.registry import BASELINES, PIPELINES, nonnegative, param, positive
 from ..training import OPTIMIZER_NAMES, SCHEDULE_NAMES
+from ..params import nonnegative, param, positive
+from ..pipelines.registry import BASELINES, PIPELINES
 from .schema import SpecError, describe, join_path, reject_unknown, dump_yaml, load_yaml, parse, to_dict
 
 HASH_CHARS = 16

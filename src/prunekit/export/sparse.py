@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn

@@ -7,6 +7,12 @@
         optimizer.zero_grad(); loss.backward(); optimizer.step(); method.step()
     mask = method.finalize()                 # plain model, exact zeros, dense state_dict keys
 
+Each method declares its parameters once, as a dataclass ``Params`` (fields made with
+:func:`prunekit.params.param`: checks, docs, examples). ``Method.from_params(p, **runtime)``
+builds the method from it; experiment pipelines subclass it (adding only their own fields such
+as ``finetune_epochs``) and ``prunekit train-sparse`` makes its flags from it. Adding a method
+is its module (with ``@METHODS.register``) plus its import line in ``methods/__init__.py``.
+
 ``attach`` adds the method's own trainable parameters (thresholds, block scales) to the
 user's optimizer as a new param group with its own learning rate and no weight decay; the
 weight used in the forward pass is computed by a forward pre-hook, so state_dict keys stay the
@@ -21,7 +27,9 @@ otherwise let two ranks cut a weight sitting exactly at a threshold differently.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -55,6 +63,23 @@ def _rank0_result(finalize):
 
 class Method:
     """Base class with the default behaviour of every hook (no penalty, nothing to attach)."""
+
+    @dataclass(kw_only=True)
+    class Params:
+        """The method's parameters (none here); subclasses declare their own ``Params``."""
+
+    @classmethod
+    def from_params(cls, params: Any, **runtime: Any) -> "Method":
+        """Build from a ``Params`` instance (or a pipeline's subclass of it: only this method's
+        fields are read). ``runtime`` adds constructor arguments that are not parameters of an
+        experiment (``trail_dir``, ``input_shape``, ``seed``, ...)."""
+        values = {f.name: getattr(params, f.name) for f in dataclasses.fields(cls.Params) if f.init}
+        return cls(**values, **runtime)
+
+    @classmethod
+    def requested_sparsity(cls, params: Any) -> Optional[float]:
+        """The weight sparsity ``params`` asks for (None: the method finds its own)."""
+        return None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

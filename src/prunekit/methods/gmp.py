@@ -21,21 +21,37 @@ state of newly pruned weights is zeroed), so the sparsity holds until the end of
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import params as valid
+from ..core import ALLOCATIONS, SCORES
 from ..core.mask import Mask, MaskEnforcer, enforce
 from ..core.prune import check_sparsity, prune
 from ..core.targets import prunable_parameters
+from ..params import param
 from .base import METHODS, Method
 
 
 def _check_step(value: Any, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    valid.check(valid.int_at_least(minimum), value, what)
     return value
+
+
+@dataclass(kw_only=True)
+class PruningStepParams:
+    """How each pruning step prunes; shared by :class:`GMP` (schedule in steps) and the ``gmp``
+    experiment pipeline (schedule in epochs)."""
+
+    initial_sparsity: float = param(0.0, check=valid.sparsity, doc="sparsity s_i of the first pruning step")
+    score: str = param("magnitude", choices=SCORES.names, doc="weight score (magnitude, lamp, random)")
+    allocation: str = param("global", choices=ALLOCATIONS.names,
+                            doc="per-layer budget (global, uniform, uniform_plus, erk)")
+    include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
+    exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
 
 
 def cubic_sparsity(t: int, final_sparsity: float, start_step: int, end_step: int, prune_every: int,
@@ -62,13 +78,25 @@ class GMP(Method):
       :func:`prunekit.prune`.
     """
 
+    @dataclass(kw_only=True)
+    class Params(PruningStepParams):
+        final_sparsity: float = param(check=valid.sparsity, example=0.8, doc="final sparsity s_f")
+        end_step: int = param(check=valid.int_at_least(1), example=1000,
+                              doc="last pruning step t0 + n dt, in optimizer steps")
+        start_step: int = param(0, check=valid.int_at_least(0), doc="first pruning step t0")
+        prune_every: int = param(100, check=valid.int_at_least(1), doc="steps dt between pruning steps")
+
+    @classmethod
+    def requested_sparsity(cls, params: Any) -> Optional[float]:
+        return params.final_sparsity
+
     def __init__(self, final_sparsity: float, end_step: int, start_step: int = 0, prune_every: int = 100,
                  initial_sparsity: float = 0.0, score: str = "magnitude", allocation: str = "global",
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None,
                  seed: Optional[int] = None):
         super().__init__()
-        self.final_sparsity = check_sparsity(final_sparsity)
-        self.initial_sparsity = check_sparsity(initial_sparsity)
+        self.final_sparsity = check_sparsity(final_sparsity, "gmp: final_sparsity")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "gmp: initial_sparsity")
         if self.initial_sparsity > self.final_sparsity:
             raise ValueError(f"initial_sparsity {initial_sparsity} is above final_sparsity {final_sparsity}: "
                              "pruning only removes weights")
@@ -79,6 +107,7 @@ class GMP(Method):
             n = max(1, round((self.end_step - self.start_step) / self.prune_every))
             raise ValueError(f"end_step - start_step ({self.end_step - self.start_step}) must be a multiple of "
                              f"prune_every ({self.prune_every}), e.g. end_step={self.start_step + n * self.prune_every}")
+        valid.check_arguments(self.Params, "gmp", score=score, allocation=allocation)
         self.score, self.allocation, self.include, self.exclude, self.seed = score, allocation, include, exclude, seed
         self.mask: Optional[Mask] = None
         self._enforcer: Optional[MaskEnforcer] = None

@@ -28,6 +28,7 @@ Trail of checkpoints: whenever the hard sparsity first reaches each of ``trail``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -35,10 +36,12 @@ import torch
 from torch import nn
 
 from .. import distributed
+from .. import params as valid
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
 from ..core.targets import prunable_parameters
 from ..io import atomic_torch_save
+from ..params import param
 from ._reparam import WeightSubstitution, modules_of
 from .base import METHODS, Method
 
@@ -55,25 +58,35 @@ class LTP(Method):
     - ``relative``: threshold in units of var(w) (default) or absolute;
     - ``trail``: sparsity levels at which a checkpoint is taken; ``trail_dir``: where to write them;
     - ``trail_every``: check the sparsity every this many steps.
+
+    ``trail_dir`` and ``trail_every`` are constructor-only (not in ``Params``): where and how
+    often, not what is trained.
     """
+
+    @dataclass(kw_only=True)
+    class Params:
+        lam: float = param(1.0, check=valid.nonnegative, doc="weight of the L0 penalty (normalised by the weight count)")
+        T0: float = param(1e-3, check=valid.positive, doc="temperature T_l = T0 var(w_l)")
+        tau_lr: Optional[float] = param(None, check=valid.nonnegative, doc="lr of the thresholds (None: the recipe's)")
+        init_sparsity: float = param(0.0, check=valid.sparsity, doc="per-layer sparsity the thresholds start at")
+        relative: bool = param(True, flag="--absolute-tau",
+                               doc="threshold in units of var(w) (scale invariant); --absolute-tau trains tau itself")
+        trail: List[float] = param(list(DEFAULT_TRAIL), check=valid.each(valid.sparsity),
+                                   doc="sparsity levels at which a checkpoint is taken")
+        include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
+        exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
 
     def __init__(self, lam: float = 1.0, T0: float = 1e-3, tau_lr: Optional[float] = None,
                  init_sparsity: float = 0.0, relative: bool = True, trail: Sequence[float] = DEFAULT_TRAIL,
                  trail_dir: Optional[str] = None, trail_every: int = 1,
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__()
-        if not float(lam) >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam!r}")
-        if not float(T0) > 0:
-            raise ValueError(f"T0 must be > 0, got {T0!r}")
-        if tau_lr is not None and not float(tau_lr) >= 0:
-            raise ValueError(f"tau_lr must be >= 0, got {tau_lr!r}")
-        if isinstance(trail_every, bool) or not isinstance(trail_every, int) or trail_every < 1:
-            raise ValueError(f"trail_every must be an int >= 1, got {trail_every!r}")
+        valid.check_arguments(self.Params, "ltp", lam=lam, T0=T0, tau_lr=tau_lr)
+        valid.check(valid.int_at_least(1), trail_every, "ltp: trail_every")
         self.lam, self.T0, self.tau_lr = float(lam), float(T0), tau_lr
-        self.init_sparsity = check_sparsity(init_sparsity)
+        self.init_sparsity = check_sparsity(init_sparsity, "ltp: init_sparsity")
         self.relative = bool(relative)
-        self.levels = sorted(check_sparsity(s) for s in trail)
+        self.levels = sorted(check_sparsity(s, "ltp: trail") for s in trail)
         self.trail_dir = Path(trail_dir) if trail_dir is not None else None
         self.trail_every = trail_every
         self.include, self.exclude = include, exclude

@@ -20,13 +20,18 @@ and ``shrunk()`` the physically smaller model, which is what the paper deploys.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import params as valid
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
+from ..params import param
+from ..structured.select import global_fraction
+from ..structured.shrink import shrink, zero_channels
 from .base import METHODS, Method
 
 
@@ -46,12 +51,15 @@ class Slimming(Method):
       needed to trace channel dependencies.
     """
 
+    @dataclass(kw_only=True)
+    class Params:
+        fraction: float = param(0.4, check=valid.fraction_removed,
+                                doc="share of channels removed by the global |gamma| threshold")
+        s: float = param(1e-4, check=valid.nonnegative, doc="L1 strength on BN gammas (1e-4 VGG, 1e-5 ResNet/DenseNet)")
+
     def __init__(self, s: float = 1e-4, fraction: float = 0.4, input_shape: Optional[Sequence[int]] = None):
         super().__init__()
-        if not s >= 0:
-            raise ValueError(f"slimming: s must be >= 0, got {s!r}")
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"slimming: fraction of channels to prune must be in [0, 1), got {fraction!r}")
+        valid.check_arguments(self.Params, "slimming", s=s, fraction=fraction)
         self.s, self.fraction = float(s), float(fraction)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.plan: Optional[Dict[str, List[int]]] = None
@@ -78,8 +86,6 @@ class Slimming(Method):
     def channels(self) -> Dict[str, List[int]]:
         """``{layer: channels to remove}`` from the global |gamma| threshold (fixed at the
         first call after training, i.e. by ``finalize``)."""
-        from ..structured.select import global_fraction
-
         self._require_attached()
         if self.plan is None:
             self.plan = global_fraction(self.model, self.fraction, score="bn_scale")
@@ -87,16 +93,12 @@ class Slimming(Method):
 
     def finalize(self) -> Mask:
         """Zero the selected channels' dependency groups; return the Mask of the prunable weights."""
-        from ..structured.shrink import zero_channels
-
         self._require_attached()
         zero_channels(self.model, self.example_input(), self.channels())
         return Mask.from_model(self.model, list(prunable_parameters(self.model)))
 
     def shrunk(self) -> nn.Module:
         """The physically smaller copy of the model (call after ``finalize``)."""
-        from ..structured.shrink import shrink
-
         return shrink(self.model, self.example_input(), self.channels())
 
     def metrics(self) -> Dict[str, Any]:

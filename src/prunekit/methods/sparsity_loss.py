@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import params as valid
+from ..core.accounting import flops_per_module
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
+from ..params import param
 from ._reparam import STEHardShrinkBound, WeightSubstitution, modules_of
 from .base import METHODS, Method
 
@@ -44,17 +48,37 @@ R_MAX = 5.0
 _R_MIN = 1e-6  # keeps the bound > 0 (division by b in the gradient)
 
 
-def _fraction(value: Optional[float], what: str) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{what} is a fraction of the model kept, in (0, 1], got {value!r}")
-    return float(value)
-
-
 @METHODS.register("sparsity_loss")
 class SparsityLoss(Method):
-    """Per-layer trainable bounds r_i with the adaptive sparsity loss (see the module docstring)."""
+    """Per-layer trainable bounds r_i with the adaptive sparsity loss (see the module docstring).
+
+    Constructor-only arguments (not in ``Params``): ``r_lr`` (an absolute lr of r) and
+    ``input_shape`` (for FLOPs weights, when the model has no ``.input_shape``).
+    """
+
+    @dataclass(kw_only=True)
+    class Params:
+        budget: Optional[float] = param(None, check=valid.fraction_kept,
+                                        doc="B_p: fraction of the prunable parameters kept (0.15 = 85% sparsity)")
+        budget_flops: Optional[float] = param(None, check=valid.fraction_kept, doc="B_f: fraction of the FLOPs kept")
+        variant: Optional[str] = param(None, choices=VARIANTS,
+                                       doc="unconstrained, budget (squared) or hinge (None: budget if one is set)")
+        weights: str = param("wavg", choices=WEIGHTS, doc="layer weights c_i: avg, wavg (by parameters), flops")
+        lam: float = param(10.0, check=valid.nonnegative, doc="lambda (also lambda_p / lambda_f unless given)")
+        lam_p: Optional[float] = param(None, check=valid.nonnegative, doc="lambda_p of the parameter budget")
+        lam_f: Optional[float] = param(None, check=valid.nonnegative, doc="lambda_f of the FLOPs budget")
+        r_init: Optional[float] = param(None, check=valid.nonnegative,
+                                        doc="initial r (None: sqrt(2) erfinv(0.6 s_target))")
+        r_lr_factor: float = param(0.01, check=valid.nonnegative, doc="lr of r = this x the recipe's lr")
+        min_weights: int = param(1000, check=valid.int_at_least(0), doc="layers with fewer weights are not pruned")
+        recenter: bool = param(True, doc="re-centre each weight tensor to zero mean every forward")
+        include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
+        exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+
+    @classmethod
+    def requested_sparsity(cls, params: Any) -> Optional[float]:
+        """1 - B_p when a parameter budget is set."""
+        return 1.0 - params.budget if params.budget is not None else None
 
     def __init__(self, budget: Optional[float] = None, budget_flops: Optional[float] = None,
                  variant: Optional[str] = None, weights: str = "wavg", lam: float = 10.0,
@@ -63,25 +87,18 @@ class SparsityLoss(Method):
                  min_weights: int = 1000, recenter: bool = True, input_shape: Optional[Sequence[int]] = None,
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__()
-        self.budget = _fraction(budget, "budget")
-        self.budget_flops = _fraction(budget_flops, "budget_flops")
+        valid.check_arguments(self.Params, "sparsity_loss", budget=budget, budget_flops=budget_flops, variant=variant,
+                              weights=weights, lam=lam, lam_p=lam_p, lam_f=lam_f, r_init=r_init,
+                              r_lr_factor=r_lr_factor, min_weights=min_weights)
+        valid.check(valid.nonnegative, r_lr, "sparsity_loss: r_lr")
+        if r_init is not None and not float(r_init) <= R_MAX:
+            raise ValueError(f"sparsity_loss: r_init must be in [0, {R_MAX}], got {r_init!r}")
+        self.budget = float(budget) if budget is not None else None
+        self.budget_flops = float(budget_flops) if budget_flops is not None else None
         if variant is None:
             variant = "unconstrained" if self.budget is None and self.budget_flops is None else "budget"
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if variant != "unconstrained" and self.budget is None and self.budget_flops is None:
             raise ValueError(f"variant {variant!r} needs budget=... (parameters kept) and/or budget_flops=...")
-        if weights not in WEIGHTS:
-            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-        for v, what in ((lam, "lam"), (lam_p, "lam_p"), (lam_f, "lam_f"), (r_lr_factor, "r_lr_factor")):
-            if v is not None and not float(v) >= 0:
-                raise ValueError(f"{what} must be >= 0, got {v!r}")
-        if r_lr is not None and not float(r_lr) >= 0:
-            raise ValueError(f"r_lr must be >= 0, got {r_lr!r}")
-        if r_init is not None and not 0.0 <= float(r_init) <= R_MAX:
-            raise ValueError(f"r_init must be in [0, {R_MAX}], got {r_init!r}")
-        if isinstance(min_weights, bool) or not isinstance(min_weights, int) or min_weights < 0:
-            raise ValueError(f"min_weights must be an int >= 0, got {min_weights!r}")
         self.variant, self.weights = variant, weights
         self.lam = float(lam)
         self.lam_p = float(lam_p) if lam_p is not None else self.lam
@@ -164,8 +181,6 @@ class SparsityLoss(Method):
         sizes = torch.tensor([float(self.params[k].numel()) for k in self.names], dtype=torch.float64)
         c = {"avg": torch.full((n,), 1.0 / n, dtype=torch.float64), "wavg": sizes / sizes.sum()}
         if self.weights == "flops" or self.budget_flops is not None:
-            from ..core.accounting import flops_per_module
-
             shape = self.input_shape if self.input_shape is not None else getattr(model, "input_shape", None)
             if shape is None:
                 raise ValueError("FLOPs weights need the input shape: pass input_shape=(C, H, W) "

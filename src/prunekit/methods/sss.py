@@ -25,17 +25,24 @@ factor is 0 are replaced by their shortcut (``RemovedBlock``), channels removed 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .. import params as valid
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
+from ..params import param
 # The block surgery lives in structured/ (it also rebuilds saved shrunk models); its names
 # stay importable from here.
 from ..structured.blocks import RESIDUAL_BLOCKS, RemovedBlock, remove_blocks, residual_relu  # noqa: F401
+from ..structured.scores import following_bn
+from ..structured.shrink import prunable_layers, shrink, zero_channels
 from .base import METHODS, Method
+
+STRUCTURES = ("auto", "blocks", "channels")
 
 
 @METHODS.register("sss")
@@ -46,15 +53,27 @@ class SSS(Method):
     - ``lr``: learning rate of the factors (init 1);
     - ``structure``: "auto" (blocks if the model has registered residual blocks, else
       channels), "blocks" or "channels".
+
+    Its ``Params`` call the factors' learning rate ``factor_lr`` (the constructor's ``lr``).
     """
+
+    @dataclass(kw_only=True)
+    class Params:
+        gamma: float = param(1e-2, check=valid.nonnegative,
+                             doc="sparsity strength on the factors (soft threshold lr * gamma)")
+        factor_lr: float = param(0.1, check=valid.positive, doc="learning rate of the scaling factors")
+        structure: str = param("auto", choices=STRUCTURES,
+                               doc="factors on residual blocks or on BN channels (auto: blocks when the model has them)")
+
+    @classmethod
+    def from_params(cls, params: Any, **runtime: Any) -> "SSS":
+        return cls(gamma=params.gamma, lr=params.factor_lr, structure=params.structure, **runtime)
 
     def __init__(self, gamma: float = 1e-2, lr: float = 0.1, structure: str = "auto",
                  input_shape: Optional[Sequence[int]] = None):
         super().__init__()
-        if not gamma >= 0 or not lr > 0:
-            raise ValueError(f"sss: need gamma >= 0 and lr > 0, got gamma={gamma!r}, lr={lr!r}")
-        if structure not in ("auto", "blocks", "channels"):
-            raise ValueError(f"sss: structure must be auto, blocks or channels, got {structure!r}")
+        valid.check_arguments(self.Params, "sss", gamma=gamma, structure=structure)
+        valid.check(valid.positive, lr, "sss: lr")
         self.gamma, self.lr, self.structure = float(gamma), float(lr), structure
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.targets: List[Tuple[str, nn.Module, bool]] = []  # (name, module scaled, relu) per factor set
@@ -139,8 +158,6 @@ class SSS(Method):
                             if not pname.startswith("shortcut"):
                                 p.zero_()
         if self.kind == "channels":
-            from ..structured.shrink import zero_channels
-
             zero_channels(self.model, self._example_input(), self._channel_plan(self.model))
         return Mask.from_model(self.model, list(prunable_parameters(self.model)))
 
@@ -151,8 +168,6 @@ class SSS(Method):
         model = copy.deepcopy(self.model)
         if self.kind == "blocks":
             return remove_blocks(model, self.zeroed())
-        from ..structured.shrink import shrink
-
         return shrink(model, self._example_input(), self._channel_plan(model))
 
     def removal(self) -> Dict[str, Any]:
@@ -174,9 +189,6 @@ class SSS(Method):
         """Channels whose BN gamma and beta are both 0 (a zero factor folded in), per layer.
         A layer whose channels all died keeps them (its output is 0 anyway): a layer cannot
         be emptied without cutting the network."""
-        from ..structured.scores import following_bn
-        from ..structured.shrink import prunable_layers
-
         plan = {}
         for layer in prunable_layers(model):
             bn = following_bn(model, layer)

@@ -20,15 +20,18 @@ recomputed only when the weight changed (its version counter), i.e. once per opt
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import params as valid
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
 from ..core.targets import prunable_parameters
 from ..core.thresholds import topk_mask
+from ..params import param
 from ._reparam import STEMask, WeightSubstitution, binary_search_bound, gaussian_bound, modules_of
 from .base import METHODS, Method
 
@@ -62,14 +65,24 @@ class STEFixed(Method):
     ``requested_sparsity``.
     """
 
+    @dataclass(kw_only=True)
+    class Params:
+        sparsity: float = param(check=valid.sparsity, example=0.7,
+                                doc="fraction of every prunable layer's weights pruned")
+        bound: str = param("binary_search", choices=BOUNDS, doc="how the bound is found: binary_search, gaussian, topk")
+        eps: float = param(1e-3, check=valid.open_unit, doc="binary search tolerance on the pruned fraction")
+        include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
+        exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+
+    @classmethod
+    def requested_sparsity(cls, params: Any) -> Optional[float]:
+        return params.sparsity
+
     def __init__(self, sparsity: float, bound: str = "binary_search", eps: float = 1e-3,
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__()
-        self.sparsity = check_sparsity(sparsity)
-        if bound not in BOUNDS:
-            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
-        if not 0 < float(eps) < 1:
-            raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+        self.sparsity = check_sparsity(sparsity, "ste_fixed: sparsity")
+        valid.check_arguments(self.Params, "ste_fixed", bound=bound, eps=eps)
         self.bound, self.eps = bound, float(eps)
         self.include, self.exclude = include, exclude
         self.params: Dict[str, nn.Parameter] = {}

@@ -19,12 +19,16 @@ import torch
 from torch import nn
 
 from .. import models
+from .. import params as valid
 
 
 def _check_fraction(kept_fraction: Any) -> float:
-    if isinstance(kept_fraction, bool) or not isinstance(kept_fraction, (int, float)) \
-            or not 0.0 < float(kept_fraction) <= 1.0:
-        raise ValueError(f"kept_fraction is the fraction of parameters kept, in (0, 1], got {kept_fraction!r}")
+    if kept_fraction is None:
+        raise ValueError("kept_fraction is required: the fraction of parameters kept, in (0, 1]")
+    try:
+        valid.fraction_kept(kept_fraction)
+    except ValueError as err:
+        raise ValueError(f"kept_fraction (of the parameters): {err}") from None
     return float(kept_fraction)
 
 

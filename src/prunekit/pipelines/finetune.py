@@ -1,7 +1,7 @@
 """Fine-tuning a pruned model with its mask held fixed."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 from torch import nn
 

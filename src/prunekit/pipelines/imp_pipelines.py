@@ -19,25 +19,28 @@ Liu et al. section 6). Their cost includes the main run's, which found the mask.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Optional
 
+from .. import params as valid
 from ..core import ALLOCATIONS, SCORES
 from ..core.mask import Mask
 from ..methods.base import MethodCallback
-from ..methods.gmp import GMP
+from ..methods.gmp import GMP, PruningStepParams
+from ..params import nonnegative, param, positive
 from .finetune import EnforceMask
 from .gradual import gmp_steps
 from .imp import imp
-from .registry import (FinishedRun, PipelineResult, RunContext, check_sparsity, nonnegative, param, positive,
-                       register_baseline, register_pipeline)
+from .registry import register_baseline, register_pipeline
+from .results import FinishedRun, PipelineResult, RunContext
 from .retrain_schedules import RETRAIN_SCHEDULE_NAMES
 from .rewind import reinitialized_weights, rewind
 
 
 @dataclass
 class ImpParams:
-    sparsity: float = param(check=check_sparsity, doc="target fraction of the prunable weights removed")
+    sparsity: float = param(check=valid.sparsity, example=0.9, doc="target fraction of the prunable weights removed")
     phases: int = param(5, check=positive, doc="pruning phases J; each removes 1-(1-s)^(1/J) of the rest")
     retrain_epochs: int = param(1, check=positive, doc="retraining epochs T_r after each pruning step")
     schedule: str = param("slr", choices=RETRAIN_SCHEDULE_NAMES, doc="retraining lr schedule")
@@ -80,18 +83,20 @@ def run_imp(ctx: RunContext, p: ImpParams) -> PipelineResult:
         trail=trail, epochs=result.total_epochs, steps=int(result.total_epochs * steps_per_epoch))
 
 
-@dataclass
-class GmpParams:
-    sparsity: float = param(check=check_sparsity, doc="final sparsity s_f")
+@dataclass(kw_only=True)
+class GmpEpochSchedule:
+    """GMP's schedule in epochs (the method's ``Params`` count optimizer steps; :func:`gmp_steps` converts)."""
+
+    sparsity: float = param(check=valid.sparsity, example=0.9, doc="final sparsity s_f")
     start_epoch: float = param(0.0, check=nonnegative, doc="first pruning step t0, in epochs")
     end_epoch: Optional[float] = param(None, check=positive, doc="last pruning step (None: 3/4 of train.epochs)")
     prune_every: Optional[int] = param(None, check=positive, doc="steps between pruning steps (None: 1/4 epoch)")
-    initial_sparsity: float = param(0.0, check=check_sparsity, doc="sparsity s_i of the first pruning step")
-    score: str = param("magnitude", choices=SCORES.names, doc="weight score (magnitude, lamp, random)")
-    allocation: str = param("global", choices=ALLOCATIONS.names,
-                            doc="per-layer budget (global, uniform, uniform_plus, erk)")
-    include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
-    exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+
+
+@dataclass(kw_only=True)
+class GmpParams(PruningStepParams, GmpEpochSchedule):
+    """The schedule in epochs, then how each pruning step prunes (shared with :class:`GMP`).
+    (Base order: the fields come schedule first, as the labels and resolved specs list them.)"""
 
 
 @register_pipeline("gmp", GmpParams)
@@ -100,8 +105,8 @@ def run_gmp(ctx: RunContext, p: GmpParams) -> PipelineResult:
     model = ctx.model
     start, end, every = gmp_steps(int(ctx.recipe["epochs"]), len(ctx.train), p.start_epoch, p.end_epoch,
                                   p.prune_every)
-    method = GMP(p.sparsity, end_step=end, start_step=start, prune_every=every, initial_sparsity=p.initial_sparsity,
-                 score=p.score, allocation=p.allocation, include=p.include, exclude=p.exclude, seed=ctx.seed)
+    step_params = {f.name: getattr(p, f.name) for f in dataclasses.fields(PruningStepParams)}
+    method = GMP(p.sparsity, end_step=end, start_step=start, prune_every=every, seed=ctx.seed, **step_params)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     mask = method.finalize()
     return ctx.result(model, mask, metrics={"requested_sparsity": p.sparsity, "gmp_start_step": start,

@@ -22,13 +22,15 @@ from ..core.mask import Mask
 from ..core.prune import prune
 from ..training import SCHEDULE_NAMES
 from .finetune import EnforceMask
-from .registry import (FinishedRun, PipelineResult, RunContext, check_sparsity, nonnegative, param,
-                       positive, register_baseline, register_pipeline)
+from .. import params as valid
+from ..params import nonnegative, param, positive
+from .registry import register_baseline, register_pipeline
+from .results import FinishedRun, PipelineResult, RunContext
 
 
 @dataclass
 class OneShotParams:
-    sparsity: float = param(check=check_sparsity, doc="fraction of the prunable weights removed")
+    sparsity: float = param(check=valid.sparsity, example=0.9, doc="fraction of the prunable weights removed")
     score: str = param("magnitude", choices=SCORES.names, doc="weight score (magnitude, lamp, random)")
     allocation: str = param("global", choices=ALLOCATIONS.names,
                             doc="per-layer budget (global, uniform, uniform_plus, erk)")

@@ -26,8 +26,10 @@ from .. import models
 from ..structured.plan import apply_structure, example_input, load_plan
 from ..structured.select import uniform_for_flops
 from ..structured.shrink import shrink
-from .registry import FinishedRun, PipelineResult, RunContext, param, positive, register_baseline
 from .structured_pipelines import finetune_shrunk, save_structure
+from ..params import param, positive
+from .registry import register_baseline
+from .results import FinishedRun, PipelineResult, RunContext
 
 
 def scratch_b_epochs(epochs: int, flops_large: float, flops_small: float, max_ratio: Optional[float] = None) -> int:

@@ -42,6 +42,7 @@ from ..core.accounting import flops_per_module
 from ..methods.base import MethodCallback
 from ..methods.slimming import Slimming
 from ..methods.sss import SSS
+from ..params import fraction_removed, nonnegative, param, positive
 from ..structured import select
 from ..structured.configs import PREDEFINED, predefined_ratios
 from ..structured.latency import compare
@@ -50,12 +51,8 @@ from ..structured.reconstruct import reconstruct_layers
 from ..structured.scores import CHANNEL_SCORES
 from ..structured.shrink import shrink
 from ..training import SCHEDULE_NAMES
-from .registry import PipelineResult, RunContext, nonnegative, param, positive, register_pipeline
-
-
-def _fraction(value) -> None:
-    if value is not None and not 0.0 <= value < 1.0:
-        raise ValueError(f"must be in [0, 1), got {value!r}")
+from .registry import register_pipeline
+from .results import PipelineResult, RunContext
 
 
 def _predefined(value) -> None:
@@ -92,8 +89,8 @@ def finetune_shrunk(ctx: RunContext, model, epochs: int, lr: float, schedule: st
 @dataclass
 class StructuredParams:
     config: Optional[str] = param(None, check=_predefined, doc="predefined configuration (vgg16-a, resnet56-a, ...)")
-    ratio: Optional[float] = param(None, check=_fraction, doc="the same pruning ratio in every prunable layer")
-    fraction: Optional[float] = param(None, check=_fraction, doc="share of channels removed by one global threshold")
+    ratio: Optional[float] = param(None, check=fraction_removed, doc="the same pruning ratio in every prunable layer")
+    fraction: Optional[float] = param(None, check=fraction_removed, doc="share of channels removed by one global threshold")
     flops_ratio: Optional[float] = param(None, check=positive, doc="uniform ratio keeping this fraction of FLOPs")
     score: str = param("l1_filter", choices=_score_names, doc="channel score (l1_filter, bn_scale, random)")
     selection: str = param("score", choices=("score", "thinet", "lasso"),
@@ -157,10 +154,13 @@ def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
                                       **metrics}, built_on=[dense])
 
 
-@dataclass
-class SlimmingParams:
-    fraction: float = param(check=_fraction, doc="share of channels removed by the global |gamma| threshold")
-    s: float = param(1e-4, check=nonnegative, doc="L1 strength on BN gammas (1e-4 VGG, 1e-5 ResNet/DenseNet)")
+@dataclass(kw_only=True)
+class SlimmingParams(Slimming.Params):
+    """The method's parameters (``Slimming.Params``; here ``fraction`` is required) plus
+    fine-tuning of the shrunk model."""
+
+    fraction: float = param(check=fraction_removed, example=0.4,
+                            doc="share of channels removed by the global |gamma| threshold")
     finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after pruning")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
@@ -172,10 +172,9 @@ class SlimmingParams:
 def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     """Network slimming: train with L1 on BN gammas, threshold globally, shrink, fine-tune."""
     model = ctx.model
-    method = Slimming(s=p.s, fraction=p.fraction)
+    method = Slimming.from_params(p)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     if method.model is None:  # a finished training restored from its checkpoint: nothing attached it
-
         method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
     ctx.record("trained", model)
     dense = copy.deepcopy(model)
@@ -187,12 +186,10 @@ def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     return ctx.result(small, metrics={"requested_sparsity": p.fraction, "oneshot_top1": pruned["top1"], **metrics})
 
 
-@dataclass
-class SSSParams:
-    gamma: float = param(1e-2, check=nonnegative, doc="sparsity strength on the factors (soft threshold lr * gamma)")
-    factor_lr: float = param(0.1, check=positive, doc="learning rate of the scaling factors")
-    structure: str = param("auto", choices=("auto", "blocks", "channels"),
-                           doc="factors on residual blocks or on BN channels (auto: blocks when the model has them)")
+@dataclass(kw_only=True)
+class SSSParams(SSS.Params):
+    """The method's parameters (``SSS.Params``) plus fine-tuning of the shrunk model."""
+
     finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after removal")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
@@ -205,7 +202,7 @@ def run_sss(ctx: RunContext, p: SSSParams) -> PipelineResult:
     """Sparse structure selection: train with factors under L1, remove zero-factor blocks, fine-tune."""
     model = ctx.model
     shape = getattr(model, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
-    method = SSS(gamma=p.gamma, lr=p.factor_lr, structure=p.structure, input_shape=shape)
+    method = SSS.from_params(p, input_shape=shape)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     if method.model is None:  # a finished training restored from its checkpoint: attach to apply its state
         method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))

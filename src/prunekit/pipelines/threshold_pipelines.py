@@ -20,23 +20,28 @@ nonzero / total parameters, trained from scratch with the spec's recipe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
+from .. import params as valid
 from ..methods.base import MethodCallback
-from ..methods.ltp import DEFAULT_TRAIL, LTP
-from ..methods.sparsity_loss import VARIANTS, WEIGHTS, SparsityLoss
-from ..methods.ste_fixed import BOUNDS, STEFixed
+from ..methods.ltp import LTP
+from ..methods.sparsity_loss import SparsityLoss
+from ..methods.ste_fixed import STEFixed
+from ..params import nonnegative, param, positive
 from .dense_equivalent import equivalent_width
 from .finetune import EnforceMask
-from .registry import (FinishedRun, PipelineResult, RunContext, check_sparsity, nonnegative, param, positive,
-                       register_baseline, register_pipeline)
+from .registry import register_baseline, register_pipeline
+from .results import FinishedRun, PipelineResult, RunContext
 
 
-def _fraction(value) -> None:
-    if value is not None and not 0.0 < value <= 1.0:
-        raise ValueError(f"must be a fraction kept, in (0, 1], got {value!r}")
+@dataclass(kw_only=True)
+class FinetuneParams:
+    """Optional fine-tuning with the final mask fixed (the pipelines' own fields)."""
+
+    finetune_epochs: int = param(0, check=nonnegative, doc="fine-tuning epochs with the final mask fixed")
+    finetune_lr: Optional[float] = param(None, check=positive, doc="fine-tuning lr (None: the recipe's)")
 
 
 def _finetune(ctx: RunContext, model, mask, epochs: int, lr: Optional[float]) -> None:
@@ -48,22 +53,16 @@ def _finetune(ctx: RunContext, model, mask, epochs: int, lr: Optional[float]) ->
 # ------------------------------------------------------------------------------ ste_fixed
 
 
-@dataclass
-class SteFixedParams:
-    sparsity: float = param(check=check_sparsity, doc="fraction of every prunable layer's weights pruned")
-    bound: str = param("binary_search", choices=BOUNDS, doc="how the bound is found: binary_search, gaussian, topk")
-    eps: float = param(1e-3, check=positive, doc="binary search tolerance on the pruned fraction")
-    finetune_epochs: int = param(0, check=nonnegative, doc="fine-tuning epochs with the final mask fixed")
-    finetune_lr: Optional[float] = param(None, check=positive, doc="fine-tuning lr (None: the recipe's)")
-    include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
-    exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+@dataclass(kw_only=True)
+class SteFixedParams(FinetuneParams, STEFixed.Params):
+    """The method's parameters (``STEFixed.Params``) plus fine-tuning."""
 
 
-@register_pipeline("ste_fixed", SteFixedParams)
+@register_pipeline("ste_fixed", SteFixedParams, target=STEFixed.requested_sparsity)
 def run_ste_fixed(ctx: RunContext, p: SteFixedParams) -> PipelineResult:
     """Fixed per-layer sparsity (BS / GA / top-k) pruned every forward pass, STE backward."""
     model = ctx.model
-    method = STEFixed(p.sparsity, bound=p.bound, eps=p.eps, include=p.include, exclude=p.exclude)
+    method = STEFixed.from_params(p)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     mask = method.finalize()
     ctx.record("finalized", model)
@@ -74,37 +73,16 @@ def run_ste_fixed(ctx: RunContext, p: SteFixedParams) -> PipelineResult:
 # -------------------------------------------------------------------------- sparsity_loss
 
 
-@dataclass
-class SparsityLossParams:
-    budget: Optional[float] = param(None, check=_fraction, doc="B_p: fraction of the prunable parameters kept")
-    budget_flops: Optional[float] = param(None, check=_fraction, doc="B_f: fraction of the FLOPs kept")
-    variant: Optional[str] = param(None, choices=VARIANTS,
-                                   doc="unconstrained, budget (squared) or hinge (None: budget if one is set)")
-    weights: str = param("wavg", choices=WEIGHTS, doc="layer weights c_i: avg, wavg (by parameters), flops")
-    lam: float = param(10.0, check=nonnegative, doc="lambda (also lambda_p / lambda_f unless given)")
-    lam_p: Optional[float] = param(None, check=nonnegative, doc="lambda_p of the parameter budget")
-    lam_f: Optional[float] = param(None, check=nonnegative, doc="lambda_f of the FLOPs budget")
-    r_init: Optional[float] = param(None, check=nonnegative, doc="initial r (None: sqrt(2) erfinv(0.6 s_target))")
-    r_lr_factor: float = param(0.01, check=nonnegative, doc="lr of r = this x the recipe's lr")
-    min_weights: int = param(1000, check=nonnegative, doc="layers with fewer weights are not pruned")
-    recenter: bool = param(True, doc="re-centre each weight tensor to zero mean every forward")
-    finetune_epochs: int = param(0, check=nonnegative, doc="fine-tuning epochs with the final mask fixed")
-    finetune_lr: Optional[float] = param(None, check=positive, doc="fine-tuning lr (None: the recipe's)")
-    include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
-    exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+@dataclass(kw_only=True)
+class SparsityLossParams(FinetuneParams, SparsityLoss.Params):
+    """The method's parameters (``SparsityLoss.Params``) plus fine-tuning."""
 
 
-def _budget_sparsity(p: SparsityLossParams) -> Optional[float]:
-    return 1.0 - p.budget if p.budget is not None else None
-
-
-@register_pipeline("sparsity_loss", SparsityLossParams, target=_budget_sparsity)
+@register_pipeline("sparsity_loss", SparsityLossParams, target=SparsityLoss.requested_sparsity)
 def run_sparsity_loss(ctx: RunContext, p: SparsityLossParams) -> PipelineResult:
     """Adaptive sparsity loss with per-layer trainable bounds r_i; hard-pruned at the end."""
     model = ctx.model
-    method = SparsityLoss(budget=p.budget, budget_flops=p.budget_flops, variant=p.variant, weights=p.weights,
-                          lam=p.lam, lam_p=p.lam_p, lam_f=p.lam_f, r_init=p.r_init, r_lr_factor=p.r_lr_factor,
-                          min_weights=p.min_weights, recenter=p.recenter, include=p.include, exclude=p.exclude)
+    method = SparsityLoss.from_params(p)
     ctx.fit(model, "train", callbacks=[MethodCallback(method)])
     layer_r = {n: round(float(v), 6) for n, v in method.state_dict()["r"].items()}
     # the loss's own Gaussian estimate, reported beside the achieved sparsity (they differ
@@ -113,33 +91,31 @@ def run_sparsity_loss(ctx: RunContext, p: SparsityLossParams) -> PipelineResult:
     mask = method.finalize()
     ctx.record("finalized", model)
     _finetune(ctx, model, mask, p.finetune_epochs, p.finetune_lr)
-    return ctx.result(model, mask, metrics={"requested_sparsity": _budget_sparsity(p), "budget": p.budget,
-                                            "budget_flops": p.budget_flops, "r": layer_r,
+    return ctx.result(model, mask, metrics={"requested_sparsity": SparsityLoss.requested_sparsity(p),
+                                            "budget": p.budget, "budget_flops": p.budget_flops, "r": layer_r,
                                             "predicted_sparsity": predicted})
 
 
 # ------------------------------------------------------------------------------------ ltp
 
 
-@dataclass
-class LtpParams:
-    lam: float = param(1.0, check=nonnegative, doc="weight of the L0 penalty (normalised by the weight count)")
-    T0: float = param(1e-3, check=positive, doc="temperature T_l = T0 var(w_l)")
-    tau_lr: Optional[float] = param(None, check=nonnegative, doc="lr of the thresholds (None: the recipe's)")
-    init_sparsity: float = param(0.0, check=check_sparsity, doc="per-layer sparsity the thresholds start at")
-    relative: bool = param(True, doc="threshold in units of var(w) (scale invariant)")
-    trail: List[float] = param(list(DEFAULT_TRAIL), doc="sparsity levels at which a checkpoint is taken")
+@dataclass(kw_only=True)
+class PretrainParams:
+    """Dense epochs before LTP starts, and the lr of the LTP epochs."""
+
     pretrain_epochs: int = param(0, check=nonnegative,
                                  doc="dense epochs before LTP starts (the paper prunes trained networks); "
                                      "LTP then trains for train.epochs - pretrain_epochs")
     ltp_lr: Optional[float] = param(None, check=positive, doc="lr of the LTP epochs (None: the recipe's)")
-    finetune_epochs: int = param(0, check=nonnegative, doc="fine-tuning epochs with the final mask fixed")
-    finetune_lr: Optional[float] = param(None, check=positive, doc="fine-tuning lr (None: the recipe's)")
-    include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
-    exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
 
 
-@register_pipeline("ltp", LtpParams, target=lambda p: None)
+@dataclass(kw_only=True)
+class LtpParams(FinetuneParams, PretrainParams, LTP.Params):
+    """The method's parameters (``LTP.Params``), dense pre-training with the LTP lr, fine-tuning
+    (fields in that order: the bases are listed last-first)."""
+
+
+@register_pipeline("ltp", LtpParams, target=LTP.requested_sparsity)
 def run_ltp(ctx: RunContext, p: LtpParams) -> PipelineResult:
     """Learned threshold pruning (optionally after ``pretrain_epochs`` dense epochs); the
     trail of checkpoints is evaluated as trail points."""
@@ -150,8 +126,7 @@ def run_ltp(ctx: RunContext, p: LtpParams) -> PipelineResult:
                          "LTP trains for the epochs that remain")
     if p.pretrain_epochs:
         ctx.fit(model, "pretrain", epochs=p.pretrain_epochs)
-    method = LTP(lam=p.lam, T0=p.T0, tau_lr=p.tau_lr, init_sparsity=p.init_sparsity, relative=p.relative,
-                 trail=p.trail, trail_dir=str(ctx.folder / "trail"), include=p.include, exclude=p.exclude)
+    method = LTP.from_params(p, trail_dir=str(ctx.folder / "trail"))
     overrides = {"lr": p.ltp_lr} if p.ltp_lr is not None else {}
     ctx.fit(model, "train", epochs=epochs - p.pretrain_epochs, callbacks=[MethodCallback(method)], **overrides)
     trail = list(method.trail)
@@ -169,9 +144,9 @@ def run_ltp(ctx: RunContext, p: LtpParams) -> PipelineResult:
 # ------------------------------------------------------------------------ dense equivalent
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DenseEquivalentParams:
-    kept_fraction: float = param(check=_fraction, doc="r_c: fraction of the parameters kept")
+    kept_fraction: float = param(check=valid.fraction_kept, example=0.15, doc="r_c: fraction of the parameters kept")
 
 
 @register_pipeline("dense_equivalent", DenseEquivalentParams, target=lambda p: 1.0 - p.kept_fraction)

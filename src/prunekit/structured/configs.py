@@ -29,6 +29,7 @@ from typing import Dict, Tuple
 from torch import nn
 
 from ..models.resnet import conv_numbering
+from .. import params as valid
 from .shrink import out_channels
 
 # name -> (model depth, per-stage ratios, skipped conv numbers)
@@ -64,8 +65,7 @@ def block_inner_ratios(model: nn.Module, ratio: float) -> Dict[str, float]:
     """The same pruning ratio on the first conv of every basic block of a CIFAR ResNet (the
     rule of the A/B configurations with one ratio everywhere and nothing skipped): the only
     convs an option-A ResNet can lose channels in. E.g. ResNet-20 at 0.5: about 1.9x fewer FLOPs."""
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio must be in [0, 1), got {ratio!r}")
+    valid.check(valid.fraction_removed, ratio, "pruning ratio")
     return {layer: ratio for number, layer in conv_numbering(model) if number % 2 == 0 and number > 1}
 
 
@@ -92,8 +92,7 @@ def kept_counts(model: nn.Module, ratios: Dict[str, float]) -> Dict[str, int]:
     modules = dict(model.named_modules())
     out = {}
     for layer, p in ratios.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"{layer}: pruning ratio must be in [0, 1), got {p!r}")
+        valid.check(valid.fraction_removed, p, f"{layer}: pruning ratio")
         c = out_channels(modules[layer])
         out[layer] = max(1, int(c * (1.0 - p) + 1e-9))
     return out

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..core.accounting import flops_per_module
+from .. import params as valid
 from .configs import kept_counts
 from .scores import CHANNEL_SCORES
 from .shrink import prunable_layers, shrink
@@ -58,8 +59,7 @@ def global_fraction(model: nn.Module, fraction: float, score: str = "bn_scale",
                     layers: Optional[Sequence[str]] = None, min_keep: int = 1) -> Dict[str, List[int]]:
     """Remove the ``round(fraction * total)`` lowest-scored channels over all ``layers``
     (default: the prunable layers the score applies to), keeping ``min_keep`` per layer."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction of channels to prune must be in [0, 1), got {fraction!r}")
+    valid.check(valid.fraction_removed, fraction, "fraction (of the channels)")
     if layers is None:
         layers = []
         for name in prunable_layers(model):
@@ -87,8 +87,7 @@ def uniform_for_flops(model: nn.Module, example_input: torch.Tensor, flops_ratio
                       score: str = "l1_filter", iters: int = 12) -> Dict[str, List[int]]:
     """channels_to_remove of the uniform ratio whose shrunk model keeps about ``flops_ratio``
     of the FLOPs (bisection over the ratio; FLOPs fall monotonically as the ratio grows)."""
-    if not 0.0 < flops_ratio <= 1.0:
-        raise ValueError(f"flops_ratio must be in (0, 1], got {flops_ratio!r}")
+    valid.check(valid.fraction_kept, flops_ratio, "flops_ratio")
     shape = tuple(example_input.shape[1:])
     base = flops_per_module(model, shape)[1]
     lo, hi = 0.0, 0.99
