@@ -29,7 +29,6 @@ import copy
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -77,7 +77,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", help="lr schedule (e.g. cosine, cosine_restarts, constant)")
+    p.add_argument("--lr-schedule", "--schedule", dest="schedule", default="cosine", help="lr schedule (e.g. cosine, cosine_restarts, constant)")
     p.add_argument("--include", nargs="*", default=None, help="name patterns of tensors to prune")
     p.add_argument("--exclude", nargs="*", default=None, help="name patterns of tensors to leave dense")
     p.add_argument("--pretrain-epochs", type=int, default=0,

@@ -3,9 +3,9 @@
 Each method module registers itself with ``@METHODS.register("name")``; importing this
 package imports them all.
 """
-from .base import METHODS, Method, MethodCallback, get, names
+from .base import METHODS, Method, MethodCallback, build, get, names
 
-__all__ = ["METHODS", "Method", "MethodCallback", "get", "names"]
+__all__ = ["METHODS", "Method", "MethodCallback", "build", "get", "names"]
 from . import gmp  # noqa: E402,F401  (registers "gmp")
 from . import ste_fixed  # noqa: E402,F401  (registers "ste_fixed")
 from . import sparsity_loss  # noqa: E402,F401  (registers "sparsity_loss")

@@ -165,8 +165,14 @@ class MethodCallback(Callback):
 
 
 def get(name: str):
-    """The Method class registered under ``name``."""
+    """The Method class registered under ``name`` (the registry's entry; ``build`` makes one)."""
     return METHODS.get(name)
+
+
+def build(name: str, **params: Any) -> Method:
+    """A new Method ``name`` with these parameters: ``build("gmp", final_sparsity=0.9, ...)``
+    is ``get("gmp")(final_sparsity=0.9, ...)``."""
+    return METHODS.get(name)(**params)
 
 
 def names():

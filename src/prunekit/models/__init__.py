@@ -20,7 +20,7 @@ import torch.nn as nn
 from . import conv, densenet, lenet, mobilenet, preresnet, resnet, torchvision_models, vgg, wrn
 from ._common import MODELS, scaled
 
-__all__ = ["MODELS", "names", "get", "scaled", "ModelArgumentError", "resnet"]
+__all__ = ["MODELS", "names", "build", "get", "scaled", "ModelArgumentError", "resnet"]
 
 _COMMON = ("num_classes", "in_channels", "width")
 
@@ -41,8 +41,8 @@ def accepted_kwargs(name: str) -> List[str]:
     return list(_COMMON) + [p for p in params if p not in _COMMON]
 
 
-def get(name: str, num_classes: int = 10, in_channels: Optional[int] = None,
-        width: float = 1.0, **kwargs: Any) -> nn.Module:
+def build(name: str, num_classes: int = 10, in_channels: Optional[int] = None,
+          width: float = 1.0, **kwargs: Any) -> nn.Module:
     """Build model ``name``, freshly initialised from the current torch RNG state.
 
     Unknown name: ``KeyError`` listing the registered names. Unknown keyword:
@@ -62,3 +62,8 @@ def get(name: str, num_classes: int = 10, in_channels: Optional[int] = None,
     if in_channels is not None:  # otherwise the builder's natural default applies
         args["in_channels"] = in_channels
     return builder(**args)
+
+
+# ``get`` builds, unlike the other registries' ``get`` (which return the registered entry):
+# it is the call every example since the first release uses, so it stays, as an alias.
+get = build
