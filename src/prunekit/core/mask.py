@@ -14,6 +14,8 @@ from typing import Dict, Iterator, List, Mapping, Optional
 import torch
 from torch import nn
 
+from .targets import prunable_parameters
+
 # Optimizer state entries that hold one value per weight and must not resurrect pruned ones.
 _PER_WEIGHT_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum")
 
@@ -60,22 +62,32 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # Binding to a model
     def bind(self, model: nn.Module) -> "Mask":
-        """Check names and shapes against ``model`` and remember its parameters."""
-        params = dict(model.named_parameters())
-        bound = {}
+        """Check names and shapes against ``model`` and remember its parameters.
+
+        A tied Parameter may be named by any of its names; the mask is re-keyed by its
+        canonical (first) name, and naming one Parameter twice is an error.
+        """
+        by_name = dict(model.named_parameters(remove_duplicate=False))
+        canonical = {id(p): n for n, p in model.named_parameters()}
+        bound, masks = {}, {}
         for name, m in self._masks.items():
-            if name not in params:
+            if name not in by_name:
                 raise ValueError(
                     f"mask names parameter {name!r}, which the model does not have "
-                    f"(it has e.g. {', '.join(list(params)[:5])})"
+                    f"(it has e.g. {', '.join(list(by_name)[:5])})"
                 )
-            if tuple(params[name].shape) != tuple(m.shape):
+            param = by_name[name]
+            key = canonical[id(param)]
+            if key in bound:
+                raise ValueError(f"mask names the tied parameter {key!r} twice (also as {name!r}): "
+                                 "give one mask per shared Parameter")
+            if tuple(param.shape) != tuple(m.shape):
                 raise ValueError(
-                    f"mask for {name!r} has shape {tuple(m.shape)}, the parameter {tuple(params[name].shape)}"
+                    f"mask for {name!r} has shape {tuple(m.shape)}, the parameter {tuple(param.shape)}"
                 )
-            bound[name] = params[name]
-            if m.device != params[name].device:
-                self._masks[name] = m.to(params[name].device)
+            bound[key] = param
+            masks[key] = m.to(param.device) if m.device != param.device else m
+        self._masks = masks
         self._params = bound
         return self
 
@@ -159,9 +171,7 @@ class Mask(Mapping[str, torch.Tensor]):
     @classmethod
     def from_model(cls, model: nn.Module, names: Optional[List[str]] = None) -> "Mask":
         """The mask of nonzero entries of the given (default: prunable) parameters."""
-        from .targets import prunable_parameters
-
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         names = names if names is not None else list(prunable_parameters(model))
         return cls({n: params[n].detach() != 0 for n in names}, model)
 

@@ -12,7 +12,7 @@ from . import allocation as allocations
 from . import scores as score_fns
 from .allocation import PrunableTensor
 from .mask import Mask
-from .targets import prunable_parameters
+from .targets import prunable_targets
 from .thresholds import largest_remainder, topk_mask
 
 
@@ -62,6 +62,9 @@ def prune(
     model when no mask is given) stay pruned, and asking for a lower sparsity than the model
     already has is an error. ``seed`` fixes the random score.
 
+    Prunable tensors are found by Parameter identity (:mod:`prunekit.core.targets`): a
+    tied Parameter is one tensor with one mask entry, under its canonical name.
+
     Under torchrun (:mod:`prunekit.distributed`) every rank computes the mask and then takes
     rank 0's (one broadcast), so all ranks prune the same weights even if their copies of
     the model differed in the last bit; every rank must call it (GMP does, at the same steps).
@@ -69,10 +72,13 @@ def prune(
     sparsity = check_sparsity(sparsity)
     score_fn = score_fns.get(score)
     allocate = allocations.get(allocation)
-    params = prunable_parameters(model, include=include, exclude=exclude, types=types)
+    targets = prunable_targets(model, include=include, exclude=exclude, types=types)
+    params = {t.name: t.param for t in targets}
+    logical_shapes = {t.name: t.shape for t in targets}
     if mask is None:
         previous = {n: p.detach() != 0 for n, p in params.items()}
     else:
+        mask = Mask(dict(mask), model)   # re-keyed by canonical names, checked against the model
         missing = set(params) - set(mask)
         if missing:
             raise ValueError(f"the previous mask does not cover {sorted(missing)[:3]}")
@@ -103,7 +109,8 @@ def prune(
             s = torch.where(alive, s, minus_inf.to(device=s.device, dtype=s.dtype))
             by = s
             sorted_keys.append(None)
-        tensors.append(PrunableTensor(name, tuple(p.shape), s))
+        # the logical (out, in, ...) shape: allocations that use fan-in see HF Conv1D right
+        tensors.append(PrunableTensor(name, logical_shapes[name], s))
         select_by.append(by)
 
     total = sum(t.numel for t in tensors)

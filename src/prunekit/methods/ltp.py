@@ -39,7 +39,7 @@ from .. import distributed
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
 from ..core.targets import prunable_parameters
-from ._reparam import WeightSubstitution, modules_of
+from ._reparam import WeightSubstitution
 from .base import METHODS, Method
 
 DEFAULT_TRAIL = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -120,7 +120,7 @@ class LTP(Method):
             for n, p in self.params.items()})
         lr = self.tau_lr if self.tau_lr is not None else optimizer.param_groups[0]["lr"]
         optimizer.add_param_group({"params": list(self.tau.values()), "lr": lr, "weight_decay": 0.0})
-        self._sub = WeightSubstitution(modules_of(model, self.params), self._effective)
+        self._sub = WeightSubstitution(model, self.params, self._effective)
         if self._pending is not None:
             self._restore(self._pending)
         return self

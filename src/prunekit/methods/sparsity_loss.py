@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
-from ._reparam import STEHardShrinkBound, WeightSubstitution, modules_of
+from ._reparam import STEHardShrinkBound, WeightSubstitution
 from .base import METHODS, Method
 
 VARIANTS = ("unconstrained", "budget", "hinge")
@@ -128,7 +128,7 @@ class SparsityLoss(Method):
         if "momentum" in optimizer.param_groups[0]:
             group["momentum"] = optimizer.param_groups[0]["momentum"]
         optimizer.add_param_group(group)
-        self._sub = WeightSubstitution(modules_of(model, [n for n in self.trained]), self._effective)
+        self._sub = WeightSubstitution(model, [n for n in self.trained], self._effective)
         if self._pending is not None:
             self._restore(self._pending)
         return self
