@@ -125,9 +125,11 @@ class Mask(Mapping[str, torch.Tensor]):
     # Applying
     @torch.no_grad()
     def apply(self, model: Optional[nn.Module] = None) -> None:
-        """Zero the pruned weights in place."""
+        """Zero the pruned weights in place (and mark them as carrying a mask, see
+        :func:`carried_keep`)."""
         for name, p in self.parameters(model).items():
             p.mul_(self._masks[name].to(p.dtype))
+            mark_masked(p)
 
     def __and__(self, other: "Mask") -> "Mask":
         if set(self) != set(other):
@@ -176,6 +178,32 @@ class Mask(Mapping[str, torch.Tensor]):
         return cls({n: params[n].detach() != 0 for n in names}, model)
 
 
+# The contract on zeros already in a model. A fresh prune of a dense model scores every weight:
+# an exact zero (a zero-initialised head) is a weight like any other. Only a Parameter that a
+# prunekit mask was applied to (prune, enforce, a Method's finalize) "carries a mask", and then
+# its exact zeros are the weights pruned before. The mark is a Python attribute on the
+# Parameter: it survives load_state_dict (an in-place copy) but not deepcopy or a new model,
+# where passing ``mask=`` says the same explicitly.
+_MASKED_MARK = "_prunekit_masked"
+
+
+def mark_masked(param: torch.Tensor) -> None:
+    """Record that a prunekit mask was applied to ``param``."""
+    setattr(param, _MASKED_MARK, True)
+
+
+def carries_mask(param: torch.Tensor) -> bool:
+    return bool(getattr(param, _MASKED_MARK, False))
+
+
+def carried_keep(param: torch.Tensor) -> torch.Tensor:
+    """The weights of ``param`` still alive: its nonzeros when it carries a prunekit mask,
+    else all of them (zeros of a dense model are not "pruned")."""
+    if carries_mask(param):
+        return param.detach() != 0
+    return torch.ones(param.shape, dtype=torch.bool, device=param.device)
+
+
 # Optimizers whose update of a weight depends only on that weight's own gradient and state:
 # with its gradient masked, a pruned weight (0) and its state (0) stay exactly 0 through
 # momentum, Nesterov, weight decay (coupled or decoupled), Adam moments and AMSGrad.
@@ -220,6 +248,8 @@ class MaskEnforcer:
         self._weights = [params[n].detach() for n in pruned]
         self._factors = [mask[n].to(device=params[n].device, dtype=params[n].dtype) for n in pruned]
         self._state_cache: list = []      # [(param, its state dict, key, buffer)] last zeroed
+        for p in params.values():
+            mark_masked(p)
         self._handles = [
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.mask_gradients()),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),

@@ -11,7 +11,7 @@ from .. import distributed
 from . import allocation as allocations
 from . import scores as score_fns
 from .allocation import PrunableTensor
-from .mask import Mask
+from .mask import Mask, carried_keep
 from .targets import prunable_targets
 from .thresholds import largest_remainder, topk_mask
 
@@ -58,9 +58,13 @@ def prune(
     count comes from ``allocation`` (global, uniform, uniform_plus, erk) and the weights kept
     inside it are its highest ``score`` values (magnitude, lamp, random), ties broken by index.
 
-    Iterative use only removes weights: weights pruned before (``mask``, or exact zeros in the
-    model when no mask is given) stay pruned, and asking for a lower sparsity than the model
-    already has is an error. ``seed`` fixes the random score.
+    Masks come from scores, not from zeros already there: a fresh prune of a dense model
+    scores every weight, exact zeros included (a zero-initialised head is not "pruned").
+    Iterative use only removes weights: weights pruned before stay pruned — those of
+    ``mask`` when given, else the exact zeros of the tensors a prunekit mask was applied to
+    (by an earlier ``prune``, ``enforce`` or a Method's ``finalize``; see
+    :func:`prunekit.core.mask.carried_keep`) — and asking for a lower sparsity than the
+    model already has is an error. ``seed`` fixes the random score.
 
     Prunable tensors are found by Parameter identity (:mod:`prunekit.core.targets`): a
     tied Parameter is one tensor with one mask entry, under its canonical name.
@@ -76,7 +80,7 @@ def prune(
     params = {t.name: t.param for t in targets}
     logical_shapes = {t.name: t.shape for t in targets}
     if mask is None:
-        previous = {n: p.detach() != 0 for n, p in params.items()}
+        previous = {n: carried_keep(p) for n, p in params.items()}
     else:
         mask = Mask(dict(mask), model)   # re-keyed by canonical names, checked against the model
         missing = set(params) - set(mask)

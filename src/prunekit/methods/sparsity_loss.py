@@ -251,7 +251,9 @@ class SparsityLoss(Method):
             self._sub = None
         for r in self.r.values():
             r.requires_grad_(False)
-        return Mask(masks, self.model)
+        mask = Mask(masks, self.model)
+        mask.apply()   # the weights are zero there already; this marks them as carrying a mask
+        return mask
 
     def metrics(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"budget": self.budget, "budget_flops": self.budget_flops}

@@ -38,7 +38,7 @@ from torch import nn
 
 from .. import distributed
 from ..artifacts import read_model_file, save_model
-from ..core.mask import Mask
+from ..core.mask import Mask, carried_keep
 from ..core.prune import check_sparsity, prune
 from ..core.targets import prunable_parameters
 from ..training import evaluate, fit
@@ -393,7 +393,8 @@ def _phase(model, mask, j, phases, target, train, test, stage: _Stage, orig: Ori
     requested = phase_sparsity(target, j, phases)
     params = prunable_parameters(model, include=include, exclude=exclude)
     before = {n: p.detach().clone() for n, p in params.items()}
-    alive = mask.kept() if mask is not None else sum(int(torch.count_nonzero(p)) for p in before.values())
+    # without a mask, what prune() treats as alive: every weight unless a prunekit mask was applied
+    alive = mask.kept() if mask is not None else sum(int(carried_keep(p).sum()) for p in params.values())
     # Deterministic in the previous phase's weights (and the seed), so a resumed phase recomputes
     # the same mask before fit restores its epoch checkpoint.
     mask = prune(model, requested, score=score, allocation=allocation, include=include, exclude=exclude,
