@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, Type
+import warnings
+from typing import Iterable, List, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -23,6 +24,32 @@ def check_sparsity(sparsity: float) -> float:
         raise ValueError(f"sparsity must be a number in [0, 1) (e.g. 0.9 removes 90% of the prunable "
                          f"weights), got {sparsity!r}")
     return float(sparsity)
+
+
+def check_min_density(min_density: Optional[float]) -> Optional[float]:
+    """``min_density`` is None (no floor) or a number in (0, 1]: the fraction every tensor keeps."""
+    if min_density is None:
+        return None
+    if isinstance(min_density, bool) or not isinstance(min_density, (int, float)) \
+            or not math.isfinite(min_density) or not 0.0 < min_density <= 1.0:
+        raise ValueError(f"min_density must be None or a number in (0, 1] (e.g. 0.01 keeps at least 1% of "
+                         f"every prunable tensor), got {min_density!r}")
+    return float(min_density)
+
+
+class EmptyTensorWarning(UserWarning):
+    """Pruning left a prunable tensor with no weight: its layer outputs a constant."""
+
+
+def warn_if_emptied(names: Sequence[str], counts: Sequence[int], sizes: Sequence[int], shown: int = 8) -> None:
+    """One warning line naming the tensors that keep 0 of their weights (first ``shown``)."""
+    empty: List[str] = [n for n, c, size in zip(names, counts, sizes) if c == 0 and size > 0]
+    if not empty:
+        return
+    listed = ", ".join(empty[:shown]) + (f", ... ({len(empty) - shown} more)" if len(empty) > shown else "")
+    warnings.warn(f"pruning empties {len(empty)} tensor(s), whose layers then output a constant: {listed}; "
+                  "pass min_density=... (e.g. 0.01) to keep a fraction of every tensor",
+                  EmptyTensorWarning, stacklevel=4)  # 4: prune's caller (past torch.no_grad's wrapper)
 
 
 def _fit_to_capacity(counts: list, capacity: Sequence[int]) -> list:
@@ -49,6 +76,7 @@ def prune(
     types: Optional[Sequence[Type[nn.Module]]] = None,
     mask: Optional[Mask] = None,
     seed: Optional[int] = None,
+    min_density: Optional[float] = None,
 ) -> Mask:
     """Prune ``model`` in place to ``sparsity`` and return the :class:`Mask`.
 
@@ -66,6 +94,13 @@ def prune(
     :func:`prunekit.core.mask.carried_keep`) — and asking for a lower sparsity than the
     model already has is an error. ``seed`` fixes the random score.
 
+    ``min_density`` (default None: no floor) makes every tensor keep at least
+    ``ceil(min_density * numel)`` weights (capped at the weights it still has), whatever the
+    allocation: after allocating, tensors below the floor are raised to it and the weights
+    come from the tensors above their floor, in proportion to their margin, so the total
+    stays exactly ``round((1 - sparsity) * N)``; a floor above that total is a ``ValueError``.
+    A tensor left with 0 weights raises an :class:`EmptyTensorWarning` listing them.
+
     Prunable tensors are found by Parameter identity (:mod:`prunekit.core.targets`): a
     tied Parameter is one tensor with one mask entry, under its canonical name.
 
@@ -74,6 +109,7 @@ def prune(
     the model differed in the last bit; every rank must call it (GMP does, at the same steps).
     """
     sparsity = check_sparsity(sparsity)
+    min_density = check_min_density(min_density)
     score_fn = score_fns.get(score)
     allocate = allocations.get(allocation)
     targets = prunable_targets(model, include=include, exclude=exclude, types=types)
@@ -129,6 +165,11 @@ def prune(
     if sum(counts) != kept_target:  # an allocation bug, never a user error
         raise AssertionError(f"allocation {allocation!r} kept {sum(counts)} weights, expected {kept_target}")
     counts = _fit_to_capacity(counts, alive)
+    sizes = [t.numel for t in tensors]
+    if min_density is not None:
+        floors = allocations.density_floors(sizes, min_density, capacity=alive)
+        counts = allocations.apply_floors(counts, floors, min_density)
+    warn_if_emptied([t.name for t in tensors], counts, sizes)
 
     new_masks = {}
     for t, by, keys, k in zip(tensors, select_by, sorted_keys, counts):
