@@ -131,3 +131,13 @@ def test_ste_fixed_substitutes_a_tied_weight_at_every_use():
     with torch.no_grad():
         after = model(ids).logits
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_ltp_trail_snapshot_masks_a_tied_weight_under_every_name():
+    model = SharedLinears()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    method = pk.methods.get("ltp")(init_sparsity=0.6, lam=0.0, trail=(0.5,)).attach(model, opt)
+    method.step()
+    snapshot = method.trail[0]["model"]
+    assert torch.equal(snapshot["a.weight"], snapshot["b.weight"])
+    assert int(torch.count_nonzero(snapshot["b.weight"])) == int(method.trail[0]["mask"]["a.weight"].sum())

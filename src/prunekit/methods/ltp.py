@@ -38,7 +38,7 @@ from torch import nn
 from .. import distributed
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
-from ..core.targets import prunable_parameters
+from ..core.targets import parameter_names, prunable_parameters
 from ._reparam import WeightSubstitution
 from .base import METHODS, Method
 
@@ -168,8 +168,10 @@ class LTP(Method):
             return
         masks = self.keep_masks()
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        names = parameter_names(self.model)
         for n, m in masks.items():
-            state[n] = state[n] * m.to(state[n].dtype)
+            for key in names[id(self.params[n])]:   # a tied weight is in the state_dict under each name
+                state[key] = state[key] * m.to(state[key].dtype)
         mask_state = {n: m.cpu().clone() for n, m in masks.items()}
         for lv in reached:
             row: Dict[str, Any] = {"level": lv, "sparsity": s, "step": self.steps}
