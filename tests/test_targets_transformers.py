@@ -193,3 +193,13 @@ def test_embedding_is_opt_in():
     mask = pk.prune(model, 0.5, types=(*default_types(), nn.Embedding))
     assert list(mask) == ["0.weight", "1.weight"]
     assert mask.kept() == round(0.5 * (50 * 8 + 8 * 4))
+
+
+def test_sparsity_loss_flops_weights_include_attention_projections():
+    model = encoder_layer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    method = pk.methods.get("sparsity_loss")(budget_flops=0.5, min_weights=1, input_shape=(5, D)).attach(model, opt)
+    shares = dict(zip(method.names, method._c["flops"].tolist()))
+    # one token row through in_proj (3D x D) and out_proj (D x D): 3 : 1 at any length
+    assert shares["0.self_attn.in_proj_weight"] == pytest.approx(3 * shares["0.self_attn.out_proj.weight"])
+    assert shares["0.linear1.weight"] > 0

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..core.flops import count_flops
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
 from ._reparam import STEHardShrinkBound, WeightSubstitution
@@ -164,15 +165,14 @@ class SparsityLoss(Method):
         sizes = torch.tensor([float(self.params[k].numel()) for k in self.names], dtype=torch.float64)
         c = {"avg": torch.full((n,), 1.0 / n, dtype=torch.float64), "wavg": sizes / sizes.sum()}
         if self.weights == "flops" or self.budget_flops is not None:
-            from ..core.accounting import flops_per_module
-
             shape = self.input_shape if self.input_shape is not None else getattr(model, "input_shape", None)
             if shape is None:
                 raise ValueError("FLOPs weights need the input shape: pass input_shape=(C, H, W) "
                                  "(models from pk.models carry .input_shape)")
             example = torch.zeros((1, *shape), device=device, dtype=dtype)
-            per_module, _ = flops_per_module(model, example_input=example)
-            f = torch.tensor([float(per_module.get(k.rsplit(".", 1)[0], 0)) for k in self.names], dtype=torch.float64)
+            # FLOPs per prunable tensor by name (MHA's in_proj_weight and tied weights included)
+            dense = count_flops(model, example, params=self.params).dense
+            f = torch.tensor([float(dense.get(k, 0)) for k in self.names], dtype=torch.float64)
             if f.sum() <= 0:
                 raise ValueError("could not count the FLOPs of the prunable layers (pass input_shape=...)")
             c["flops"] = f / f.sum()
