@@ -203,3 +203,18 @@ def test_sparsity_loss_flops_weights_include_attention_projections():
     # one token row through in_proj (3D x D) and out_proj (D x D): 3 : 1 at any length
     assert shares["0.self_attn.in_proj_weight"] == pytest.approx(3 * shares["0.self_attn.out_proj.weight"])
     assert shares["0.linear1.weight"] > 0
+
+
+def test_ltp_on_gpt2_masks_conv1d_and_the_tied_head_without_a_jump_at_finalize():
+    model = _gpt2().eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    method = pk.methods.get("ltp")(init_sparsity=0.5, lam=0.0).attach(model, opt)
+    assert "transformer.h.0.mlp.c_fc.weight" in method.params and "transformer.wte.weight" in method.params
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+    mask = method.finalize()
+    with torch.no_grad():
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    assert int(torch.count_nonzero(model.lm_head.weight)) == int(mask["transformer.wte.weight"].sum())

@@ -12,7 +12,7 @@ By default the weights of the linear maps of a model:
   imported (a model holding one has imported it); prunekit never imports transformers.
 
 Biases, normalisation layers and embeddings are left alone (SPEC.md section 1). Embeddings
-are opt-in: add ``nn.Embedding`` to ``types``, e.g. ``types=(*default_types(), nn.Embedding)``.
+are opt-in: add ``nn.Embedding`` to ``types``, e.g. ``types=(*pk.core.default_types(), nn.Embedding)``.
 Users narrow or widen the set by module type and by name pattern (fnmatch on the parameter
 name, e.g. ``"fc*"`` or ``"features.0.weight"``).
 
