@@ -218,3 +218,20 @@ def test_ltp_on_gpt2_masks_conv1d_and_the_tied_head_without_a_jump_at_finalize()
         after = model(ids).logits
     assert torch.allclose(before, after, atol=1e-5)
     assert int(torch.count_nonzero(model.lm_head.weight)) == int(mask["transformer.wte.weight"].sum())
+
+
+def test_gmp_prunes_attention_projections_on_schedule():
+    model = encoder_layer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gmp = pk.methods.get("gmp")(final_sparsity=0.8, start_step=0, end_step=4, prune_every=2,
+                                      allocation="uniform").attach(model, opt)
+    for _ in range(5):
+        opt.zero_grad()
+        model(_x()).square().mean().backward()
+        opt.step()
+        gmp.step()
+    mask = gmp.finalize()
+    total = 3 * D * D + D * D + 2 * D * FF
+    assert mask.total() == total and mask.kept() == round(0.2 * total)
+    in_proj = model[0].self_attn.in_proj_weight
+    assert int(torch.count_nonzero(in_proj)) == int(mask["0.self_attn.in_proj_weight"].sum())
