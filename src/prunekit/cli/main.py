@@ -115,7 +115,7 @@ def cmd_prune(args) -> int:
     device = resolve_device()
     model, stored = load_model(args.checkpoint, device=device)
     mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
-                 include=args.include, exclude=args.exclude, seed=args.seed)
+                 include=args.include, exclude=args.exclude, seed=args.seed, min_density=args.min_density)
     metrics = {"requested_sparsity": args.sparsity}
     dataset = stored.get("dataset")
     if args.finetune_epochs or not args.no_eval:
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocation", default="global")
     p.add_argument("--include", nargs="*", default=None, help="name patterns of tensors to prune")
     p.add_argument("--exclude", nargs="*", default=None, help="name patterns of tensors to leave dense")
+    p.add_argument("--min-density", type=float, default=None,
+                   help="fraction of every prunable tensor kept at least, e.g. 0.01 (default: no floor)")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")

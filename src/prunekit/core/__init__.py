@@ -7,9 +7,9 @@ from .allocation import ALLOCATIONS, PrunableTensor, erk_densities
 from .mask import Mask, MaskEnforcer, enforce
 from .prune import check_sparsity, prune
 from .scores import SCORES
-from .targets import prunable_parameters
+from .targets import default_types, prunable_parameters
 
 __all__ = [
     "ALLOCATIONS", "SCORES", "Mask", "MaskEnforcer", "PrunableTensor", "check_sparsity",
-    "enforce", "erk_densities", "prunable_parameters", "prune",
+    "default_types", "enforce", "erk_densities", "prunable_parameters", "prune",
 ]

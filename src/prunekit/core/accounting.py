@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .flops import count_flops
-from .targets import prunable_parameters
+from .targets import prunable_parameters, prunable_targets
 
 
 def _example_input(model: nn.Module, input_shape: Optional[Sequence[int]], example_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -54,6 +54,7 @@ class LayerRow:
     kept: int
     flops: int
     effective_flops: int
+    aliases: Tuple[str, ...] = ()   # other names of a tied Parameter (counted once, here)
 
     @property
     def density(self) -> float:
@@ -89,7 +90,8 @@ class Report:
             "sparsity": self.sparsity, "compression": self.compression,
             "flops": self.flops, "effective_flops": self.effective_flops,
             "layers": [{"name": r.name, "shape": list(r.shape), "params": r.params, "kept": r.kept,
-                        "density": r.density, "flops": r.flops, "effective_flops": r.effective_flops}
+                        "density": r.density, "flops": r.flops, "effective_flops": r.effective_flops,
+                        "aliases": list(r.aliases)}
                        for r in self.layers],
         }
 
@@ -99,6 +101,8 @@ class Report:
         for r in self.layers:
             lines.append(f"{r.name[:28]:<28} {'x'.join(map(str, r.shape))[:18]:<18} {r.params:>10,} {r.kept:>10,} "
                          f"{r.density:>8.4f} {r.flops:>12,} {r.effective_flops:>12,}")
+            for alias in r.aliases:
+                lines.append(f"  = {alias}")
         lines.append("-" * len(head))
         lines.append(f"prunable: {self.prunable_nonzero:,} / {self.prunable_params:,} kept "
                      f"(sparsity {self.sparsity:.4f}); all parameters: {self.nonzero_params:,} nonzero / "
@@ -133,22 +137,24 @@ def report(
     types: Optional[Sequence[Type[nn.Module]]] = None,
 ) -> Report:
     """Per-layer report of ``model`` as it is now: nonzeros are counted in the weights
-    themselves, so the figures are the achieved ones whatever produced the zeros.
+    themselves, so the figures are the achieved ones whatever produced the zeros. A tied
+    Parameter is one row (its canonical name, its other names in ``aliases``), counted once.
 
     With ``flops=True`` an input shape is needed (``input_shape``, ``example_input`` or the
     model's ``.input_shape``).
     """
-    prunable = prunable_parameters(model, include=include, exclude=exclude, types=types)
+    targets = prunable_targets(model, include=include, exclude=exclude, types=types)
+    prunable = {t.name: t.param for t in targets}
     counts = count_parameters(model, include=include, exclude=exclude, types=types)
     counted = None
     if flops:
         counted = count_flops(model, _example_input(model, input_shape, example_input), params=prunable)
     rows = []
-    for name, p in prunable.items():
-        kept = int(torch.count_nonzero(p))
-        dense_f = counted.dense.get(name, 0) if counted else 0
-        eff_f = counted.effective.get(name, 0) if counted else 0
-        rows.append(LayerRow(name, tuple(p.shape), p.numel(), kept, dense_f, eff_f))
+    for t in targets:
+        kept = int(torch.count_nonzero(t.param))
+        dense_f = counted.dense.get(t.name, 0) if counted else 0
+        eff_f = counted.effective.get(t.name, 0) if counted else 0
+        rows.append(LayerRow(t.name, tuple(t.param.shape), t.param.numel(), kept, dense_f, eff_f, t.aliases[1:]))
     total_flops = counted.total if counted else None
     return Report(
         layers=rows, total_params=counts["total"], nonzero_params=counts["nonzero"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -23,7 +24,8 @@ ALLOCATIONS: Registry[Allocation] = Registry("allocation")
 
 @dataclass
 class PrunableTensor:
-    """A prunable tensor as the allocations see it: its name, shape and per-weight scores."""
+    """A prunable tensor as the allocations see it: its name, logical shape (out, in, ...;
+    HF Conv1D's stored (in, out) is reversed) and per-weight scores (in the stored shape)."""
 
     name: str
     shape: Tuple[int, ...]
@@ -143,6 +145,43 @@ def ensure_nonempty(counts: List[int], sizes: Sequence[int], who: str) -> List[i
             counts[donor] -= 1
             counts[i] = 1
     return counts
+
+
+def density_floors(sizes: Sequence[int], min_density: float, capacity: Optional[Sequence[int]] = None) -> List[int]:
+    """Per-tensor floors ``min(capacity_i, ceil(min_density * n_i))``.
+
+    ``min_density`` is read as the decimal it prints as (0.07 is 7/100, not the binary float
+    just above it), so ``ceil(0.07 * 100)`` is 7, not 8. ``capacity`` (the weights each
+    tensor still has) caps the floor: pruning never regrows a weight.
+    """
+    fraction = Fraction(repr(float(min_density)))
+    floors = [math.ceil(fraction * n) for n in sizes]
+    if capacity is not None:
+        floors = [min(f, c) for f, c in zip(floors, capacity)]
+    return floors
+
+
+def apply_floors(counts: Sequence[int], floors: Sequence[int], min_density: float) -> List[int]:
+    """Raise every count to its floor, keeping the total exact.
+
+    The weights the raised tensors need are taken from the tensors above their floor, in
+    proportion to how far above it they are (largest remainders), so no donor drops below
+    its own floor. Works after any allocation. Raises ``ValueError`` when the floors alone
+    exceed the total.
+    """
+    total = sum(counts)
+    if sum(floors) > total:
+        raise ValueError(
+            f"min_density={min_density:g} keeps at least {sum(floors)} weights over the {len(floors)} "
+            f"prunable tensors, but the sparsity keeps only {total}: lower min_density or the sparsity"
+        )
+    raised = [max(c, f) for c, f in zip(counts, floors)]
+    deficit = sum(raised) - total
+    if deficit == 0:
+        return raised
+    spare = [r - f for r, f in zip(raised, floors)]
+    taken = largest_remainder([deficit * s / sum(spare) for s in spare], deficit, spare)
+    return [r - t for r, t in zip(raised, taken)]
 
 
 def get(name: str) -> Allocation:

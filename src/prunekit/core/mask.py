@@ -62,22 +62,32 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # Binding to a model
     def bind(self, model: nn.Module) -> "Mask":
-        """Check names and shapes against ``model`` and remember its parameters."""
-        params = dict(model.named_parameters())
-        bound = {}
+        """Check names and shapes against ``model`` and remember its parameters.
+
+        A tied Parameter may be named by any of its names; the mask is re-keyed by its
+        canonical (first) name, and naming one Parameter twice is an error.
+        """
+        by_name = dict(model.named_parameters(remove_duplicate=False))
+        canonical = {id(p): n for n, p in model.named_parameters()}
+        bound, masks = {}, {}
         for name, m in self._masks.items():
-            if name not in params:
+            if name not in by_name:
                 raise ValueError(
                     f"mask names parameter {name!r}, which the model does not have "
-                    f"(it has e.g. {', '.join(list(params)[:5])})"
+                    f"(it has e.g. {', '.join(list(by_name)[:5])})"
                 )
-            if tuple(params[name].shape) != tuple(m.shape):
+            param = by_name[name]
+            key = canonical[id(param)]
+            if key in bound:
+                raise ValueError(f"mask names the tied parameter {key!r} twice (also as {name!r}): "
+                                 "give one mask per shared Parameter")
+            if tuple(param.shape) != tuple(m.shape):
                 raise ValueError(
-                    f"mask for {name!r} has shape {tuple(m.shape)}, the parameter {tuple(params[name].shape)}"
+                    f"mask for {name!r} has shape {tuple(m.shape)}, the parameter {tuple(param.shape)}"
                 )
-            bound[name] = params[name]
-            if m.device != params[name].device:
-                self._masks[name] = m.to(params[name].device)
+            bound[key] = param
+            masks[key] = m.to(param.device) if m.device != param.device else m
+        self._masks = masks
         self._params = bound
         return self
 
@@ -115,9 +125,11 @@ class Mask(Mapping[str, torch.Tensor]):
     # Applying
     @torch.no_grad()
     def apply(self, model: Optional[nn.Module] = None) -> None:
-        """Zero the pruned weights in place."""
+        """Zero the pruned weights in place (and mark them as carrying a mask, see
+        :func:`carried_keep`)."""
         for name, p in self.parameters(model).items():
             p.mul_(self._masks[name].to(p.dtype))
+            mark_masked(p)
 
     def __and__(self, other: "Mask") -> "Mask":
         if set(self) != set(other):
@@ -151,9 +163,35 @@ class Mask(Mapping[str, torch.Tensor]):
     @classmethod
     def from_model(cls, model: nn.Module, names: Optional[List[str]] = None) -> "Mask":
         """The mask of nonzero entries of the given (default: prunable) parameters."""
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         names = names if names is not None else list(prunable_parameters(model))
         return cls({n: params[n].detach() != 0 for n in names}, model)
+
+
+# The contract on zeros already in a model. A fresh prune of a dense model scores every weight:
+# an exact zero (a zero-initialised head) is a weight like any other. Only a Parameter that a
+# prunekit mask was applied to (prune, enforce, a Method's finalize) "carries a mask", and then
+# its exact zeros are the weights pruned before. The mark is a Python attribute on the
+# Parameter: it survives load_state_dict (an in-place copy) but not deepcopy or a new model,
+# where passing ``mask=`` says the same explicitly.
+_MASKED_MARK = "_prunekit_masked"
+
+
+def mark_masked(param: torch.Tensor) -> None:
+    """Record that a prunekit mask was applied to ``param``."""
+    setattr(param, _MASKED_MARK, True)
+
+
+def carries_mask(param: torch.Tensor) -> bool:
+    return bool(getattr(param, _MASKED_MARK, False))
+
+
+def carried_keep(param: torch.Tensor) -> torch.Tensor:
+    """The weights of ``param`` still alive: its nonzeros when it carries a prunekit mask,
+    else all of them (zeros of a dense model are not "pruned")."""
+    if carries_mask(param):
+        return param.detach() != 0
+    return torch.ones(param.shape, dtype=torch.bool, device=param.device)
 
 
 # Optimizers whose update of a weight depends only on that weight's own gradient and state:
@@ -200,6 +238,8 @@ class MaskEnforcer:
         self._weights = [params[n].detach() for n in pruned]
         self._factors = [mask[n].to(device=params[n].device, dtype=params[n].dtype) for n in pruned]
         self._state_cache: list = []      # [(param, its state dict, key, buffer)] last zeroed
+        for p in params.values():
+            mark_masked(p)
         self._handles = [
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.mask_gradients()),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),

@@ -1,7 +1,9 @@
 """``prune()``: one-shot unstructured pruning with a score and a layer-wise allocation."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Type
+import math
+import warnings
+from typing import Iterable, List, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -11,8 +13,8 @@ from .. import params as valid
 from . import allocation as allocations
 from . import scores as score_fns
 from .allocation import PrunableTensor
-from .mask import Mask
-from .targets import prunable_parameters
+from .mask import Mask, carried_keep
+from .targets import prunable_targets
 from .thresholds import largest_remainder, topk_mask
 
 
@@ -26,6 +28,32 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     except ValueError as err:
         raise ValueError(str(err) if name == "sparsity" else f"{name}: {err}") from None
     return float(sparsity)
+
+
+def check_min_density(min_density: Optional[float]) -> Optional[float]:
+    """``min_density`` is None (no floor) or a number in (0, 1]: the fraction every tensor keeps."""
+    if min_density is None:
+        return None
+    if isinstance(min_density, bool) or not isinstance(min_density, (int, float)) \
+            or not math.isfinite(min_density) or not 0.0 < min_density <= 1.0:
+        raise ValueError(f"min_density must be None or a number in (0, 1] (e.g. 0.01 keeps at least 1% of "
+                         f"every prunable tensor), got {min_density!r}")
+    return float(min_density)
+
+
+class EmptyTensorWarning(UserWarning):
+    """Pruning left a prunable tensor with no weight: its layer outputs a constant."""
+
+
+def warn_if_emptied(names: Sequence[str], counts: Sequence[int], sizes: Sequence[int], shown: int = 8) -> None:
+    """One warning line naming the tensors that keep 0 of their weights (first ``shown``)."""
+    empty: List[str] = [n for n, c, size in zip(names, counts, sizes) if c == 0 and size > 0]
+    if not empty:
+        return
+    listed = ", ".join(empty[:shown]) + (f", ... ({len(empty) - shown} more)" if len(empty) > shown else "")
+    warnings.warn(f"pruning empties {len(empty)} tensor(s), whose layers then output a constant: {listed}; "
+                  "pass min_density=... (e.g. 0.01) to keep a fraction of every tensor",
+                  EmptyTensorWarning, stacklevel=4)  # 4: prune's caller (past torch.no_grad's wrapper)
 
 
 def _fit_to_capacity(counts: list, capacity: Sequence[int]) -> list:
@@ -52,6 +80,7 @@ def prune(
     types: Optional[Sequence[Type[nn.Module]]] = None,
     mask: Optional[Mask] = None,
     seed: Optional[int] = None,
+    min_density: Optional[float] = None,
 ) -> Mask:
     """Prune ``model`` in place to ``sparsity`` and return the :class:`Mask`.
 
@@ -61,21 +90,39 @@ def prune(
     count comes from ``allocation`` (global, uniform, uniform_plus, erk) and the weights kept
     inside it are its highest ``score`` values (magnitude, lamp, random), ties broken by index.
 
-    Iterative use only removes weights: weights pruned before (``mask``, or exact zeros in the
-    model when no mask is given) stay pruned, and asking for a lower sparsity than the model
-    already has is an error. ``seed`` fixes the random score.
+    Masks come from scores, not from zeros already there: a fresh prune of a dense model
+    scores every weight, exact zeros included (a zero-initialised head is not "pruned").
+    Iterative use only removes weights: weights pruned before stay pruned — those of
+    ``mask`` when given, else the exact zeros of the tensors a prunekit mask was applied to
+    (by an earlier ``prune``, ``enforce`` or a Method's ``finalize``; see
+    :func:`prunekit.core.mask.carried_keep`) — and asking for a lower sparsity than the
+    model already has is an error. ``seed`` fixes the random score.
+
+    ``min_density`` (default None: no floor) makes every tensor keep at least
+    ``ceil(min_density * numel)`` weights (capped at the weights it still has), whatever the
+    allocation: after allocating, tensors below the floor are raised to it and the weights
+    come from the tensors above their floor, in proportion to their margin, so the total
+    stays exactly ``round((1 - sparsity) * N)``; a floor above that total is a ``ValueError``.
+    A tensor left with 0 weights raises an :class:`EmptyTensorWarning` listing them.
+
+    Prunable tensors are found by Parameter identity (:mod:`prunekit.core.targets`): a
+    tied Parameter is one tensor with one mask entry, under its canonical name.
 
     Under torchrun (:mod:`prunekit.distributed`) every rank computes the mask and then takes
     rank 0's (one broadcast), so all ranks prune the same weights even if their copies of
     the model differed in the last bit; every rank must call it (GMP does, at the same steps).
     """
     sparsity = check_sparsity(sparsity)
+    min_density = check_min_density(min_density)
     score_fn = score_fns.get(score)
     allocate = allocations.get(allocation)
-    params = prunable_parameters(model, include=include, exclude=exclude, types=types)
+    targets = prunable_targets(model, include=include, exclude=exclude, types=types)
+    params = {t.name: t.param for t in targets}
+    logical_shapes = {t.name: t.shape for t in targets}
     if mask is None:
-        previous = {n: p.detach() != 0 for n, p in params.items()}
+        previous = {n: carried_keep(p) for n, p in params.items()}
     else:
+        mask = Mask(dict(mask), model)   # re-keyed by canonical names, checked against the model
         missing = set(params) - set(mask)
         if missing:
             raise ValueError(f"the previous mask does not cover {sorted(missing)[:3]}")
@@ -106,7 +153,8 @@ def prune(
             s = torch.where(alive, s, minus_inf.to(device=s.device, dtype=s.dtype))
             by = s
             sorted_keys.append(None)
-        tensors.append(PrunableTensor(name, tuple(p.shape), s))
+        # the logical (out, in, ...) shape: allocations that use fan-in see HF Conv1D right
+        tensors.append(PrunableTensor(name, logical_shapes[name], s))
         select_by.append(by)
 
     total = sum(t.numel for t in tensors)
@@ -121,6 +169,11 @@ def prune(
     if sum(counts) != kept_target:  # an allocation bug, never a user error
         raise AssertionError(f"allocation {allocation!r} kept {sum(counts)} weights, expected {kept_target}")
     counts = _fit_to_capacity(counts, alive)
+    sizes = [t.numel for t in tensors]
+    if min_density is not None:
+        floors = allocations.density_floors(sizes, min_density, capacity=alive)
+        counts = allocations.apply_floors(counts, floors, min_density)
+    warn_if_emptied([t.name for t in tensors], counts, sizes)
 
     new_masks = {}
     for t, by, keys, k in zip(tensors, select_by, sorted_keys, counts):

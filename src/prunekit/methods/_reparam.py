@@ -3,8 +3,8 @@
 Mechanism. The module keeps its ``weight`` :class:`~torch.nn.Parameter` (the dense, trained
 tensor) in ``module._parameters`` all the time, so ``state_dict()`` keys, ``named_parameters()``
 and the optimizer see the dense model. A forward *pre-hook* computes the effective weight
-``fn(module, weight)`` (with autograd, so gradients flow back to the dense weight and to the
-method's thresholds) and puts it in the instance ``__dict__`` under ``"weight"``. Python's
+``fn(name, module, weight)`` (with autograd, so gradients flow back to the dense weight and to
+the method's thresholds) and puts it in the instance ``__dict__`` under ``"weight"``. Python's
 attribute lookup finds an instance-dict entry before ``nn.Module.__getattr__`` consults
 ``_parameters``, so the module's own ``forward`` (``F.conv2d(x, self.weight, ...)``,
 ``F.linear``; grouped / depthwise convs and anything else reading ``self.weight``) uses the
@@ -12,53 +12,124 @@ effective weight for that call. A forward hook removes the entry again, so outsi
 ``module.weight`` is the Parameter. ``remove()`` (called by every ``finalize()``) drops both
 hooks and any leftover entry: the model is plain again.
 
+The hooks sit on the module whose forward *reads* the Parameter, which is not always its
+owner: ``nn.MultiheadAttention`` reads ``out_proj.weight`` and ``in_proj_weight`` itself, so
+those are substituted around the MHA forward; a tied Parameter is substituted at every module
+that reads it (:func:`sites_of`).
+
 Nothing here touches BatchNorm or biases, so BN models work unchanged.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
 
+from ..core.targets import parameter_names
+
 WeightFn = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
 
 
-class WeightSubstitution:
-    """Substitute ``fn(name, module, module.weight)`` for ``module.weight`` during every forward
-    of each module in ``modules`` (``{parameter name: module}``)."""
+@dataclass(frozen=True)
+class Site:
+    """Where a prunable Parameter is read: ``owner.<attr>`` during the forward of ``reader``.
 
-    def __init__(self, modules: Dict[str, nn.Module], fn: WeightFn):
-        self.modules = dict(modules)
+    Usually ``reader is owner`` (a Linear reads ``self.weight``). ``nn.MultiheadAttention``
+    reads ``self.in_proj_weight`` and ``self.out_proj.weight`` in its own forward (the
+    ``out_proj`` module never runs), so for ``out_proj.weight`` the reader is the parent.
+    """
+
+    reader: nn.Module
+    owner: nn.Module
+    attr: str
+
+
+def sites_of(model: nn.Module, names) -> Dict[str, List[Site]]:
+    """``{canonical parameter name: [Site, ...]}``: every place each named Parameter is read.
+
+    A tied Parameter has one site per name (BERT's word embeddings and its MLM decoder), so
+    substituting it changes every use of it, not only the first.
+    """
+    modules = dict(model.named_modules())
+    by_name = dict(model.named_parameters(remove_duplicate=False))
+    all_names = parameter_names(model)
+    sites: Dict[str, List[Site]] = {}
+    for name in names:
+        found = []
+        for alias in all_names[id(by_name[name])]:
+            owner_name, _, attr = alias.rpartition(".")
+            owner = modules[owner_name]
+            reader = owner
+            parent_name, _, child = owner_name.rpartition(".")
+            parent = modules.get(parent_name) if owner_name else None
+            if isinstance(parent, nn.MultiheadAttention) and child == "out_proj":
+                reader = parent
+            found.append(Site(reader, owner, attr))
+        sites[name] = found
+    return sites
+
+
+class WeightSubstitution:
+    """Substitute ``fn(name, reader, weight)`` for each named Parameter during every forward
+    of the modules that read it (see :func:`sites_of`), in ``model``.
+
+    While attached, torch's fused transformer fast paths are switched off for the duration
+    of each forward of ``model`` (``torch.backends.mha.set_fastpath_enabled``): in eval mode
+    without grad, ``nn.TransformerEncoderLayer`` may call one fused kernel with the
+    Parameters of its attention and feed-forward layers, bypassing the forwards (and so the
+    hooks) of MHA and of ``linear1`` / ``linear2``. Recent torch (2.13) already refuses that
+    path when hooks sit on the layer's submodules; the switch makes substitution independent
+    of the torch version. MHA's own fast path reads the substituted attributes, so it would
+    be correct either way. The flag is restored after the forward, also when it raises.
+    """
+
+    def __init__(self, model: nn.Module, names, fn: WeightFn):
+        self.sites = sites_of(model, names)
         self.fn = fn
         self._handles: List = []
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre(name)))
-            self._handles.append(module.register_forward_hook(self._post))
+        self._fastpath_saved: List[bool] = []
+        by_reader: Dict[int, Tuple[nn.Module, List[Tuple[str, Site]]]] = {}
+        for name, sites in self.sites.items():
+            for site in sites:
+                by_reader.setdefault(id(site.reader), (site.reader, []))[1].append((name, site))
+        for reader, entries in by_reader.values():
+            self._handles.append(reader.register_forward_pre_hook(self._pre(entries)))
+            self._handles.append(reader.register_forward_hook(self._post(entries), always_call=True))
+        self._handles.append(model.register_forward_pre_hook(self._fastpath_off))
+        self._handles.append(model.register_forward_hook(self._fastpath_restore, always_call=True))
 
-    def _pre(self, name: str):
-        def hook(module: nn.Module, args):
-            weight = module._parameters["weight"]
-            module.__dict__["weight"] = self.fn(name, module, weight)
+    def _pre(self, entries: List[Tuple[str, "Site"]]):
+        def hook(reader: nn.Module, args):
+            for name, site in entries:
+                weight = site.owner._parameters[site.attr]
+                site.owner.__dict__[site.attr] = self.fn(name, reader, weight)
         return hook
 
     @staticmethod
-    def _post(module: nn.Module, args, output):
-        module.__dict__.pop("weight", None)
+    def _post(entries: List[Tuple[str, "Site"]]):
+        def hook(reader: nn.Module, args, output):
+            for _, site in entries:
+                site.owner.__dict__.pop(site.attr, None)
+        return hook
+
+    def _fastpath_off(self, module: nn.Module, args) -> None:
+        self._fastpath_saved.append(torch.backends.mha.get_fastpath_enabled())
+        torch.backends.mha.set_fastpath_enabled(False)
+
+    def _fastpath_restore(self, module: nn.Module, args, output) -> None:
+        if self._fastpath_saved:
+            torch.backends.mha.set_fastpath_enabled(self._fastpath_saved.pop())
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        for module in self.modules.values():
-            module.__dict__.pop("weight", None)
-
-
-def modules_of(model: nn.Module, names) -> Dict[str, nn.Module]:
-    """``{"a.b.weight": module a.b}`` for parameter names of module weights."""
-    mods = dict(model.named_modules())
-    return {n: mods[n.rsplit(".", 1)[0] if "." in n else ""] for n in names}
+        for sites in self.sites.values():
+            for site in sites:
+                site.owner.__dict__.pop(site.attr, None)
 
 
 class STEMask(torch.autograd.Function):

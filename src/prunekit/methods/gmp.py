@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import params as valid
 from ..core import ALLOCATIONS, SCORES
-from ..core.mask import Mask, MaskEnforcer, enforce
+from ..core.mask import Mask, MaskEnforcer, carried_keep, enforce
 from ..core.prune import check_sparsity, prune
 from ..core.targets import prunable_parameters
 from ..params import param
@@ -145,8 +145,7 @@ class GMP(Method):
             self._enforcer.remove()
             self._enforcer = None
         if self.mask is None:  # finalised before the first pruning step: nothing pruned
-            params = prunable_parameters(self.model, include=self.include, exclude=self.exclude)
-            self.mask = Mask.from_model(self.model, list(params))
+            self.mask = self._carried_mask()
         self.mask.apply()
         return self.mask
 
@@ -173,15 +172,22 @@ class GMP(Method):
         self.mask = mask
         self._enforcer = enforce(mask, self.optimizer, self.model)
 
+    def _carried_mask(self) -> Mask:
+        """The mask the model already carries (:func:`prunekit.core.mask.carried_keep`): its
+        zeros count as pruned only where a prunekit mask was applied before; a dense model's
+        zeros (a zero-initialised head) are weights that train."""
+        params = prunable_parameters(self.model, include=self.include, exclude=self.exclude)
+        return Mask({n: carried_keep(p) for n, p in params.items()}, self.model)
+
     def _prune_to(self, sparsity: float) -> None:
         params = prunable_parameters(self.model, include=self.include, exclude=self.exclude)
         total = sum(p.numel() for p in params.values())
-        alive = self.mask.kept() if self.mask is not None else sum(int(torch.count_nonzero(p)) for p in params.values())
-        if int(round((1.0 - sparsity) * total)) >= alive:
+        held = self.mask if self.mask is not None else self._carried_mask()
+        if int(round((1.0 - sparsity) * total)) >= held.kept():
             # Nothing to remove (s_i = 0, or a model that is already sparser, e.g. resumed
             # weights whose exact mask load_state_dict restores next): hold what is there.
             if self.mask is None:
-                self._set_mask(Mask.from_model(self.model, list(params)))
+                self._set_mask(held)
             return
         self._set_mask(prune(self.model, sparsity, score=self.score, allocation=self.allocation,
                              include=self.include, exclude=self.exclude, mask=self.mask, seed=self.seed))

@@ -39,10 +39,10 @@ from .. import distributed
 from .. import params as valid
 from ..core.mask import Mask
 from ..core.prune import check_sparsity
-from ..core.targets import prunable_parameters
+from ..core.targets import parameter_names, prunable_parameters
 from ..io import atomic_torch_save
 from ..params import param
-from ._reparam import WeightSubstitution, modules_of
+from ._reparam import WeightSubstitution
 from .base import METHODS, Method
 
 DEFAULT_TRAIL = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -133,7 +133,7 @@ class LTP(Method):
             for n, p in self.params.items()})
         lr = self.tau_lr if self.tau_lr is not None else optimizer.param_groups[0]["lr"]
         optimizer.add_param_group({"params": list(self.tau.values()), "lr": lr, "weight_decay": 0.0})
-        self._sub = WeightSubstitution(modules_of(model, self.params), self._effective)
+        self._sub = WeightSubstitution(model, self.params, self._effective)
         if self._pending is not None:
             self._restore(self._pending)
         return self
@@ -181,8 +181,10 @@ class LTP(Method):
             return
         masks = self.keep_masks()
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        names = parameter_names(self.model)
         for n, m in masks.items():
-            state[n] = state[n] * m.to(state[n].dtype)
+            for key in names[id(self.params[n])]:   # a tied weight is in the state_dict under each name
+                state[key] = state[key] * m.to(state[key].dtype)
         mask_state = {n: m.cpu().clone() for n, m in masks.items()}
         for lv in reached:
             row: Dict[str, Any] = {"level": lv, "sparsity": s, "step": self.steps}

@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 from .. import params as valid
-from ..core.accounting import flops_per_module
+from ..core.flops import count_flops
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
 from ..params import param
-from ._reparam import STEHardShrinkBound, WeightSubstitution, modules_of
+from ._reparam import STEHardShrinkBound, WeightSubstitution
 from .base import METHODS, Method
 
 VARIANTS = ("unconstrained", "budget", "hinge")
@@ -145,7 +145,7 @@ class SparsityLoss(Method):
         if "momentum" in optimizer.param_groups[0]:
             group["momentum"] = optimizer.param_groups[0]["momentum"]
         optimizer.add_param_group(group)
-        self._sub = WeightSubstitution(modules_of(model, [n for n in self.trained]), self._effective)
+        self._sub = WeightSubstitution(model, [n for n in self.trained], self._effective)
         if self._pending is not None:
             self._restore(self._pending)
         return self
@@ -186,8 +186,9 @@ class SparsityLoss(Method):
                 raise ValueError("FLOPs weights need the input shape: pass input_shape=(C, H, W) "
                                  "(models from pk.models carry .input_shape)")
             example = torch.zeros((1, *shape), device=device, dtype=dtype)
-            per_module, _ = flops_per_module(model, example_input=example)
-            f = torch.tensor([float(per_module.get(k.rsplit(".", 1)[0], 0)) for k in self.names], dtype=torch.float64)
+            # FLOPs per prunable tensor by name (MHA's in_proj_weight and tied weights included)
+            dense = count_flops(model, example, params=self.params).dense
+            f = torch.tensor([float(dense.get(k, 0)) for k in self.names], dtype=torch.float64)
             if f.sum() <= 0:
                 raise ValueError("could not count the FLOPs of the prunable layers (pass input_shape=...)")
             c["flops"] = f / f.sum()
@@ -266,7 +267,9 @@ class SparsityLoss(Method):
             self._sub = None
         for r in self.r.values():
             r.requires_grad_(False)
-        return Mask(masks, self.model)
+        mask = Mask(masks, self.model)
+        mask.apply()   # the weights are zero there already; this marks them as carrying a mask
+        return mask
 
     def metrics(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"budget": self.budget, "budget_flops": self.budget_flops}

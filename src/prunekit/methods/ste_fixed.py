@@ -32,7 +32,7 @@ from ..core.prune import check_sparsity
 from ..core.targets import prunable_parameters
 from ..core.thresholds import topk_mask
 from ..params import param
-from ._reparam import STEMask, WeightSubstitution, binary_search_bound, gaussian_bound, modules_of
+from ._reparam import STEMask, WeightSubstitution, binary_search_bound, gaussian_bound
 from .base import METHODS, Method
 
 BOUNDS = ("binary_search", "gaussian", "topk")
@@ -93,7 +93,7 @@ class STEFixed(Method):
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "STEFixed":
         super().attach(model, optimizer)
         self.params = prunable_parameters(model, include=self.include, exclude=self.exclude)
-        self._sub = WeightSubstitution(modules_of(model, self.params), self._effective)
+        self._sub = WeightSubstitution(model, self.params, self._effective)
         return self
 
     def keep_mask(self, name: str) -> torch.Tensor:

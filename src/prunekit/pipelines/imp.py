@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..core.mask import Mask
+from ..core.mask import Mask, carried_keep
 from ..core.prune import check_sparsity, prune
 from ..core.targets import prunable_parameters
 from ..training import fit
@@ -284,7 +284,8 @@ def _phase(model, mask, j: int, plan: PhasePlan, train, test, stage: Stage, orig
     requested = phase_sparsity(plan.target_sparsity, j, plan.phases)
     params = prunable_parameters(model, include=plan.include, exclude=plan.exclude)
     before = {n: p.detach().clone() for n, p in params.items()}
-    alive = mask.kept() if mask is not None else sum(int(torch.count_nonzero(p)) for p in before.values())
+    # without a mask, what prune() treats as alive: every weight unless a prunekit mask was applied
+    alive = mask.kept() if mask is not None else sum(int(carried_keep(p).sum()) for p in params.values())
     # Deterministic in the previous phase's weights (and the seed), so a resumed phase recomputes
     # the same mask before fit restores its epoch checkpoint.
     mask = prune(model, requested, score=plan.score, allocation=plan.allocation, include=plan.include,

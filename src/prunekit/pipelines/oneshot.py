@@ -19,7 +19,7 @@ import torch
 
 from ..core import ALLOCATIONS, SCORES
 from ..core.mask import Mask
-from ..core.prune import prune
+from ..core.prune import check_min_density, prune
 from ..training import SCHEDULE_NAMES
 from .finetune import EnforceMask
 from .. import params as valid
@@ -41,6 +41,8 @@ class OneShotParams:
                                            doc="fine-tune on a seeded subset of N training images")
     include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
     exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+    min_density: Optional[float] = param(None, check=check_min_density,
+                                         doc="fraction every prunable tensor keeps at least (None: no floor)")
 
 
 def finetune_phase(ctx: RunContext, model, mask: Mask, epochs: int, lr: float, schedule: str,
@@ -59,7 +61,7 @@ def run_oneshot(ctx: RunContext, p: OneShotParams) -> PipelineResult:
     # Pruning is a deterministic function of the dense weights (and the seed for the random
     # score), so a resumed run recomputes the same mask before its fine-tuning resumes.
     mask = prune(model, p.sparsity, score=p.score, allocation=p.allocation, include=p.include,
-                 exclude=p.exclude, seed=ctx.seed)
+                 exclude=p.exclude, seed=ctx.seed, min_density=p.min_density)
     pruned = ctx.record("pruned", model)
     finetune_phase(ctx, model, mask, p.finetune_epochs, p.finetune_lr, p.finetune_schedule,
                    p.finetune_subset)
