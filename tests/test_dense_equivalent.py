@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import prunekit as pk
+from prunekit.experiments import sweep as sweep_mod
 from prunekit.pipelines.dense_equivalent import dense_equivalent, equivalent_width
 
 
@@ -48,8 +49,6 @@ def test_building_does_not_change_the_rng_stream():
 
 
 # ----------------------------------------------------------------- through the runner
-
-sweep_mod = pytest.importorskip("prunekit.experiments.sweep")
 
 SWEEP = """
 name: thresholds_tiny

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import _run_events
+
 from prunekit.artifacts import load_model
 from prunekit.cli.main import main
 from prunekit.experiments.project import Project
@@ -224,27 +226,48 @@ def _env():
     return {**os.environ, "PRUNEKIT_THREADS": "2", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def _shim(tmp_path):
+    """A sitecustomize that makes every process of a sweep report to the test (_run_events)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import _run_events\n_run_events.install()\n")
+    return shim
+
+
 def test_sweep_killed_mid_run_restarts_and_finishes_cleanly(tmp_path):
     spec_path = tmp_path / "sweep.yaml"
     spec_path.write_text(KILL_SWEEP)
     root = tmp_path / "project"
     runs = root / "runs"
-    proc = subprocess.Popen(_sweep_command(spec_path, root), env=_env(), start_new_session=True,
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(_shim(tmp_path)), str(Path(__file__).parent), env["PYTHONPATH"]])
+    env[_run_events.ENV] = str(tmp_path / "events.sock")
+    events = _run_events.Listener(tmp_path / "events.sock")
+    proc = subprocess.Popen(_sweep_command(spec_path, root), env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    victims = []
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        folders = list(runs.glob("*")) if runs.is_dir() else []
-        done = [f for f in folders if (f / "metrics.json").exists()]
-        training = [f for f in folders if not (f / "metrics.json").exists() and list(f.glob("checkpoints/*/last.pt"))]
-        if done and training:
+    # Every run waits for an answer after each checkpoint. Once some run is done, the next run
+    # to checkpoint is left waiting, frozen mid-run with its checkpoint saved, and the sweep
+    # and its workers are killed there.
+    done, victim, deadline = set(), None, time.monotonic() + 600
+    while victim is None:
+        event = events.next(timeout=1)
+        if event is None:  # not a synchronisation: only to notice a sweep that died
+            assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no run finished and checkpointed again within 10 minutes"
+            continue
+        kind, _, where, conn = event
+        run_id = where.parents[2].name if kind == "checkpoint" else where.name
+        if kind == "checkpoint" and done and run_id not in done:
             os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, mid-run
-            victims = [f.name for f in training]
-            break
-        time.sleep(0.01)
+            victim = run_id
+            conn.close()
+        else:
+            done |= {run_id} if kind == "done" else set()
+            events.go(conn)
     proc.wait()
-    assert victims, f"the sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    events.close()
     assert proc.returncode == -signal.SIGKILL
+    victims = [victim]
 
     restarted = subprocess.run(_sweep_command(spec_path, root), env=_env(), capture_output=True, text=True,
                                timeout=300)
@@ -282,14 +305,14 @@ def test_sweep_killed_mid_run_restarts_and_finishes_cleanly(tmp_path):
 
 
 WRITER = textwrap.dedent("""
-    import sys, time, pathlib
+    import sys
     from prunekit.experiments.spec import RunSpec
     from prunekit.experiments.store import Store
-    db, first, count, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
+    db, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = Store(db)
-    pathlib.Path(f"{go}.ready{first}").touch()
-    while not go.exists():
-        time.sleep(0.005)
+    # Start barrier: "ready" on stdout once the store is open, then wait for the go byte on stdin.
+    print("ready", flush=True)
+    assert sys.stdin.read(1) == "g"
     for seed in range(first, first + count):
         spec = RunSpec.from_dict({"data": {"name": "synthetic"}, "model": {"name": "lenet5"}, "seed": seed})
         store.start(spec)
@@ -305,14 +328,16 @@ WRITER = textwrap.dedent("""
 def test_two_workers_writing_concurrently_lose_nothing(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    db, go, count = tmp_path / "results.sqlite", tmp_path / "go", 60
-    procs = [subprocess.Popen([sys.executable, str(script), str(db), str(first), str(count), str(go)], env=_env())
+    db, count = tmp_path / "results.sqlite", 60
+    procs = [subprocess.Popen([sys.executable, str(script), str(db), str(first), str(count)], env=_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for first in (0, 1000)]
-    deadline = time.time() + 60
-    while not all(Path(f"{go}.ready{first}").exists() for first in (0, 1000)) and time.time() < deadline:
-        time.sleep(0.01)
-    go.touch()  # both start writing at the same moment
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    # Both have the store open (a dead writer gives EOF here, not a hang) ...
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2
+    for p in procs:  # ... and both start writing at the same moment
+        p.stdin.write("g")
+        p.stdin.close()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
     conn = _db(tmp_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert tuple(conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM runs WHERE status = 'done'").fetchone()) == (120, 120)

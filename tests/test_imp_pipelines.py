@@ -3,12 +3,10 @@ import json
 
 import pytest
 
-pytest.importorskip("prunekit.experiments.sweep")  # the experiments runner
-
-from prunekit.artifacts import load_model  # noqa: E402
-from prunekit.experiments.project import Project  # noqa: E402
-from prunekit.experiments.spec import Sweep  # noqa: E402
-from prunekit.experiments.sweep import plan, run_sweep  # noqa: E402
+from prunekit.artifacts import load_model
+from prunekit.experiments.project import Project
+from prunekit.experiments.spec import Sweep
+from prunekit.experiments.sweep import plan, run_sweep
 
 SWEEP = """
 name: imp_tiny

@@ -3,13 +3,11 @@ Scratch-B (epochs follow the FLOPs ratio), structured lottery and uniform channe
 import pytest
 import torch
 
-pytest.importorskip("prunekit.experiments.sweep")
-
-from prunekit.experiments.project import Project  # noqa: E402
-from prunekit.experiments.spec import Sweep  # noqa: E402
-from prunekit.experiments.sweep import plan, run_sweep  # noqa: E402
-from prunekit.pipelines.scratch import scratch_b_epochs  # noqa: E402
-from prunekit.structured.plan import load_plan, load_shrunk  # noqa: E402
+from prunekit.experiments.project import Project
+from prunekit.experiments.spec import Sweep
+from prunekit.experiments.sweep import plan, run_sweep
+from prunekit.pipelines.scratch import scratch_b_epochs
+from prunekit.structured.plan import load_plan, load_shrunk
 
 SWEEP = """
 name: rethinking_tiny

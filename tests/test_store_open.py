@@ -20,15 +20,16 @@ from prunekit.experiments.store import NO_STORE_ENV, SCHEMA_VERSION, Store
 OPENER = textwrap.dedent("""
     import sys, time, pathlib
     from prunekit.experiments.store import Store
-    folder, index, n_files, go = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
-    gap = float(sys.argv[5])
-    while not go.exists():
-        time.sleep(0.001)
-    t0 = float(go.read_text())
+    folder, n_files, gap = pathlib.Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    # Start barrier: say "ready" once imported, then block until the parent sends the start
+    # instant on stdin (a pipe: no half-written file to misread).
+    print("ready", flush=True)
+    t0 = float(sys.stdin.readline())
     failures = []
     for i in range(n_files):
         # Every process wakes to open file i at the same instant (sleeping, not spinning: on
-        # 2 cores spinning processes get descheduled and stop colliding).
+        # 2 cores spinning processes get descheduled and stop colliding). The clock only makes
+        # collisions likely; nothing here depends on it for correctness.
         time.sleep(max(0.0, t0 + gap * i - time.time()))
         try:
             # Open only: a write here would queue the processes behind each other's commits
@@ -50,16 +51,21 @@ def _env():
 
 
 def test_many_processes_open_fresh_stores_at_once(tmp_path):
-    script, go = tmp_path / "opener.py", tmp_path / "go"
+    script = tmp_path / "opener.py"
     script.write_text(OPENER)
     n_procs, n_files, gap = 6, 120, 0.03
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(k), str(n_files), str(go), str(gap)],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for k in range(n_procs)]
-    time.sleep(0.2)
-    # Start once the interpreters have had time to import.
-    go.write_text(str(time.time() + 3.0))
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(n_files), str(gap)],
+                              env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for _ in range(n_procs)]
+    # Every child has imported and is waiting (a dead child gives EOF, never a hang).
+    ready = [p.stdout.readline() for p in procs]
+    assert ready == ["ready\n"] * n_procs, ready
+    start = str(time.time() + 0.5)  # all wait now, so a short common delay suffices
+    for p in procs:
+        p.stdin.write(start + "\n")
+        p.stdin.flush()  # communicate() closes it
+    outputs = ["".join(p.communicate(timeout=300)) for p in procs]
     assert [p.returncode for p in procs] == [0] * n_procs, "\n".join(outputs)[-3000:]
     for i in range(n_files):
         conn = sqlite3.connect(tmp_path / f"db{i}.sqlite")

@@ -3,10 +3,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("prunekit.experiments.sweep")
-
-from prunekit.experiments.spec import Sweep  # noqa: E402
-from prunekit.experiments.sweep import plan  # noqa: E402
+from prunekit.experiments.spec import Sweep
+from prunekit.experiments.sweep import plan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -13,11 +13,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
+
+import _run_events
 
 from prunekit.artifacts import load_model
 from prunekit.cli.main import main
@@ -58,20 +59,26 @@ def ray_session(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'prunekit[ray]'")
     shim, log = tmp_path_factory.mktemp("shim"), tmp_path_factory.mktemp("connects")
     (shim / "sitecustomize.py").write_text(SHIM)
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PRUNEKIT_TEST_CONNECT_LOG")}
+    events = tmp_path_factory.mktemp("events") / "events.sock"
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PRUNEKIT_TEST_CONNECT_LOG", _run_events.ENV)}
     # The local raylet, and so every worker, inherits the driver's environment at init.
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(shim), str(Path(__file__).resolve().parents[1] / "src")] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
+        [str(shim), str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "src")]
+        + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
     os.environ["PRUNEKIT_TEST_CONNECT_LOG"] = str(log)
+    # Runs in the workers report to a test listening on `events` (_run_events; ignored when
+    # no test listens). A setup hook, not the shim, so only Ray's workers import prunekit.
+    os.environ[_run_events.ENV] = str(events)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": "_run_events.install"})
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    yield ray, log
+    yield ray, log, events
     ray.shutdown()
 
 
@@ -86,7 +93,7 @@ def _rows(root):
 
 
 def test_ray_sweep_matches_the_process_executor_and_only_the_driver_opens_the_db(ray_session, tmp_path):
-    ray, log = ray_session
+    ray, log, _ = ray_session
     sweep = Sweep.from_yaml(SWEEP)
     planned = plan(sweep)
     assert [p.role for p in planned] == ["dependency", "main", "baseline"]
@@ -169,47 +176,37 @@ method: {name: dense}
 """
 
 
-def _task_pids(log):
-    """This module's Ray workers executing a run now: Ray titles a busy worker
-    ``ray::<function>``, and ours inherited the fixture's log variable (another Ray on the
-    machine is left alone)."""
-    mark = f"PRUNEKIT_TEST_CONNECT_LOG={log}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if ((entry / "cmdline").read_bytes().startswith(b"ray::run_task")
-                        and mark in (entry / "environ").read_bytes().split(b"\0")):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def test_a_killed_ray_worker_is_retried_and_resumes_from_its_checkpoint(ray_session, tmp_path):
-    _, log = ray_session
+    _, _, events_path = ray_session
     sweep = Sweep.from_yaml(KILLED)
     (item,) = plan(sweep)
-    folder = Project(tmp_path).run_folder(item.spec.id)
+    events = _run_events.Listener(events_path)
     seen = {}
 
     def kill_after_first_epoch():
-        deadline = time.time() + 120
-        while time.time() < deadline and not (folder / "metrics.json").exists():
-            checkpoints = list(folder.glob("checkpoints/*/last.pt"))
-            pids = _task_pids(log)
-            if checkpoints and pids:
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)  # the worker, mid-training
-                seen["history"] = load_checkpoint(checkpoints[0])["history"]  # stable once killed
+        # Every run event is answered, except the first checkpoint: its worker, left waiting
+        # right after saving it, is killed there. The retry's events are answered.
+        while True:
+            kind, pid, where, conn = events.next()
+            if kind == "checkpoint" and not seen:
+                seen["history"] = load_checkpoint(where)["history"]  # stable: its writer waits
+                os.kill(pid, signal.SIGKILL)  # the worker, mid-training
+                conn.close()
+                continue
+            events.go(conn)
+            if kind == "stop":
                 return
-            time.sleep(0.005)
 
-    killer = threading.Thread(target=kill_after_first_epoch)
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
     killer.start()
-    summary = run_sweep(tmp_path, sweep, executor="ray", quiet=True, ray_max_retries=2)
-    killer.join()
-    assert seen, "the run finished before its worker could be killed"
+    try:
+        summary = run_sweep(tmp_path, sweep, executor="ray", quiet=True, ray_max_retries=2)
+    finally:
+        events.stop()
+        killer.join()
+        events.close()
+        os.unlink(events_path)
+    assert seen, "no checkpoint was reported: is the _run_events setup hook installed in the Ray workers?"
     assert summary.ran == 1 and not summary.failed, [o.error for o in summary.failed]
     record = Project(tmp_path).read_record(item.spec.id)
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5]  # none lost or repeated

@@ -1,5 +1,5 @@
 """A tiny name -> object registry shared by datasets, models, scores, allocations, methods,
-channel scores and pipelines.
+channel scores, channel selections (ThiNet, LASSO) and pipelines.
 
 The CLI and YAML specs refer to things by these names; an unknown name is a `KeyError` whose
 message lists every valid name, so a typo is answered with the choices.

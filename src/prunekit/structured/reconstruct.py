@@ -32,8 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import Registry
 from .scores import l1_filter
 from .shrink import shrink
+
+# The data-driven selections, ``select(z, remove) -> sorted removed channels`` for the
+# per-sample contributions ``z`` (samples, C). ``l1_filter`` is accepted beside them by
+# ``select_channels`` as the data-free reference, without a refit.
+SELECTIONS: Registry = Registry("selection")
 
 
 def _next_input(model: nn.Module, next_name: str, images: torch.Tensor) -> torch.Tensor:
@@ -80,6 +86,7 @@ def contributions(conv: nn.Conv2d, x: torch.Tensor, samples: int, generator: tor
     return (u[ni, :, :, li] * w[oi]).sum(dim=2)
 
 
+@SELECTIONS.register("thinet")
 def thinet_select(z: torch.Tensor, remove: int) -> List[int]:
     """Greedy ThiNet: the ``remove`` channels whose summed contribution stays smallest."""
     removed: List[int] = []
@@ -103,6 +110,7 @@ def _ista(gram: torch.Tensor, b: torch.Tensor, lam: float, iters: int = 300) -> 
     return beta
 
 
+@SELECTIONS.register("lasso")
 def lasso_select(z: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
     """He et al.'s LASSO selection: raise lambda until <= k = C - remove coefficients survive."""
     c = z.shape[1]
@@ -124,9 +132,6 @@ def lasso_select(z: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
     return sorted(order[keep:].tolist())
 
 
-SELECTIONS = {"thinet": thinet_select, "lasso": lasso_select}
-
-
 def least_squares_weight(conv: nn.Conv2d, x: torch.Tensor, kept: List[int], rows: int,
                          generator: torch.Generator, ridge: float = 1e-6) -> torch.Tensor:
     """New filters (O, k, kh, kw) on the kept input channels minimising ||Y - X_kept W'||^2."""
@@ -146,6 +151,8 @@ def least_squares_weight(conv: nn.Conv2d, x: torch.Tensor, kept: List[int], rows
 def select_channels(model: nn.Module, name: str, next_name: str, images: torch.Tensor, ratio: float,
                     method: str = "thinet", samples: int = 2000, seed: int = 0) -> Tuple[List[int], Optional[torch.Tensor]]:
     """``(removed channels of name, refitted weight of next_name or None for l1_filter)``."""
+    if not 0.0 <= ratio < 1.0:  # as kept_counts: a ratio outside [0, 1) is no pruning request
+        raise ValueError(f"{name}: pruning ratio must be in [0, 1), got {ratio!r}")
     conv = _check_pair(model, name, next_name)
     c = conv.in_channels
     remove = c - max(1, int(c * (1.0 - ratio) + 1e-9))
@@ -154,9 +161,9 @@ def select_channels(model: nn.Module, name: str, next_name: str, images: torch.T
         order = torch.sort(l1_filter(model, name), stable=True).indices
         return sorted(order[:remove].tolist()), None
     if method not in SELECTIONS:
-        raise KeyError(f"unknown selection {method!r}; known: l1_filter, {', '.join(SELECTIONS)}")
+        raise KeyError(f"unknown selection {method!r}; known: l1_filter, {', '.join(SELECTIONS.names())}")
     x = _next_input(model, next_name, images)
-    removed = SELECTIONS[method](contributions(conv, x, samples, g).double(), remove)
+    removed = SELECTIONS.get(method)(contributions(conv, x, samples, g).double(), remove)
     kept = [i for i in range(c) if i not in set(removed)]
     weight = least_squares_weight(conv, x.double(), kept, max(samples, 4 * len(kept) * conv.weight[0, 0].numel()), g)
     return removed, weight.to(conv.weight.dtype)

@@ -12,7 +12,7 @@ more important) and is registered in ``CHANNEL_SCORES``:
 - ``random``: i.i.d. uniform (a baseline), seeded by the layer name's position.
 
 The data-driven selections ThiNet and LASSO choose channels from activations and are not
-per-layer scores: see ``structured.thinet`` and ``structured.lasso``.
+per-layer scores: see ``SELECTIONS`` in ``structured.reconstruct``.
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def bn_scale(model: nn.Module, name: str) -> torch.Tensor:
 @CHANNEL_SCORES.register("random")
 def random(model: nn.Module, name: str) -> torch.Tensor:
     """Uniform random scores, reproducible: seeded by the layer's position in the model."""
+    layer = _module(model, name)  # first: an unknown name is a KeyError naming it
     names = [n for n, _ in model.named_modules()]
     g = torch.Generator().manual_seed(names.index(name))
-    return torch.rand(_module(model, name).weight.shape[0], generator=g)
+    return torch.rand(layer.weight.shape[0], generator=g)
