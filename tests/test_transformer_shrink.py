@@ -10,32 +10,12 @@ from torch import nn
 import prunekit as pk
 from prunekit.structured import HeadAttention, mask_transformer, shrink_transformer, transformer_layers
 
-transformers = pytest.importorskip("transformers")
+from _tiny_transformers import bert_input, tiny_bert, tiny_sentence_transformer, tiny_vit
+
+pytest.importorskip("transformers")
 
 HEADS = {0: [1, 3], "encoder.layer.1": [0]}
 FFN = {0: list(range(0, 128, 3)), 1: [5, 7, 100]}
-
-
-def tiny_bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
-                                     intermediate_size=128, max_position_embeddings=32)
-    return transformers.BertModel(config).eval()
-
-
-def bert_input():
-    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(2, 8, dtype=torch.long)
-    mask[1, 5:] = 0  # padding, so the attention mask takes part
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def tiny_vit():
-    tv = pytest.importorskip("torchvision.models")
-    torch.manual_seed(0)
-    model = tv.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
-    model.heads = nn.Identity()  # torchvision zero-initialises the classifier: compare the features
-    return model.eval()
 
 
 def test_bert_shrunk_equals_masked():
@@ -96,20 +76,6 @@ def test_head_attention_matches_multihead_attention():
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
             if wa is not None:
                 torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0)
-
-
-def tiny_sentence_transformer(tmp_path):
-    st = pytest.importorskip("sentence_transformers")
-    modules = pytest.importorskip("sentence_transformers.sentence_transformer.modules")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
-    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
-    bert = tiny_bert()
-    bert.save_pretrained(tmp_path / "bert")
-    tokenizer.save_pretrained(tmp_path / "bert")
-    word = modules.Transformer(str(tmp_path / "bert"), max_seq_length=16)
-    pooling = modules.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
-    return st.SentenceTransformer(modules=[word, pooling], device="cpu").eval()
 
 
 def test_sentence_transformer_shrunk_equals_masked(tmp_path):

@@ -36,7 +36,7 @@ from torch import nn
 from .shrink import _tp
 from .transformer_layers import TransformerLayer, find_layer, transformer_layers
 
-__all__ = ["shrink_transformer", "mask_transformer", "check_request", "head_channels"]
+__all__ = ["shrink_transformer", "mask_transformer", "check_request", "head_channels", "run_model"]
 
 Request = Mapping[object, Iterable[int]]
 
@@ -76,7 +76,8 @@ def check_request(model: nn.Module, heads: Optional[Request] = None,
     return _clean(layers, heads, "heads"), _clean(layers, ffn, "ffn")
 
 
-def _call(model: nn.Module, example_input):
+def run_model(model: nn.Module, example_input):
+    """``model(x)``, ``model(*x)`` or ``model(**x)`` for a tensor, tuple or dict ``x``."""
     if isinstance(example_input, dict):
         return model(**example_input)
     if isinstance(example_input, (tuple, list)):
@@ -100,7 +101,7 @@ def _dependency_graph(model: nn.Module, example_input):
 
     def forward(m, x):
         # One scalar that depends on every output, so the tracer sees every path.
-        outputs = _float_tensors(_call(m, x))
+        outputs = _float_tensors(run_model(m, x))
         if not outputs:
             raise ValueError(f"{type(m).__name__} returned no floating tensor to trace")
         return sum(t.sum() for t in outputs)
