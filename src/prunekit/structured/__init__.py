@@ -31,6 +31,7 @@ from .head_attention import HeadAttention
 from .transformer_layers import transformer_layers
 from .transformer_shrink import mask_transformer, shrink_transformer
 from .transformer_scores import FFN_SCORES, HEAD_SCORES, ffn_importance, head_importance
+from .transformer_io import load_pretrained_shrunk, load_sentence_transformer_shrunk, recorded_removals
 from .transformer_budget import TransformerPlan, select_for_flops, shrink_for_flops, unit_costs
 
 __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
@@ -40,4 +41,5 @@ __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNE
            # transformers: heads and FFN channels
            "shrink_transformer", "mask_transformer", "transformer_layers", "HeadAttention",
            "head_importance", "ffn_importance", "HEAD_SCORES", "FFN_SCORES", "select_for_flops",
-           "shrink_for_flops", "TransformerPlan", "unit_costs"]
+           "shrink_for_flops", "TransformerPlan", "unit_costs", "load_pretrained_shrunk",
+           "load_sentence_transformer_shrunk", "recorded_removals"]
