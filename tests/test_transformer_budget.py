@@ -105,3 +105,32 @@ def test_budget_bad_input():
         select_for_flops(model, x, 0.5, head_score="l3")
     with pytest.raises(ValueError, match="needs calibration batches"):
         head_importance(model, "output")
+
+
+def test_calibration_scores_leave_padding_tokens_out():
+    model, padded = tiny_bert(), bert_input()          # row 1: 5 real tokens, 3 padding
+    ids = padded["input_ids"]
+    unpadded = [{"input_ids": ids[:1]}, {"input_ids": ids[1:, :5]}]
+    for score in (head_importance, ffn_importance):
+        method = "output" if score is head_importance else "activation"
+        a, b = score(model, method, [padded]), score(model, method, unpadded)
+        for pos in a:
+            torch.testing.assert_close(a[pos], b[pos], atol=1e-5, rtol=1e-5)
+
+
+def test_vit_flops_and_params_match_hand_counts():
+    model, x = tiny_vit(), torch.randn(1, 3, 32, 32)
+    tokens = (32 // 8) ** 2 + 1                        # patches + class token
+
+    def hand(heads_per_layer, mlp_per_layer):
+        total = 2 * 16 * E * 3 * 8 * 8                 # patch embedding (conv_proj)
+        for h, f in zip(heads_per_layer, mlp_per_layer):
+            inner = h * D
+            total += 4 * 2 * tokens * E * inner + 2 * 2 * tokens * tokens * inner + 2 * 2 * tokens * E * f
+        return total
+
+    assert flops_per_module(model, example_input=x)[1] == hand([4, 4], [128, 128])
+    small = shrink_transformer(model, x, heads={1: [0, 3]}, ffn={0: range(28)})
+    assert flops_per_module(small, example_input=x)[1] == hand([4, 2], [100, 128])
+    removed = 2 * (3 * (E * D + D) + D * E) + 28 * (E + 1 + E)
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in model.parameters()) - removed

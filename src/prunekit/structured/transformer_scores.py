@@ -15,14 +15,14 @@ From calibration batches (``calib``: an iterable of inputs, passed like ``exampl
 - heads ``"output"``: the mean L2 norm, over tokens, of what the head writes into the
   residual stream, ``W_o[:, head] @ context_head`` (Michel et al. 2019 score heads by the
   effect of masking them; this is the cheap first-order stand-in: a head that writes
-  little can go).
+  little can go). Padding tokens (``attention_mask == 0`` in a tokenised batch) are left out.
 - FFN ``"activation"``: mean |activation| of the channel times the L2 norm of its output
   column: the channel's average contribution to the residual stream.
 """
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -81,15 +81,20 @@ def _calibrate(model: nn.Module, calib: Iterable, per_layer) -> Dict[int, torch.
     sums: Dict[int, torch.Tensor] = {}
     counts: Dict[int, int] = {}
     hooks = []
+    current = {"mask": None}  # the batch's attention mask: padding tokens are not counted
     for pos, layer in enumerate(layers):
         def hook(module, args, pos=pos, layer=layer):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])  # (tokens, inner)
+            x, mask = args[0].detach(), current["mask"]
+            if mask is not None and tuple(x.shape[:2]) == tuple(mask.shape):
+                x = x[mask.bool()]
+            x = x.reshape(-1, x.shape[-1])  # (tokens, inner)
             sums[pos] = sums.get(pos, 0) + per_layer(layer, x)
             counts[pos] = counts.get(pos, 0) + x.shape[0]
         hooks.append(per_layer.module(layer).register_forward_pre_hook(hook))
     try:
         n_batches = 0
         for batch in calib:
+            current["mask"] = _attention_mask(batch)
             run_model(work, batch)
             n_batches += 1
         if not n_batches:
@@ -98,6 +103,14 @@ def _calibrate(model: nn.Module, calib: Iterable, per_layer) -> Dict[int, torch.
         for h in hooks:
             h.remove()
     return {pos: sums[pos] / counts[pos] for pos in sums}
+
+
+def _attention_mask(batch) -> Optional[torch.Tensor]:
+    """The ``attention_mask`` of a tokenised batch (a dict, or a dict inside a tuple), if any."""
+    for item in (batch, *batch) if isinstance(batch, (tuple, list)) else (batch,):
+        if isinstance(item, Mapping) and isinstance(item.get("attention_mask"), torch.Tensor):
+            return item["attention_mask"]
+    return None
 
 
 class _HeadOutput:
