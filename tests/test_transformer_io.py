@@ -14,7 +14,8 @@ def test_bert_save_pretrained_and_reload(tmp_path):
     small = shrink_transformer(tiny_bert(), x, heads=HEADS, ffn=FFN)
     small.save_pretrained(tmp_path)
     again = load_pretrained_shrunk(tmp_path)
-    assert again.config.pruned_heads == {"0": [1, 3], "1": [2]} and again.config.pruned_intermediate == {"1": [5, 6, 70]}
+    assert again.config.pruned_heads == {"0": [1, 3], "1": [2]}
+    assert again.config.pruned_intermediate == {"1": [5, 6, 70]}
     assert again.encoder.layer[0].attention.self.num_attention_heads == 2
     with torch.no_grad():
         torch.testing.assert_close(again(**x).last_hidden_state, small(**x).last_hidden_state, atol=0, rtol=0)

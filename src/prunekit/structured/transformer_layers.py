@@ -12,8 +12,9 @@ Two layouts are recognised by their structure (no import of transformers or torc
 
 ``transformer_layers(model)`` lists them in model order; a request names a layer by that
 position (an int) or by its module name (``"encoder.layer.0"``,
-``"encoder.layers.encoder_layer_0"``; inside a wrapper the wrapper's prefix may be left out). Head ``h`` owns channels ``h*d .. h*d+d-1`` of the
-q/k/v outputs and of the output projection's input (``d`` = head size).
+``"encoder.layers.encoder_layer_0"``; inside a wrapper the wrapper's prefix may be left
+out). Head ``h`` owns channels ``h*d .. h*d+d-1`` of the q/k/v outputs and of the output
+projection's input (``d`` = head size).
 """
 from __future__ import annotations
 

@@ -132,7 +132,8 @@ def _prune(dg, source: nn.Linear, idxs: List[int], expected_out: List[nn.Module]
 def _record(model: nn.Module, layers: List[TransformerLayer], before: List[Tuple[int, int]],
             heads: Dict[int, List[int]], ffn: Dict[int, List[int]]) -> None:
     """Write what was removed, in original indices, into the HF config (if there is one)."""
-    config = next((m.config for m in model.modules() if hasattr(getattr(m, "config", None), "num_attention_heads")), None)
+    configs = (getattr(m, "config", None) for m in model.modules())
+    config = next((c for c in configs if hasattr(c, "num_attention_heads")), None)
     if config is None:
         return
     for attr, request, size in (("pruned_heads", heads, 0), ("pruned_intermediate", ffn, 1)):
