@@ -117,3 +117,14 @@ def test_not_a_transformer_fails_clearly(tiny_net):
 
 def test_exported_at_package_level():
     assert pk.structured.shrink_transformer is shrink_transformer
+
+
+def test_vit_shrinks_twice():
+    model = tiny_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    once = shrink_transformer(model, x, heads={0: [1]})
+    twice = shrink_transformer(once, x, heads={0: [2], 1: [0]}, ffn={0: [4]})   # current head 2 = original 3
+    masked = mask_transformer(copy.deepcopy(model), heads={0: [1, 3], 1: [0]}, ffn={0: [4]})
+    with torch.no_grad():
+        torch.testing.assert_close(twice(x), masked(x), atol=1e-5, rtol=0)
+    assert twice.encoder.layers[0].self_attention.num_heads == 2
