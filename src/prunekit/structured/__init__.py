@@ -12,6 +12,13 @@ Channel scores (``CHANNEL_SCORES``): l1_filter, bn_scale, random. Selections: pe
 ratios (``by_ratios``, the predefined ``PREDEFINED`` configurations, ``uniform_ratios``), one
 global threshold (``global_fraction``, network slimming), ``uniform_for_flops``; data-driven
 ThiNet / LASSO with least-squares refit of the next layer (``prune_with_reconstruction``).
+
+Transformers (Hugging Face BERT / sentence-transformers, torchvision ViT): whole attention
+heads and FFN channels removed by ``shrink_transformer(model, x, heads={layer: [h]},
+ffn={layer: [c]})``; ``mask_transformer`` zeroes the same weights in the dense model.
+Head / FFN-channel importance (``head_importance``, ``ffn_importance``: weight norms or
+calibration activations); ``select_for_flops`` / ``shrink_for_flops`` pick them for a FLOPs
+budget and report requested vs achieved.
 """
 from .configs import PREDEFINED, kept_counts, predefined_ratios
 from .latency import compare, latency
@@ -20,8 +27,19 @@ from .reconstruct import prune_with_reconstruction, reconstruction_error, select
 from .scores import CHANNEL_SCORES
 from .select import by_ratios, global_fraction, per_layer, uniform_for_flops, uniform_ratios
 from .shrink import out_channels, prunable_layers, shrink, zero_channels
+from .head_attention import HeadAttention
+from .transformer_layers import transformer_layers
+from .transformer_shrink import mask_transformer, shrink_transformer
+from .transformer_scores import FFN_SCORES, HEAD_SCORES, ffn_importance, head_importance
+from .transformer_io import load_pretrained_shrunk, load_sentence_transformer_shrunk, recorded_removals
+from .transformer_budget import TransformerPlan, select_for_flops, shrink_for_flops, unit_costs
 
 __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
            "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
            "uniform_for_flops", "latency", "compare", "apply_plan", "load_plan", "load_shrunk", "save_plan",
-           "prune_with_reconstruction", "reconstruction_error", "select_channels"]
+           "prune_with_reconstruction", "reconstruction_error", "select_channels",
+           # transformers: heads and FFN channels
+           "shrink_transformer", "mask_transformer", "transformer_layers", "HeadAttention",
+           "head_importance", "ffn_importance", "HEAD_SCORES", "FFN_SCORES", "select_for_flops",
+           "shrink_for_flops", "TransformerPlan", "unit_costs", "load_pretrained_shrunk",
+           "load_sentence_transformer_shrunk", "recorded_removals"]
