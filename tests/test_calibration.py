@@ -98,3 +98,27 @@ def test_padding_positions_are_not_tokens():
     real = model.emb(torch.tensor([1, 2, 3, 4])).double()
     assert stats["fc.weight"].tokens == 4
     assert torch.allclose(stats["fc.weight"].sq_norms, real.square().sum(0).detach())
+
+
+@pytest.mark.parametrize("score, pattern", [("wanda", None), ("wanda", "2:4"), ("sparsegpt", None),
+                                            ("sparsegpt", "2:4"), ("magnitude", "2:4")])
+def test_hf_conv1d_weights_are_read_transposed(score, pattern):
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(config).eval()
+    loader = [{"input_ids": torch.randint(0, 50, (3, 8))} for _ in range(2)]
+    mask = pk.prune(model, 0.5, score=score, pattern=pattern, calibration=loader, types=(Conv1D,))
+    assert len(mask) == 8 and mask.kept() == mask.total() // 2
+    for name, keep in mask.items():
+        rows = keep.t()     # Conv1D stores (in, out): rows are outputs once transposed
+        if pattern == "2:4":
+            assert bool((rows.reshape(rows.shape[0], -1, 4).sum(-1) == 2).all()), name
+        elif score == "wanda":
+            assert int(rows.sum(1).max() - rows.sum(1).min()) <= 1, name
+    if score == "wanda":    # the norms are those of the layer's inputs (in = rows of the weight)
+        stats = calibration.collect(model, ["h.0.mlp.c_proj.weight"], loader)
+        assert stats["h.0.mlp.c_proj.weight"].transposed
+        assert stats["h.0.mlp.c_proj.weight"].sq_norms.shape == (128,)
