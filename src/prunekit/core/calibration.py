@@ -74,8 +74,9 @@ def from_rows(rows: torch.Tensor, shape, transposed: bool = False) -> torch.Tens
 
 def module_of(model: nn.Module, param_name: str) -> nn.Module:
     """The module owning the parameter ``<module>.weight``."""
-    if not param_name.endswith("weight"):
-        raise ValueError(f"calibration understands .weight parameters, got {param_name!r}")
+    if param_name != "weight" and not param_name.endswith(".weight"):
+        raise ValueError(f"calibration reads the inputs of layers pruned through their .weight, not "
+                         f"{param_name!r}; exclude it with exclude=[...]")
     module_name = param_name[: -len("weight")].rstrip(".")
     return model.get_submodule(module_name) if module_name else model
 

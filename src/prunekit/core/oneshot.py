@@ -56,7 +56,7 @@ def transposed_flags(model: nn.Module, params: Dict[str, nn.Parameter]) -> Dict[
     for name in params:
         try:
             flags[name] = calibration.is_transposed(calibration.module_of(model, name))
-        except (AttributeError, ValueError):
+        except ValueError:
             flags[name] = False      # a parameter not named <module>.weight: (out, in) by default
     return flags
 
