@@ -119,3 +119,20 @@ def test_bert_with_dict_batches():
         mask = pk.prune(model_copy, 0.5, score=score, pattern=pattern, calibration=loader, include="encoder.*")
         assert mask.kept() == mask.total() // 2
         assert len(mask) == 12
+
+
+def test_each_layer_sees_the_inputs_of_the_pruned_layers_before_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = _correlated_inputs(n=128, width=16, factors=8)
+    by_hand = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    by_hand.load_state_dict(model.state_dict())
+    pk.prune(model, 0.5, score="sparsegpt", calibration=[x])
+    alive = torch.ones(32, 16, dtype=torch.bool)
+    with torch.no_grad():
+        w0, _ = sparsegpt.prune_layer(by_hand[0].weight, 2 * x.double().t() @ x.double(), 256, alive)
+        by_hand[0].weight.copy_(w0)
+        h = torch.relu(by_hand[0](x)).double()          # the pruned first layer's outputs
+        w2, _ = sparsegpt.prune_layer(by_hand[2].weight, 2 * h.t() @ h, 128, torch.ones(8, 32, dtype=torch.bool))
+    assert torch.allclose(model[0].weight, w0, atol=1e-6)
+    assert torch.allclose(model[2].weight, w2, atol=1e-5)
