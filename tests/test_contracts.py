@@ -174,7 +174,7 @@ def test_channel_score_gives_one_finite_value_per_channel_and_is_seeded(name):
     assert all(0 <= c < channels for c in plan[layer])
     with pytest.raises(KeyError, match="no module named 'nope'"):
         CHANNEL_SCORES.get(name)(model, "nope")
-    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"ratio: must be a fraction removed, in \[0, 1\)"):
         by_ratios(model, {layer: 1.5}, score=name)
 
 
@@ -201,7 +201,7 @@ def test_selection_removes_the_asked_count_refits_the_next_layer_and_is_seeded(n
     again = select_channels(_pair(), "0", "2", images, 0.5, method=name, samples=200, seed=2)
     assert again[0] == removed and torch.equal(again[1], weight)
     for bad in (1.5, -0.2, 1.0):
-        with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"ratio: must be a fraction removed, in \[0, 1\)"):
             select_channels(_pair(), "0", "2", images, bad, method=name)
 
 

@@ -6,10 +6,10 @@ from . import accounting
 from .allocation import ALLOCATIONS, PrunableTensor, erk_densities
 from .mask import Mask, MaskEnforcer, enforce
 from .prune import check_sparsity, prune
-from .scores import SCORES
+from .scores import CALIBRATED_SCORES, SCORES
 from .targets import default_types, prunable_parameters
 
 __all__ = [
-    "ALLOCATIONS", "SCORES", "Mask", "MaskEnforcer", "PrunableTensor", "check_sparsity",
+    "ALLOCATIONS", "CALIBRATED_SCORES", "SCORES", "Mask", "MaskEnforcer", "PrunableTensor", "check_sparsity",
     "default_types", "enforce", "erk_densities", "prunable_parameters", "prune",
 ]

@@ -11,11 +11,12 @@ from torch import nn
 from .. import distributed
 from .. import params as valid
 from . import allocation as allocations
+from . import oneshot, sparsegpt
 from . import scores as score_fns
 from .allocation import PrunableTensor
 from .mask import Mask, carried_keep
 from .targets import prunable_targets
-from .thresholds import largest_remainder, topk_mask
+from .thresholds import largest_remainder
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -74,21 +75,31 @@ def prune(
     model: nn.Module,
     sparsity: float,
     score: str = "magnitude",
-    allocation: str = "global",
+    allocation: Optional[str] = None,
     include: Optional[Iterable[str] | str] = None,
     exclude: Optional[Iterable[str] | str] = None,
     types: Optional[Sequence[Type[nn.Module]]] = None,
     mask: Optional[Mask] = None,
     seed: Optional[int] = None,
     min_density: Optional[float] = None,
+    calibration: Optional[Iterable] = None,
+    pattern: Optional[str] = None,
 ) -> Mask:
     """Prune ``model`` in place to ``sparsity`` and return the :class:`Mask`.
 
     ``sparsity`` is absolute: the fraction of *all* prunable weights removed (unlike the
     ``amount`` of ``torch.nn.utils.prune``, which is of the remaining ones). Exactly
     ``round((1 - sparsity) * N)`` weights are kept over the N prunable weights; each tensor's
-    count comes from ``allocation`` (global, uniform, uniform_plus, erk) and the weights kept
-    inside it are its highest ``score`` values (magnitude, lamp, random), ties broken by index.
+    count comes from ``allocation`` (global, uniform, uniform_plus, erk; default: global, or
+    uniform for wanda and sparsegpt as in their papers) and the weights kept inside it are its
+    highest ``score`` values (magnitude, lamp, random, wanda), ties broken by index, spread as
+    ``pattern`` says (:mod:`prunekit.core.patterns`: unstructured, per_output (wanda's
+    default), or N:M such as "2:4", which needs sparsity = 1 - N/M).
+
+    ``calibration``: a loader of batches (tensors, (x, y) tuples, or dicts passed as
+    ``model(**batch)``) for the scores that look at data: wanda (|W| * input norms) and
+    sparsegpt, which also updates the kept weights to reconstruct each layer's outputs
+    (:mod:`prunekit.core.sparsegpt`).
 
     Masks come from scores, not from zeros already there: a fresh prune of a dense model
     scores every weight, exact zeros included (a zero-initialised head is not "pruned").
@@ -115,10 +126,14 @@ def prune(
     sparsity = check_sparsity(sparsity)
     min_density = check_min_density(min_density)
     score_fn = score_fns.get(score)
+    select_fn = oneshot.resolve_pattern(pattern, score_fn, score, allocation, sparsity)
+    allocation = allocation if allocation is not None else oneshot.default_allocation(score_fn, select_fn)
     allocate = allocations.get(allocation)
     targets = prunable_targets(model, include=include, exclude=exclude, types=types)
     params = {t.name: t.param for t in targets}
     logical_shapes = {t.name: t.shape for t in targets}
+    transposed = oneshot.transposed_flags(model, params)
+    oneshot.check_pattern(select_fn, params, transposed)
     if mask is None:
         previous = {n: carried_keep(p) for n, p in params.items()}
     else:
@@ -132,7 +147,9 @@ def prune(
             raise ValueError(f"{name} has NaN or infinite weights: prune a model whose training did not diverge")
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    sorted_scores = getattr(score_fn, "sorted_scores", None)
+    stats = oneshot.gather(model, params, score_fn, calibration)
+    # The LAMP fast path compares within a whole tensor, so only the unstructured pattern uses it.
+    sorted_scores = getattr(score_fn, "sorted_scores", None) if select_fn is oneshot.pattern_fns.unstructured else None
     tensors, select_by, sorted_keys = [], [], []
     minus_inf = torch.tensor(float("-inf"))
     for name, p in params.items():
@@ -148,7 +165,8 @@ def prune(
             by = torch.where(alive, score_fns.ranking_keys(p), minus_inf.to(p.device))
             sorted_keys.append(keys)
         else:
-            s = score_fn(p.detach(), generator=generator)
+            extra = {"stats": stats[name]} if stats is not None else {}
+            s = score_fn(p.detach(), generator=generator, **extra)
             # Already-pruned weights rank below everything, so they are the first to go again.
             s = torch.where(alive, s, minus_inf.to(device=s.device, dtype=s.dtype))
             by = s
@@ -168,7 +186,11 @@ def prune(
     counts = allocate(tensors, 1.0 - sparsity)
     if sum(counts) != kept_target:  # an allocation bug, never a user error
         raise AssertionError(f"allocation {allocation!r} kept {sum(counts)} weights, expected {kept_target}")
-    counts = _fit_to_capacity(counts, alive)
+    fitted = _fit_to_capacity(counts, alive)
+    if isinstance(select_fn, oneshot.NM) and fitted != counts:
+        raise ValueError(f"pattern {select_fn} needs {select_fn.n} of every {select_fn.m} weights alive, but the "
+                         "model is already pruned further than that; start from the dense model")
+    counts = fitted
     sizes = [t.numel for t in tensors]
     if min_density is not None:
         floors = allocations.density_floors(sizes, min_density, capacity=alive)
@@ -176,12 +198,20 @@ def prune(
     warn_if_emptied([t.name for t in tensors], counts, sizes)
 
     new_masks = {}
+    if getattr(score_fn, "reconstructs", False):
+        # SparseGPT: the counts are kept, the weights kept and their new values come from the
+        # layer-wise reconstruction on calibration data.
+        nm = select_fn if isinstance(select_fn, oneshot.NM) else None
+        new_masks = sparsegpt.reconstruct(model, params, {t.name: k for t, k in zip(tensors, counts)},
+                                          previous, calibration, nm)
     for t, by, keys, k in zip(tensors, select_by, sorted_keys, counts):
+        if t.name in new_masks:
+            continue
         if keys is not None:
             hint = float(keys[keys.numel() - k]) if 0 < k < keys.numel() else None
         else:
             hint = t.threshold
-        new_masks[t.name] = topk_mask(by, k, threshold=hint)
+        new_masks[t.name] = oneshot.select(select_fn, by, k, transposed[t.name], threshold=hint)
     distributed.broadcast_(new_masks.values())  # no-op in one process
     result = Mask(new_masks, model)
     result.apply()

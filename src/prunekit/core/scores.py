@@ -3,6 +3,12 @@
 Every score has the signature ``score(weight, generator=None) -> Tensor`` (same shape as
 ``weight``, float32/64, no NaN). Already-pruned weights are exact zeros, so magnitude and LAMP
 give them the lowest score; ``prune()`` additionally forces them to stay pruned.
+
+Scores that also look at data (``CALIBRATED_SCORES``: wanda, sparsegpt) take a third argument,
+``stats=``, the layer's :class:`~prunekit.core.calibration.LayerStats`, and are used as
+``prune(model, s, score=name, calibration=loader)``. They are a registry of their own because
+they cannot run without data (the training pipelines offer the data-free ``SCORES``);
+:func:`get` and :func:`names` see both.
 """
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, UnknownNameError
+from .sparsegpt import sparsegpt_score
+from .wanda import wanda
 
 Score = Callable[..., torch.Tensor]
 SCORES: Registry[Score] = Registry("score")
@@ -83,9 +91,22 @@ def random(weight: torch.Tensor, generator: Optional[torch.Generator] = None) ->
     return torch.rand(weight.shape, generator=generator, dtype=torch.float32).to(weight.device)
 
 
+# Scores from calibration data (prune(..., calibration=loader)); each lives in its own module.
+CALIBRATED_SCORES: Registry[Score] = Registry("calibrated score")
+CALIBRATED_SCORES.register("wanda")(wanda)
+CALIBRATED_SCORES.register("sparsegpt")(sparsegpt_score)
+
+
 def get(name: str) -> Score:
+    """A data-free or calibrated score by name; an unknown name lists both kinds."""
+    if isinstance(name, str) and name in CALIBRATED_SCORES:
+        return CALIBRATED_SCORES.get(name)
+    if not isinstance(name, str) or name not in SCORES:
+        raise UnknownNameError(f"unknown score {name!r}; choose one of: {', '.join(SCORES.names())} "
+                               f"or, with calibration=<loader>, {', '.join(CALIBRATED_SCORES.names())}")
     return SCORES.get(name)
 
 
 def names():
-    return SCORES.names()
+    """Every score name, data-free and calibrated."""
+    return SCORES.names() + CALIBRATED_SCORES.names()

@@ -1,6 +1,7 @@
 """Export for fast CPU inference: CSR-sparse modules for unstructured pruning
 (``sparse``), thin folders with a ``torch.export`` program for structured pruning
-(``thin``), and the measurements behind ``prunekit bench`` (``bench_model``).
+(``thin``), 2:4 weights as torch's semi-structured sparse tensors on Ampere+ GPUs
+(``semi_structured``), and the measurements behind ``prunekit bench`` (``bench_model``).
 
     import prunekit as pk
     fast = pk.export.sparse(pruned, batch_size=1)        # SparseLinear where it measurably wins
@@ -13,7 +14,8 @@ Layer: above ``artifacts`` (``bench_model`` loads model files with ``artifacts.l
 """
 from .bench import bench_model, format_table
 from .sparse import SparseConv2d, SparseLinear, break_even, decisions, sparse
+from .semi_structured import to_semi_structured
 from .thin import ThinExport, channel_spec, thin
 
 __all__ = ["sparse", "SparseLinear", "SparseConv2d", "break_even", "decisions", "thin", "ThinExport",
-           "channel_spec", "bench_model", "format_table"]
+           "channel_spec", "bench_model", "format_table", "to_semi_structured"]

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import params as valid
 from ..registry import Registry
 from .scores import l1_filter
 from .shrink import shrink
@@ -151,8 +152,7 @@ def least_squares_weight(conv: nn.Conv2d, x: torch.Tensor, kept: List[int], rows
 def select_channels(model: nn.Module, name: str, next_name: str, images: torch.Tensor, ratio: float,
                     method: str = "thinet", samples: int = 2000, seed: int = 0) -> Tuple[List[int], Optional[torch.Tensor]]:
     """``(removed channels of name, refitted weight of next_name or None for l1_filter)``."""
-    if not 0.0 <= ratio < 1.0:  # as kept_counts: a ratio outside [0, 1) is no pruning request
-        raise ValueError(f"{name}: pruning ratio must be in [0, 1), got {ratio!r}")
+    valid.check(valid.fraction_removed, ratio, f"{name}: pruning ratio")  # the same check as kept_counts
     conv = _check_pair(model, name, next_name)
     c = conv.in_channels
     remove = c - max(1, int(c * (1.0 - ratio) + 1e-9))
