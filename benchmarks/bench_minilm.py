@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import random
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, machine  # noqa: E402
 
 import prunekit as pk  # noqa: E402
+from prunekit.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 FORTUNES = Path("/usr/share/games/fortunes")
 FORTUNE_FILES = ("fortunes", "literature", "riddles")
@@ -100,12 +100,14 @@ def setting(target: str):
 
 
 def run(method: str, target: str, dense, held_out, calib, dense_emb):
+    """``method`` is a score name, optionally with an allocation: ``magnitude/uniform``."""
     encoder = copy.deepcopy(dense)
     bert = encoder[0].auto_model
     sparsity, pattern = setting(target)
+    score, _, allocation = method.partition("/")
     start = time.perf_counter()
-    mask = pk.prune(bert, sparsity, score=method, calibration=calib, pattern=pattern,
-                    include="encoder.*")
+    mask = pk.prune(bert, sparsity, score=score, allocation=allocation or None, calibration=calib,
+                    pattern=pattern, include="encoder.*")
     seconds = time.perf_counter() - start
     emb = embed(encoder, held_out)
     cos = torch.nn.functional.cosine_similarity(emb, dense_emb, dim=1)
@@ -117,7 +119,9 @@ def run(method: str, target: str, dense, held_out, calib, dense_emb):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sparsities", default="0.5,2:4", help="comma list of sparsities and N:M patterns")
-    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma list of scores")
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt",
+                        help="comma list of scores, each optionally with /allocation (e.g. magnitude/uniform); "
+                             "default allocation: global for magnitude and lamp, uniform for wanda and sparsegpt")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval", type=int, default=300, help="held-out sentences")
     parser.add_argument("--calib", type=int, default=256, help="calibration sentences")
@@ -144,8 +148,9 @@ def main(argv=None):
         "## One-shot pruning of all-MiniLM-L6-v2 (no retraining)", "",
         f"Mean cosine between pruned and dense sentence embeddings on {len(held_out)} held-out "
         f"fortunes (`fortunes-min`), calibration on {len(calib_texts)} other fortunes. Encoder "
-        "Linear layers pruned (pooler and embeddings dense); magnitude with the global "
-        "allocation, Wanda (per-output) and SparseGPT with the uniform one; N:M on every layer.", "",
+        "Linear layers pruned (pooler and embeddings dense); `score/allocation` where the allocation "
+        "is not the default (global for magnitude and LAMP; uniform for Wanda, per output row, and "
+        "SparseGPT, as in their papers); N:M on every layer.", "",
         f"`{command_line()}`  ({machine()}; load average {os.getloadavg()[0]:.1f} at the end: "
         "prune times are wall-clock and grow with other jobs on the machine)", "",
         "| target | method | sparsity | mean cosine | min cosine | prune time (s) |",
@@ -154,11 +159,10 @@ def main(argv=None):
     lines += [f"| {r['target']} | {r['method']} | {r['sparsity']:.4f} | {r['mean_cosine']:.4f} | "
               f"{r['min_cosine']:.4f} | {r['prune_seconds']} |" for r in rows]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command_line(), "machine": machine(),
-                                                    "eval": len(held_out), "calib": len(calib_texts),
-                                                    "rows": rows}, indent=2))
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_json(out.with_suffix(".json"), {"command": command_line(), "machine": machine(),
+                                                 "eval": len(held_out), "calib": len(calib_texts), "rows": rows},
+                      indent=2)
     print("\n".join(lines))
 
 
