@@ -112,6 +112,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either a model file (prunekit prune FILE ...) or --model NAME "
+                         "(a torchvision name, timm:NAME or hf:PATH), not both or neither")
+    if args.model is not None:
+        from .pretrained import prune_pretrained
+
+        return prune_pretrained(args)
     import torch
 
     from ..artifacts import load_model, save_model
@@ -182,6 +189,10 @@ def cmd_list(args) -> int:
     for title, names in [("datasets", data.names()), ("models", models.names()),
                          ("scores", SCORES.names()), ("allocations", ALLOCATIONS.names())]:
         print(f"{title}: {', '.join(names)}")
+    # Optional sources: available ones, and for the others one line saying why not.
+    for source, reason in models.sources().items():
+        what = models.optional.SOURCES[source][1]
+        print(f"source {source}: " + (f"available: {what}" if reason is None else f"unavailable: {reason}"))
     return 0
 
 
@@ -213,8 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prune", help="prune a model file one-shot (optionally fine-tune)")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("prune", help="prune a model file or a pretrained model one-shot (optionally fine-tune)")
+    p.add_argument("checkpoint", nargs="?", default=None, help="a prunekit model file (or use --model)")
+    p.add_argument("--model", default=None,
+                   help="prune a pretrained model instead: hf:PATH (transformers / sentence-transformers "
+                        "folder), timm:NAME or a torchvision name; --out is then a folder")
+    p.add_argument("--weights", default=None, help="torchvision weights for --model (DEFAULT, IMAGENET1K_V1, ...)")
+    p.add_argument("--seq-len", type=int, default=128,
+                   help="tokens of the example input of an hf: model without a tokenizer (FLOPs)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights removed, in [0, 1)")
     p.add_argument("--score", default="magnitude")
     p.add_argument("--allocation", default="global")
@@ -225,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")
     p.add_argument("--seed", type=int, default=0)
     _add_data_args(p, with_name=False)
-    p.add_argument("--out", required=True, help="pruned model file")
+    p.add_argument("--out", required=True, help="pruned model file (with --model: a folder)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prune)
 
