@@ -82,18 +82,24 @@ def tokenizer(model: nn.Module) -> Any:
     return transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
 
 
-def _vocab_size(model: nn.Module) -> int:
+def _config(model: nn.Module) -> Any:
     config = getattr(model, "config", None)
     if config is None and is_sentence_transformer(model):
-        config = getattr(model[0].auto_model, "config", None)
-    return int(getattr(config, "vocab_size", 1000) or 1000)
+        config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    return config
+
+
+def _vocab_size(model: nn.Module) -> int:
+    return int(getattr(_config(model), "vocab_size", 1000) or 1000)
 
 
 def example_input(model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> Any:
     """``batch_size`` sequences of exactly ``seq_len`` tokens, in the form the model is called
-    with (see the module docstring)."""
+    with (see the module docstring); ``seq_len`` is capped at the model's
+    ``max_position_embeddings`` (longer inputs would not run)."""
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be positive integers, got {seq_len}, {batch_size}")
+    seq_len = min(seq_len, int(getattr(_config(model), "max_position_embeddings", seq_len) or seq_len))
     tok = tokenizer(model)
     if tok is not None:
         features = dict(tok([_TEXT * seq_len] * batch_size, padding="max_length", truncation=True,
