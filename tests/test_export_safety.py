@@ -136,3 +136,16 @@ def test_an_export_that_fails_is_reverted_to_dense():
     assert row["form"] == "dense" and row["reason"].startswith("reverted: the sparse export failed")
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x))
+
+
+def test_a_sparse_layer_feeding_another_through_pointwise_ops_hands_on_its_transposed_product():
+    torch.manual_seed(0)
+    model = _prune(nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16), nn.LayerNorm(16), nn.Linear(16, 8)), 0.9)
+    x = torch.randn(2, 10, 16)
+    fast = sparse(model, x, measure=False, min_sparsity=0.5)
+    rows = _by_layer(fast)
+    assert rows["0"].get("transposed_output") is True       # 0 -> GELU -> 2: pointwise only
+    assert not rows["2"].get("transposed_output")            # 2 -> LayerNorm -> 4: not pointwise
+    assert fast[0].transposed_output and not fast[2].transposed_output
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

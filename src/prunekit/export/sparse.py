@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import _layout
+
 __all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions"]
 
 #: Below this sparsity no layer is even timed: CSR was slower than dense at every shape and batch
@@ -146,16 +148,19 @@ class SparseLinear(_SparseBase):
     multiplied one sequence at a time (short rows stay in cache, see the module docstring),
     each product written in place into one output. Outputs of 3+-D inputs are made contiguous,
     as ``nn.Linear``'s are: the product comes out transposed, and the copy costs less than
-    what a transposed layout costs the ops after it (MiniLM at 128 tokens: 5% faster at batch
-    1, 15% at batch 32 than leaving the view). Inference only: the weight is a buffer."""
+    what a transposed layout costs most ops after it (MiniLM at 128 tokens: 5% faster at batch
+    1, 15% at batch 32 than leaving the view). ``transposed_output=True`` leaves the view, for a
+    layer that feeds another sparse layer through pointwise ops only (``sparse()`` sets it:
+    see ``_layout``). Inference only: the weight is a buffer."""
 
     def __init__(self, in_features: int, out_features: int, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor] = None, per_sequence: bool = False):
+                 bias: Optional[torch.Tensor] = None, per_sequence: bool = False,
+                 transposed_output: bool = False):
         super().__init__()
         if tuple(weight.shape) != (out_features, in_features):
             raise ValueError(f"weight shape {tuple(weight.shape)} is not ({out_features}, {in_features})")
         self.in_features, self.out_features = in_features, out_features
-        self.per_sequence = per_sequence
+        self.per_sequence, self.transposed_output = per_sequence, transposed_output
         self._set_weights(weight, bias)
 
     @classmethod
@@ -178,7 +183,7 @@ class SparseLinear(_SparseBase):
         else:
             y = torch.addmm(bias_col, weight, x.reshape(-1, self.in_features).t()).t()
             y = y.reshape(*lead, tokens, self.out_features)
-        return y.contiguous()
+        return y if self.transposed_output else y.contiguous()
 
     def extra_repr(self) -> str:
         extra = ", per_sequence=True" if self.per_sequence else ""
@@ -462,7 +467,19 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
     """Run the export on the example input; put every layer back dense if it fails, differs
     from the dense model, or (when measuring) runs the whole model no faster than the dense
     one (layers timed alone can mislead: the layout of their outputs costs the ops after them)."""
+    try:
+        feeding = _layout.feeders(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+    except Exception:  # noqa: BLE001 - the export fails on the example: _problem() below says how
+        feeding = set()
+    for name in feeding:  # hand the transposed product to the next sparse layer as it is
+        out.get_submodule(name).transposed_output = True
+        next(r for r in rows if r["layer"] == name)["transposed_output"] = True
     problem = _problem(out, inputs, dense_output)
+    if problem is not None and feeding:  # code after it may .view() the output: make it contiguous
+        for name in feeding:
+            out.get_submodule(name).transposed_output = False
+            next(r for r in rows if r["layer"] == name)["transposed_output"] = False
+        problem = _problem(out, inputs, dense_output)
     if problem is None and measure:
         dense_s, sparse_s = _time_pair(lambda x: _run(model, x), lambda x: _run(out, x), inputs, max(1, repeats // 2))
         if sparse_s > MARGIN * dense_s:
@@ -518,5 +535,6 @@ def decisions(exported: nn.Module) -> List[dict]:
     dense_s, sparse_s, reason, input_shape}`` (timings None when not measured; ``reason``: why
     the layer stayed dense, None for CSR layers; ``input_shape``: what the layer received in the
     example forward, None without one; ``kernel: 'per_sequence'`` when it runs one product per
-    sequence)."""
+    sequence; ``transposed_output: True`` when it hands its product to the next sparse layer
+    as a transposed view)."""
     return list(getattr(exported, "prunekit_sparse_decisions", []))
