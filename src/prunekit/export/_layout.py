@@ -45,15 +45,20 @@ class _Provenance(TorchDispatchMode):
 def feeders(model: nn.Module, run: Callable[[], Any], is_sparse: Callable[[nn.Module], bool]) -> Set[str]:
     """Names of the ``is_sparse`` layers whose output reaches another ``is_sparse`` layer's input
     through pointwise ops and views only, in the forward ``run()`` (called once)."""
+    return set(pairs(model, run, is_sparse))
+
+
+def pairs(model: nn.Module, run: Callable[[], Any], is_sparse: Callable[[nn.Module], bool]) -> Dict[str, str]:
+    """``{feeding layer: fed layer}`` (see ``feeders``)."""
     mode = _Provenance()
-    found: Set[str] = set()
+    found: Dict[str, str] = {}
     handles = []
     for name, module in model.named_modules():
         if is_sparse(module):
             def before(module, args, name=name):
                 origin = mode.source.get(id(args[0])) if args else None
                 if origin is not None and origin != name:
-                    found.add(origin)
+                    found[origin] = name
 
             def after(module, args, output, name=name):
                 mode.tag(output, name)

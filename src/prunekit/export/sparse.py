@@ -15,8 +15,13 @@ sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/b
   long (many tokens x batch) it leaves the cache and the kernel slows 2-3x per row. So for
   inputs of 3 or more dimensions (``(batch, tokens, features)``) a layer can run one product
   per sequence, written in place into one output (``per_sequence``): on MiniLM's 384/1536 wide
-  layers at 90% sparsity, batch 32 x 128 tokens, this was 1.6-2x faster than dense where one
-  product over all 4096 rows was 0.4-1x.
+  layers at 90% sparsity, batch 32 x 128 tokens, this was 1.2-1.9x faster than dense where one
+  product over all 4096 rows was 0.4-1x. (torch's other CSR kernel, ``torch.sparse.mm(W, x,
+  "sum")``, was 1.5-2x slower than MKL's at these shapes.)
+- layout: the product comes out transposed; copying it into ``nn.Linear``'s layout costs up
+  to a third of a layer's time, but a transposed view slows attention and layer norm more, so
+  outputs are copied, except where a sparse layer feeds another through pointwise ops only
+  (``_layout.feeders``): MiniLM at batch 1 went from 1.38x to ~1.5x with that.
 - break-even (sparse as fast as dense): ~85-90% sparsity at 128 rows for 384-1536 wide layers
   (90%: 2-2.8x), ~92-95% at batch 1 for a 784x300 layer on 2-D inputs, between 50% and 80%
   at batch 32 (2-D), ~80-85% at batch 256.
@@ -406,6 +411,9 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
     batch = batch_size or 1
     threshold = min_sparsity if min_sparsity is not None else (NEVER_BELOW if measure else break_even(batch))
     parents = _parents(out)
+    # Layers that would feed each other if both went sparse are timed in that layout (the
+    # feeder's product stays transposed, the fed layer receives it so): see _layout.
+    feeding = _likely_pairs(out, inputs, threshold, parents, called) if measure and called else {}
     chosen: List[dict] = []
     for name, module in list(out.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, _SparseBase):
@@ -423,7 +431,9 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
         if isinstance(module, nn.Conv2d) and not measure:
             row["reason"] = "convolutions go sparse only when measured faster (measure=True)"
             continue
-        candidate = _choose(name, module, row, shapes, batch, repeats) if measure else SparseLinear.from_dense(module)
+        candidate = (_choose(name, module, row, shapes, batch, repeats, feeds=name in feeding,
+                             fed=name in feeding.values())
+                     if measure else SparseLinear.from_dense(module))
         if candidate is None:
             continue
         row["form"] = "csr"
@@ -434,19 +444,36 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
     return out
 
 
-def _choose(name: str, module: nn.Module, row: dict, shapes, batch: int, repeats: int) -> Optional[nn.Module]:
+def _likely_pairs(out: nn.Module, inputs: Any, threshold: float, parents, called) -> Dict[str, str]:
+    """``_layout.pairs`` of a provisional copy in which every eligible Linear goes sparse."""
+    trial = copy.deepcopy(out)
+    for name, module in list(trial.named_modules()):
+        if (isinstance(module, nn.Linear) and _why_not(name, module, parents.get(name), called) is None
+                and 1.0 - _density(module.weight.detach()) >= threshold):
+            _replace(trial, name, SparseLinear.from_dense(module))
+    try:
+        return _layout.pairs(trial, lambda: _run(trial, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+    except Exception:  # noqa: BLE001 - a failing trial just means no layout hints
+        return {}
+
+
+def _choose(name: str, module: nn.Module, row: dict, shapes, batch: int, repeats: int, feeds: bool = False,
+            fed: bool = False) -> Optional[nn.Module]:
     """The fastest sparse form of ``module`` if it beats the dense layer by ``MARGIN`` (timings
-    go into ``row``), else None (``row['reason']`` says why)."""
+    go into ``row``), else None (``row['reason']`` says why). ``feeds`` / ``fed``: it would hand
+    its transposed product to a sparse layer / receive one, so it is timed that way."""
     x = _layer_input(name, module, shapes, batch)
     if x is None:
         row["reason"] = "no example input to time the convolution at"
         return None
+    if fed and x.dim() >= 2:  # the feeder's transposed product: same values, transposed strides
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     if isinstance(module, nn.Conv2d):
         candidates = [SparseConv2d(module)]
     else:
-        candidates = [SparseLinear.from_dense(module)]
+        candidates = [SparseLinear.from_dense(module, transposed_output=feeds)]
         if x.dim() >= 3 and x.numel() // x.shape[-1] > x.shape[-2]:  # several sequences: try one product each
-            candidates.append(SparseLinear.from_dense(module, per_sequence=True))
+            candidates.append(SparseLinear.from_dense(module, per_sequence=True, transposed_output=feeds))
     dense_module = _plain(module)
     best = None
     for candidate in candidates:
@@ -471,9 +498,9 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
         feeding = _layout.feeders(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
     except Exception:  # noqa: BLE001 - the export fails on the example: _problem() below says how
         feeding = set()
-    for name in feeding:  # hand the transposed product to the next sparse layer as it is
-        out.get_submodule(name).transposed_output = True
-        next(r for r in rows if r["layer"] == name)["transposed_output"] = True
+    for row in rows:  # hand the transposed product to the next sparse layer as it is; copy others
+        if row["form"] == "csr" and isinstance(out.get_submodule(row["layer"]), SparseLinear):
+            out.get_submodule(row["layer"]).transposed_output = row["transposed_output"] = row["layer"] in feeding
     problem = _problem(out, inputs, dense_output)
     if problem is not None and feeding:  # code after it may .view() the output: make it contiguous
         for name in feeding:
