@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..models import example_input as _model_example_input
 from . import _layout
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions"]
@@ -257,10 +258,8 @@ def _rebatch(inputs: Any, batch_size: int) -> Any:
 
 def _default_example(model: nn.Module) -> Any:
     """The model's own example input (``prunekit.models.example_input``), None if it has none."""
-    from ..models import example_input  # models is below export; imported here to keep import light
-
     try:
-        return example_input(model)
+        return _model_example_input(model)
     except ValueError:
         return None
 
