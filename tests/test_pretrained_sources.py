@@ -118,6 +118,8 @@ def test_cli_prune_hf_transformers_folder(bert_mlm_folder, tmp_path):
                  "--out", str(out), "--seq-len", "16"]) == 0
     AutoModelForMaskedLM.from_pretrained(str(out))
     assert (out / "state_dict.pt").is_file() and (out / "report.json").is_file()
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    assert metrics["achieved_sparsity"] == pytest.approx(0.3, abs=1e-4)  # over the --include'd tensors
 
 
 def test_missing_hf_folder_and_bad_cli_use_are_one_line(tmp_path, capsys):

@@ -37,7 +37,9 @@ def prune_pretrained(args) -> int:
     mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
                  include=args.include, exclude=args.exclude, seed=args.seed)
     with torch.no_grad():
-        rep = report(model, example_input=models.example_input(model, seq_len=args.seq_len))
+        # Over the tensors that were pruned (--include/--exclude), so achieved matches requested.
+        rep = report(model, example_input=models.example_input(model, seq_len=args.seq_len),
+                     include=args.include, exclude=args.exclude)
     metrics = {"requested_sparsity": args.sparsity, "achieved_sparsity": rep.sparsity, "params": rep.total_params,
                "nonzero_params": rep.nonzero_params, "flops": rep.flops, "effective_flops": rep.effective_flops}
     out = Path(args.out)
