@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--export-repeats", type=int, default=5, help="timed runs per layer when deciding")
     p.add_argument("--model", default=None, help="sentence-transformers folder (default: the packaged MiniLM)")
+    p.add_argument("--name", default="minilm_export", help="results/<name>.md and .json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     note = _ensure_sentence_transformers()
@@ -134,7 +135,7 @@ def main() -> None:
                      f"sequence) | {r['max_abs_diff']:.1e} |")
     lines += ["", "Speedup: median of paired dense/sparse times of interleaved forwards; CPU: the calling "
               "thread's CPU time (meaningful at --threads 1 only)."]
-    write_section("minilm_export", "\n".join(lines),
+    write_section(args.name, "\n".join(lines),
                   {"args": vars(args), "achieved_sparsity": rep.sparsity, "load": [load_before, load_after],
                    "note": note, "rows": rows})
 
