@@ -20,7 +20,7 @@ QUICK = ["bench_enforcement.py", "bench_prune_speed.py", "bench_export.py", "ben
 LONG = ["bench_accuracy.py", "experiments_bench.py", "bench_imp.py", "bench_thresholds.py", "bench_ddp.py"]
 # Order of sections in BENCHMARKS.md; sections not listed follow alphabetically.
 ORDER = ["enforcement", "prune_speed", "accuracy", "experiments", "imp", "thresholds", "thresholds_resnet20",
-         "threshold_overhead", "structured", "export", "ddp"]
+         "threshold_overhead", "structured", "export", "minilm_export", "minilm_export_2threads", "ddp"]
 
 HEADER = """# Benchmarks
 
