@@ -22,6 +22,7 @@ enter ``torch.inference_mode``; callers that time forward passes wrap the call i
 from __future__ import annotations
 
 import statistics
+import time
 import timeit
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -31,7 +32,11 @@ from torch.utils.benchmark import Measurement
 from torch.utils.benchmark.utils.common import TaskSpec, set_torch_threads
 from torch.utils.benchmark.utils.timer import timer as _clock
 
-__all__ = ["Timing", "time_interleaved", "time_callable", "paired_ratio"]
+__all__ = ["Timing", "time_interleaved", "time_callable", "paired_ratio", "CLOCKS"]
+
+# wall: torch.utils.benchmark's clock (waits for queued accelerator kernels); thread: CPU time
+# of the calling thread.
+CLOCKS = {"wall": _clock, "thread": time.thread_time}
 
 
 @dataclass(frozen=True)
@@ -49,19 +54,23 @@ class Timing:
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int = 10, warmup: int = 2,
-                     number: int = 1, num_threads: Optional[int] = None) -> Dict[str, Timing]:
+                     number: int = 1, num_threads: Optional[int] = None, clock: str = "wall") -> Dict[str, Timing]:
     """Time the callables side by side; ``{name: Timing}`` in the order of ``fns``.
 
     Every callable is called ``warmup`` times untimed, then ``repeats`` times ``number`` calls
     timed, the callables taking turns in each round (warm-up rounds included).
     ``num_threads`` is torch's intra-op thread count during the measurement (default: the
-    current one)."""
+    current one). ``clock="thread"`` measures the calling thread's CPU time instead of wall
+    time: with one torch thread that is the work itself, which other processes on a shared
+    machine do not inflate (with several threads it would miss the workers' time)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     if repeats < 1 or number < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, {number}, {warmup}")
     threads = torch.get_num_threads() if num_threads is None else int(num_threads)
     # timeit.Timer runs the statement in a tight loop with the garbage collector off, the
     # same machinery torch.utils.benchmark.Timer wraps.
-    timers = {name: timeit.Timer("fn()", timer=_clock, globals={"fn": fn}) for name, fn in fns.items()}
+    timers = {name: timeit.Timer("fn()", timer=CLOCKS[clock], globals={"fn": fn}) for name, fn in fns.items()}
     raw: Dict[str, list] = {name: [] for name in fns}
     with set_torch_threads(threads):
         for _ in range(warmup):

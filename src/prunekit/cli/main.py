@@ -27,6 +27,7 @@ from ..training.checkpoint import CheckpointError
 from . import (bench as bench_cli, experiments as experiments_cli, imp as imp_cli,
                structured as structured_cli, thresholds as thresholds_cli)
 from .demo import run_demo
+from .pretrained import prune_pretrained
 
 EXIT_USAGE = 2
 
@@ -112,6 +113,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either a model file (prunekit prune FILE ...) or --model NAME "
+                         "(a torchvision name, timm:NAME or hf:PATH), not both or neither")
+    if args.model is not None:
+        return prune_pretrained(args)
     device = resolve_device()
     model, stored = load_model(args.checkpoint, device=device)
     mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
@@ -167,6 +173,10 @@ def cmd_list(args) -> int:
     for title, names in [("datasets", data.names()), ("models", models.names()),
                          ("scores", SCORES.names()), ("allocations", ALLOCATIONS.names())]:
         print(f"{title}: {', '.join(names)}")
+    # Optional sources: available ones, and for the others one line saying why not.
+    for source, reason in models.sources().items():
+        what = models.optional.SOURCES[source][1]
+        print(f"source {source}: " + (f"available: {what}" if reason is None else f"unavailable: {reason}"))
     return 0
 
 
@@ -196,8 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prune", help="prune a model file one-shot (optionally fine-tune)")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("prune", help="prune a model file or a pretrained model one-shot (optionally fine-tune)")
+    p.add_argument("checkpoint", nargs="?", default=None, help="a prunekit model file (or use --model)")
+    p.add_argument("--model", default=None,
+                   help="prune a pretrained model instead: hf:PATH (transformers / sentence-transformers "
+                        "folder), timm:NAME or a torchvision name; --out is then a folder")
+    p.add_argument("--weights", default=None, help="torchvision weights for --model (DEFAULT, IMAGENET1K_V1, ...)")
+    p.add_argument("--seq-len", type=int, default=128,
+                   help="tokens of the example input of an hf: model without a tokenizer (FLOPs)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights removed, in [0, 1)")
     p.add_argument("--score", default="magnitude")
     p.add_argument("--allocation", default="global")
@@ -210,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")
     p.add_argument("--seed", type=int, default=0)
     _add_data_args(p, with_name=False)
-    p.add_argument("--out", required=True, help="pruned model file")
+    p.add_argument("--out", required=True, help="pruned model file (with --model: a folder)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prune)
 

@@ -4,7 +4,8 @@
 (``semi_structured``), and the measurements behind ``prunekit bench`` (``bench_model``).
 
     import prunekit as pk
-    fast = pk.export.sparse(pruned, batch_size=1)        # SparseLinear where it measurably wins
+    fast = pk.export.sparse(pruned, example_input)       # SparseLinear where it measurably wins
+    pk.export.decisions(fast)                            # per layer: csr or dense, and why
     pk.export.thin(shrunk, "out/thin", model_name="resnet20", model_kwargs={...},
                    structure=pk.structured.load_plan("runs/r20"))
     rows = pk.export.bench_model("runs/r20")             # latency, throughput, sizes per form

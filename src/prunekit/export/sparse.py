@@ -1,45 +1,60 @@
 """CSR-sparse inference modules: ``sparse(model)`` replaces the pruned layers that run faster
-as sparse matrix products by ``SparseLinear`` / ``SparseConv2d``.
+as sparse matrix products by ``SparseLinear`` / ``SparseConv2d``, and never breaks the model.
 
 Unstructured pruning zeroes weights but dense kernels still multiply by the zeros: a masked
 model is exactly as slow as the dense one. A sparse kernel only touches the kept weights, but
 each of them costs more (indirect indexing, no SIMD blocking), so it only pays off at high
-sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/bench_export.py``
-and a micro-benchmark of single layers 784x300 and 4096x4096):
+sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/bench_export.py``,
+``benchmarks/bench_minilm_export.py`` and micro-benchmarks of single layers):
 
-- format: CSR with ``torch.addmm(b[:, None], W_csr, x.T).T`` is the fastest form; the same
-  product with COO (``torch.sparse.mm`` or ``torch.sparse.addmm``) was 5-30x slower than CSR
-  at every shape and sparsity tried, so COO is not offered. ``addmm`` with the bias folded in
-  beats ``sparse.mm(...) + b`` by 5-15% at batch 1.
-- break-even of the kernel (sparse as fast as dense): ~92-95% sparsity at batch 1 for a
-  784x300 layer (~90% for 4096x4096), between 50% and 80% at batch 32 (80%: 1.2x for
-  784x300, 1.7x for 4096x4096; 50%: 0.4-0.55x), ~80-85% at batch 256. At 98% sparsity a
-  4096x4096 layer ran ~10-20x faster at batch 1 and ~7-9x at batch 256; a 784x300 layer
-  1.5x at batch 1 and ~5x at batch 256.
-- whole models (``benchmarks/results/export.md``): at batch 1 the call overhead of small
-  layers eats most of the kernel's gain (LeNet-300-100 at 95-98%: only fc1 goes sparse,
-  1.0-1.2x), while a 4096-wide MLP at 98% runs ~6.5x faster at batch 1 and ~7x at 256.
+- format: CSR with ``torch.addmm(b[:, None], W_csr, x.T).T`` (MKL's sparse x dense product)
+  is the fastest form; COO was 5-30x slower than CSR at every shape tried, and the other
+  orientation (dense x sparse, ``addmm(b, x, W.T_csr)``) 4-15x slower than dense. int32 CSR
+  indices are 5-20% faster than int64 at 384-1536 wide layers (less index traffic).
+- rows per product: MKL's kernel streams one row of ``x.T`` per kept weight; when that row is
+  long (many tokens x batch) it leaves the cache and the kernel slows 2-3x per row. So for
+  inputs of 3 or more dimensions (``(batch, tokens, features)``) a layer can run one product
+  per sequence, written in place into one output (``per_sequence``): on MiniLM's 384/1536 wide
+  layers at 90% sparsity, batch 32 x 128 tokens, this was 1.2-1.9x faster than dense where one
+  product over all 4096 rows was 0.4-1x. (torch's other CSR kernel, ``torch.sparse.mm(W, x,
+  "sum")``, was 1.5-2x slower than MKL's at these shapes.)
+- layout: the product comes out transposed; copying it into ``nn.Linear``'s layout costs up
+  to a third of a layer's time, but a transposed view slows attention and layer norm more, so
+  outputs are copied, except where a sparse layer feeds another through pointwise ops only
+  (``_layout.feeders``): MiniLM at batch 1 went from 1.38x to ~1.5x with that.
+- break-even (sparse as fast as dense): ~85-90% sparsity at 128 rows for 384-1536 wide layers
+  (90%: 2-2.8x), ~92-95% at batch 1 for a 784x300 layer on 2-D inputs, between 50% and 80%
+  at batch 32 (2-D), ~80-85% at batch 256.
 
-The decision is taken per layer. With ``measure=True`` (the default) both forms are timed on a
-random input of that layer's own input shape at ``batch_size`` (interleaved, median of a few
-repeats) and the sparse form is kept only when it is faster by at least 5%. With
-``measure=False`` a Linear layer goes sparse when its sparsity is at least ``min_sparsity``
-(default: ``break_even(batch_size)``, the measured figures above); convolutions stay dense
-then, because the unfold + sparse matmul path only wins in measured cases (the unfolded input
-is k*k times larger than the input, which dense convolution never materialises).
+Decisions are taken per layer, at the user's real input: ``example_input`` (a tensor, a tuple
+of positional arguments or a dict of keyword arguments, e.g. a tokenizer's output; default:
+``prunekit.models.example_input(model)``) is run once, re-batched to ``batch_size`` sequences
+or images, and every Linear / Conv2d records its input shape. Each candidate layer is then
+timed dense vs CSR (and CSR per sequence) on a random input of exactly that shape and goes
+sparse only when faster by at least 5%.
+
+What is never replaced (it stays dense and ``decisions()`` says why): a layer whose own
+``forward`` is not called by the example forward (its weight is read directly by its parent:
+``nn.MultiheadAttention``'s ``out_proj``, ``nn.TransformerEncoderLayer``'s fused fast path),
+any subclass of Linear / Conv2d it does not know, grouped or string-padded convolutions. After
+the replacement the exported model is run on the example input and compared with the dense
+model (within 1e-4) and, when measuring, timed as a whole against it; if it fails, differs or
+is not faster, every layer is put back dense (``decisions()`` says so).
 """
 from __future__ import annotations
 
 import copy
 import functools
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..models import example_input as _model_example_input
 from ..timing import time_interleaved
+from . import _layout
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions"]
 
@@ -48,6 +63,12 @@ __all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions"]
 NEVER_BELOW = 0.5
 #: A sparse layer must beat the dense one by this factor to be chosen (timing noise margin).
 MARGIN = 0.95
+#: The exported model must reproduce the dense outputs this closely (absolute and relative).
+TOLERANCE = 1e-4
+#: The layer types whose forward sparse() knows how to reproduce; subclasses may differ.
+_KNOWN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+#: Parents known to read their children's weights directly (fused kernels), for the static rule.
+_WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 def break_even(batch_size: int) -> float:
@@ -63,18 +84,35 @@ def _density(weight: torch.Tensor) -> float:
     return int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 1.0
 
 
+def _to_csr(weight2d: torch.Tensor) -> torch.Tensor:
+    """CSR copy of a dense 2-D weight, with int32 indices when they fit (faster in MKL)."""
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"; the kernels are stable
+        warnings.simplefilter("ignore", UserWarning)
+        csr = weight2d.detach().to_sparse_csr()
+        if csr._nnz() < 2 ** 31 and max(csr.shape) < 2 ** 31:
+            csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                          csr.values(), csr.shape)
+    return csr
+
+
 class _SparseBase(nn.Module):
-    """Holds a CSR ``weight`` (2-D: out x fan-in) and an optional dense ``bias`` as buffers.
+    """Holds a CSR ``weight`` (2-D: out x fan-in) and an optional dense ``bias`` as buffers,
+    plus ``_bias_col``, the bias as an (out, 1) column (zeros without bias) that ``addmm``
+    adds for free (not saved).
 
     ``load_state_dict`` replaces the buffers instead of copying into them (a CSR tensor cannot be
     copied into one with another number of nonzeros)."""
 
     def _set_weights(self, weight2d: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"; the kernels are stable
-            warnings.simplefilter("ignore", UserWarning)
-            csr = weight2d.detach().to_sparse_csr()
-        self.register_buffer("weight", csr)
+        self.register_buffer("weight", _to_csr(weight2d))
         self.register_buffer("bias", bias.detach().clone() if bias is not None else None)
+        self._refresh_bias_col()
+
+    def _refresh_bias_col(self) -> None:
+        weight, bias = self._buffers["weight"], self._buffers["bias"]
+        col = bias.unsqueeze(1) if bias is not None else torch.zeros(weight.shape[0], 1, dtype=weight.dtype,
+                                                                      device=weight.device)
+        self.register_buffer("_bias_col", col.contiguous(), persistent=False)
 
     @property
     def density(self) -> float:
@@ -82,9 +120,7 @@ class _SparseBase(nn.Module):
 
     def _mm(self, cols: torch.Tensor) -> torch.Tensor:
         """``W @ cols (+ b[:, None])`` with ``cols`` of shape (fan-in, N): (out, N)."""
-        if self.bias is not None:
-            return torch.addmm(self.bias.unsqueeze(1), self.weight, cols)
-        return torch.sparse.mm(self.weight, cols)
+        return torch.addmm(self._bias_col, self.weight, cols)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -93,8 +129,8 @@ class _SparseBase(nn.Module):
             if key in state_dict:
                 value = state_dict[key]
                 if name == "weight":
-                    if value.layout != torch.sparse_csr:
-                        value = value.to_dense().to_sparse_csr() if value.is_sparse else value.to_sparse_csr()
+                    dense = value.to_dense() if value.layout != torch.strided else value
+                    value = _to_csr(dense)
                     if tuple(value.shape) != tuple(self.weight.shape):
                         error_msgs.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(self.weight.shape)}")
                         continue
@@ -104,6 +140,7 @@ class _SparseBase(nn.Module):
                 self._buffers[name] = value
             elif strict and self._buffers.get(name) is not None:
                 missing_keys.append(key)
+        self._refresh_bias_col()
         for key in state_dict if strict else ():
             if key.startswith(prefix) and key[len(prefix):] not in ("weight", "bias") and "." not in key[len(prefix):]:
                 unexpected_keys.append(key)
@@ -112,34 +149,52 @@ class _SparseBase(nn.Module):
 class SparseLinear(_SparseBase):
     """``y = x @ W.T + b`` with ``W`` stored as CSR, computed as ``addmm(b[:, None], W, x.T).T``.
 
-    Accepts any leading dimensions (``(..., in_features)``), like ``nn.Linear``. Inference only:
-    the weight is a buffer, not a parameter."""
+    Accepts any leading dimensions (``(..., in_features)``), like ``nn.Linear``. With
+    ``per_sequence=True`` an input of 3+ dimensions ``(..., tokens, in_features)`` is
+    multiplied one sequence at a time (short rows stay in cache, see the module docstring),
+    each product written in place into one output. Outputs of 3+-D inputs are made contiguous,
+    as ``nn.Linear``'s are: the product comes out transposed, and the copy costs less than
+    what a transposed layout costs most ops after it (MiniLM at 128 tokens: 5% faster at batch
+    1, 15% at batch 32 than leaving the view). ``transposed_output=True`` leaves the view, for a
+    layer that feeds another sparse layer through pointwise ops only (``sparse()`` sets it:
+    see ``_layout``). Inference only: the weight is a buffer."""
 
     def __init__(self, in_features: int, out_features: int, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor] = None):
+                 bias: Optional[torch.Tensor] = None, per_sequence: bool = False,
+                 transposed_output: bool = False):
         super().__init__()
         if tuple(weight.shape) != (out_features, in_features):
             raise ValueError(f"weight shape {tuple(weight.shape)} is not ({out_features}, {in_features})")
         self.in_features, self.out_features = in_features, out_features
+        self.per_sequence, self.transposed_output = per_sequence, transposed_output
         self._set_weights(weight, bias)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear) -> "SparseLinear":
-        return cls(linear.in_features, linear.out_features, linear.weight, linear.bias)
+    def from_dense(cls, linear: nn.Linear, **options: bool) -> "SparseLinear":
+        return cls(linear.in_features, linear.out_features, linear.weight, linear.bias, **options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias_col = self._buffers["weight"], self._buffers["_bias_col"]
         if x.dim() == 2:  # the common case, inlined: the overhead of each call shows at batch 1
-            weight, bias = self._buffers["weight"], self._buffers["bias"]
-            if bias is None:
-                return torch.sparse.mm(weight, x.t()).t()
-            return torch.addmm(bias.unsqueeze(1), weight, x.t()).t()
-        lead = x.shape[:-1]
-        y = self._mm(x.reshape(-1, self.in_features).t())
-        return y.t().reshape(*lead, self.out_features)
+            return torch.addmm(bias_col, weight, x.t()).t()
+        if x.dim() == 1:
+            return torch.addmm(bias_col, weight, x.unsqueeze(1)).squeeze(1)
+        lead, tokens = x.shape[:-2], x.shape[-2]
+        if self.per_sequence:
+            seqs = x.reshape(-1, tokens, self.in_features)
+            out = x.new_empty(seqs.shape[0], self.out_features, tokens)
+            for k in range(seqs.shape[0]):  # one short product per sequence, no concatenation
+                torch.addmm(bias_col, weight, seqs[k].t(), out=out[k])
+            y = out.transpose(1, 2).reshape(*lead, tokens, self.out_features)
+        else:
+            y = torch.addmm(bias_col, weight, x.reshape(-1, self.in_features).t()).t()
+            y = y.reshape(*lead, tokens, self.out_features)
+        return y if self.transposed_output else y.contiguous()
 
     def extra_repr(self) -> str:
+        extra = ", per_sequence=True" if self.per_sequence else ""
         return (f"{self.in_features}, {self.out_features}, density={self.density:.4g}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}{extra}")
 
 
 class SparseConv2d(_SparseBase):
@@ -172,106 +227,307 @@ class SparseConv2d(_SparseBase):
                 f"padding={self.padding}, density={self.density:.4g}, bias={self.bias is not None}")
 
 
-def _input_shapes(model: nn.Module, example_input: Optional[torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
-    """Input shape of every Linear / Conv2d in one forward of ``example_input`` (batch 1)."""
-    if example_input is None:
-        return {}
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    handles = []
+# --- example input: how to call the model, at which batch size -----------------------------
 
-    def hook(name):
-        def record(module, args):
-            shapes.setdefault(name, tuple(args[0].shape))  # returns None: the input is unchanged
+def _run(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; a dict is passed as keyword arguments, a tuple/list as positional ones
+    (the convention of ``core.flops.count_flops``). Dicts are passed as copies: some models
+    (sentence-transformers) add their outputs to the features dict they are given."""
+    if isinstance(inputs, (tuple, list)):
+        inputs = type(inputs)(dict(v) if isinstance(v, dict) else v for v in inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _rebatch(inputs: Any, batch_size: int) -> Any:
+    """``inputs`` with every tensor's first (batch) dimension made ``batch_size`` by repeating
+    its first sample, so that a token input counts sequences, not rows."""
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dim() == 0 or inputs.shape[0] == batch_size:
+            return inputs
+        return inputs[:1].repeat(batch_size, *([1] * (inputs.dim() - 1)))
+    if isinstance(inputs, dict):
+        return {k: _rebatch(v, batch_size) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_rebatch(v, batch_size) for v in inputs)
+    return inputs
+
+
+def _default_example(model: nn.Module) -> Any:
+    """The model's own example input (``prunekit.models.example_input``), None if it has none."""
+    try:
+        return _model_example_input(model)
+    except ValueError:
+        return None
+
+
+def _tensors(output: Any) -> List[torch.Tensor]:
+    """Every tensor in a model output (a tensor, tuple, dict or HF ModelOutput), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):  # HF ModelOutput is an OrderedDict
+        return [t for v in output.values() for t in _tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in _tensors(v)]
+    return []
+
+
+def _max_difference(a: Any, b: Any) -> float:
+    """Largest ``|a - b| / (1 + |a|)`` over the output tensors (inf if they do not pair up)."""
+    ta, tb = _tensors(a), _tensors(b)
+    if len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb)):
+        return float("inf")
+    diffs = [((x.float() - y.float()).abs() / (1 + x.float().abs())).max().item() for x, y in zip(ta, tb)
+             if x.numel() and x.is_floating_point()]
+    return max(diffs, default=0.0)
+
+
+def _record_calls(model: nn.Module, inputs: Any) -> Tuple[Dict[str, Tuple[int, ...]], Any]:
+    """Run ``model(inputs)`` once; returns the input shape of every Linear / Conv2d whose own
+    forward ran (layers missing from it are read by their parent) and the output.
+
+    The layers' ``forward`` is wrapped on the instance rather than hooked: torch turns its
+    fused fast paths (``nn.TransformerEncoderLayer``) off when hooks are attached, which would
+    record a path the real model does not take."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    wrapped = []
+
+    def recorder(name, forward):
+        def record(*args, **kwargs):
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault(name, tuple(args[0].shape))
+            return forward(*args, **kwargs)
         return record
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            handles.append(module.register_forward_pre_hook(hook(name)))
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and "forward" not in module.__dict__:
+            module.forward = recorder(name, module.forward)
+            wrapped.append(module)
     try:
         with torch.inference_mode():
-            model(example_input)
+            output = _run(model, inputs)
     finally:
-        for h in handles:
-            h.remove()
-    return shapes
+        for module in wrapped:
+            del module.forward  # back to the class's forward
+    return shapes, output
 
 
-def _time_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int) -> Tuple[float, float]:
-    """Median seconds of ``a(x)`` and ``b(x)``, timed alternately (one warm-up each)."""
+# --- timing ----------------------------------------------------------------------------------
+
+def _time_pair(a, b, x: torch.Tensor, repeats: int) -> Tuple[float, float]:
+    """Median seconds of ``a(x)`` and ``b(x)``, timed alternately (one warm-up each). With one
+    torch thread the clock is the thread's CPU time, which other processes on a shared machine
+    do not inflate; otherwise wall time."""
+    clock = "thread" if torch.get_num_threads() == 1 else "wall"
     with torch.inference_mode():
-        t = time_interleaved({"a": functools.partial(a, x), "b": functools.partial(b, x)}, repeats=repeats, warmup=1)
+        t = time_interleaved({"a": functools.partial(a, x), "b": functools.partial(b, x)}, repeats=repeats,
+                             warmup=1, clock=clock)
     return t["a"].median, t["b"].median
 
 
 def _layer_input(name: str, module: nn.Module, shapes: Dict[str, Tuple[int, ...]], batch_size: int):
+    """A random input of the shape the layer saw (the example's, already at ``batch_size``);
+    without an example forward, ``(batch_size, in_features)`` for Linear, None for Conv2d."""
+    kw = {"dtype": module.weight.dtype, "device": module.weight.device}
     if name in shapes:
-        shape = shapes[name]
-        lead = (batch_size,) if len(shape) > 1 else ()
-        return torch.randn(*lead, *shape[1:] if len(shape) > 1 else shape, dtype=module.weight.dtype,
-                           device=module.weight.device)
+        return torch.randn(*shapes[name], **kw)
     if isinstance(module, nn.Linear):
-        return torch.randn(batch_size, module.in_features, dtype=module.weight.dtype, device=module.weight.device)
+        return torch.randn(batch_size, module.in_features, **kw)
     return None
 
 
-def sparse(model: nn.Module, *, batch_size: int = 1, min_sparsity: Optional[float] = None, measure: bool = True,
-           example_input: Optional[torch.Tensor] = None, repeats: int = 5) -> nn.Module:
+# --- which layers may be replaced ------------------------------------------------------------
+
+def _parents(model: nn.Module) -> Dict[str, nn.Module]:
+    return {f"{name}.{child}" if name else child: module
+            for name, module in model.named_modules() for child in module._modules}
+
+
+def _why_not(name: str, module: nn.Module, parent: Optional[nn.Module], called: Optional[set]) -> Optional[str]:
+    """Why layer ``name`` cannot be replaced (None: it can). ``called``: the layers whose
+    forward ran in the example forward (None when there was none)."""
+    if isinstance(module, nn.Linear) and type(module) not in _KNOWN_LINEAR:
+        return f"{type(module).__name__} is a subclass of Linear sparse() does not know"
+    if isinstance(module, nn.Conv2d) and type(module) is not nn.Conv2d:
+        return f"{type(module).__name__} is a subclass of Conv2d sparse() does not know"
+    owner = type(parent).__name__ if parent is not None else "its parent"
+    if called is not None and name not in called:
+        return f"its forward is not called: its weight is read directly by {owner}"
+    if called is None and isinstance(parent, _WEIGHT_READERS):
+        return f"its weight is read directly by {owner}"
+    if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"
+                                          or isinstance(module.padding, str)):
+        return "grouped or non-zero/string-padded convolution"
+    return None
+
+
+def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[int] = None,
+           min_sparsity: Optional[float] = None, measure: bool = True, repeats: int = 5) -> nn.Module:
     """A copy of ``model`` (in eval mode) whose sufficiently sparse Linear / Conv2d layers are
-    replaced by ``SparseLinear`` / ``SparseConv2d`` (CSR weights); every other module is
-    unchanged and the outputs equal the dense model's up to float rounding.
+    replaced by ``SparseLinear`` / ``SparseConv2d`` (CSR weights) where that is measurably
+    faster; every other module is unchanged and the outputs equal the dense model's within 1e-4.
+
+    ``example_input``: what the model is called with, at your real shape (a tensor, a tuple of
+    positional arguments or a dict of keyword arguments such as a tokenizer's output; default:
+    ``prunekit.models.example_input(model)``: a random batch of ``model.input_shape``, or for a
+    Hugging Face model its tokenizer's output at 128 tokens). ``batch_size``: re-batch the
+    example to that many samples (sequences for token inputs; default: the example's own).
 
     Per layer (see the module docstring for the measured figures):
-    - ``measure=True``: layers with sparsity >= ``min_sparsity`` (default 0.5, below which CSR
-      was never faster) are timed dense vs sparse on a random input of the layer's own input
-      shape at ``batch_size``, ``repeats`` interleaved runs, and go sparse only if at least 5%
-      faster. The input shapes come from one forward of ``example_input`` (default: a batch-1
-      random input of ``model.input_shape`` when the model has one); without them Linear layers
-      are timed at ``(batch_size, in_features)`` and convolutions stay dense.
+    - ``measure=True``: layers with sparsity >= ``min_sparsity`` (default 0.5) are timed dense
+      vs CSR on a random input of the shape they saw, ``repeats`` interleaved runs, and go
+      sparse only if at least 5% faster. Without any example input Linear layers are timed at
+      ``(batch_size, in_features)`` and convolutions stay dense.
     - ``measure=False``: Linear layers with sparsity >= ``min_sparsity`` (default
       ``break_even(batch_size)``) go sparse, convolutions stay dense.
 
-    The choices are listed by ``decisions(exported)``. torch.nn.utils.prune reparametrisations
-    (``weight_orig`` + mask) are read through the computed ``weight``.
+    The choices, and why a layer stayed dense, are listed by ``decisions(exported)``.
+    torch.nn.utils.prune reparametrisations (``weight_orig`` + mask) are read through the
+    computed ``weight``.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if min_sparsity is not None and not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     out = copy.deepcopy(model).eval()
-    if measure and example_input is None and getattr(model, "input_shape", None) is not None:
-        param = next(out.parameters(), None)
-        example_input = torch.randn(1, *model.input_shape, device=param.device if param is not None else "cpu")
-    shapes = _input_shapes(out, example_input) if measure else {}
-    threshold = min_sparsity if min_sparsity is not None else (NEVER_BELOW if measure else break_even(batch_size))
+    if example_input is None:
+        example_input = _default_example(out)
+    called: Optional[set] = None
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    dense_output = None
+    if example_input is not None:
+        inputs = _rebatch(example_input, batch_size) if batch_size else example_input
+        shapes, dense_output = _record_calls(out, inputs)
+        called = set(shapes)
+    batch = batch_size or 1
+    threshold = min_sparsity if min_sparsity is not None else (NEVER_BELOW if measure else break_even(batch))
+    parents = _parents(out)
+    # Layers that would feed each other if both went sparse are timed in that layout (the
+    # feeder's product stays transposed, the fed layer receives it so): see _layout.
+    feeding = _likely_pairs(out, inputs, threshold, parents, called) if measure and called else {}
     chosen: List[dict] = []
     for name, module in list(out.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, _SparseBase):
             continue
-        weight = module.weight.detach()
-        sparsity = 1.0 - _density(weight)
+        sparsity = 1.0 - _density(module.weight.detach())
         row = {"layer": name, "type": type(module).__name__, "sparsity": sparsity, "form": "dense",
-               "dense_s": None, "sparse_s": None}
+               "dense_s": None, "sparse_s": None, "reason": None, "input_shape": shapes.get(name)}
         chosen.append(row)
-        if sparsity < threshold:
+        row["reason"] = _why_not(name, module, parents.get(name), called)
+        if row["reason"]:
             continue
-        if isinstance(module, nn.Conv2d):
-            if not measure or module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-                continue
-            candidate = SparseConv2d(module)
-        else:
-            candidate = SparseLinear.from_dense(module)
-        if measure:
-            x = _layer_input(name, module, shapes, batch_size)
-            if x is None:
-                continue
-            dense_module = _plain(module)
-            row["dense_s"], row["sparse_s"] = _time_pair(dense_module, candidate, x, repeats)
-            if row["sparse_s"] > MARGIN * row["dense_s"]:
-                continue
+        if sparsity < threshold:
+            row["reason"] = f"sparsity {sparsity:.3f} below {threshold:.3f}"
+            continue
+        if isinstance(module, nn.Conv2d) and not measure:
+            row["reason"] = "convolutions go sparse only when measured faster (measure=True)"
+            continue
+        candidate = (_choose(name, module, row, shapes, batch, repeats, feeds=name in feeding,
+                             fed=name in feeding.values())
+                     if measure else SparseLinear.from_dense(module))
+        if candidate is None:
+            continue
         row["form"] = "csr"
         _replace(out, name, candidate)
     out.prunekit_sparse_decisions = chosen
+    if dense_output is not None and any(r["form"] == "csr" for r in chosen):
+        _check_or_revert(out, _plain_copy(model), inputs, dense_output, chosen, measure, repeats)
     return out
+
+
+def _likely_pairs(out: nn.Module, inputs: Any, threshold: float, parents, called) -> Dict[str, str]:
+    """``_layout.pairs`` of a provisional copy in which every eligible Linear goes sparse."""
+    trial = copy.deepcopy(out)
+    for name, module in list(trial.named_modules()):
+        if (isinstance(module, nn.Linear) and _why_not(name, module, parents.get(name), called) is None
+                and 1.0 - _density(module.weight.detach()) >= threshold):
+            _replace(trial, name, SparseLinear.from_dense(module))
+    try:
+        return _layout.pairs(trial, lambda: _run(trial, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+    except Exception:  # noqa: BLE001 - a failing trial just means no layout hints
+        return {}
+
+
+def _choose(name: str, module: nn.Module, row: dict, shapes, batch: int, repeats: int, feeds: bool = False,
+            fed: bool = False) -> Optional[nn.Module]:
+    """The fastest sparse form of ``module`` if it beats the dense layer by ``MARGIN`` (timings
+    go into ``row``), else None (``row['reason']`` says why). ``feeds`` / ``fed``: it would hand
+    its transposed product to a sparse layer / receive one, so it is timed that way."""
+    x = _layer_input(name, module, shapes, batch)
+    if x is None:
+        row["reason"] = "no example input to time the convolution at"
+        return None
+    if fed and x.dim() >= 2:  # the feeder's transposed product: same values, transposed strides
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if isinstance(module, nn.Conv2d):
+        candidates = [SparseConv2d(module)]
+    else:
+        candidates = [SparseLinear.from_dense(module, transposed_output=feeds)]
+        if x.dim() >= 3 and x.numel() // x.shape[-1] > x.shape[-2]:  # several sequences: try one product each
+            candidates.append(SparseLinear.from_dense(module, per_sequence=True, transposed_output=feeds))
+    dense_module = _plain(module)
+    best = None
+    for candidate in candidates:
+        dense_s, sparse_s = _time_pair(dense_module, candidate, x, repeats)
+        if best is None or sparse_s / dense_s < best[2] / best[1]:
+            best = (candidate, dense_s, sparse_s)
+    candidate, row["dense_s"], row["sparse_s"] = best
+    if row["sparse_s"] > MARGIN * row["dense_s"]:
+        row["reason"] = f"CSR measured slower ({1e3 * row['sparse_s']:.3f} ms vs {1e3 * row['dense_s']:.3f} ms dense)"
+        return None
+    if getattr(candidate, "per_sequence", False):
+        row["kernel"] = "per_sequence"
+    return candidate
+
+
+def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output: Any, rows: List[dict],
+                     measure: bool, repeats: int) -> None:
+    """Run the export on the example input; put every layer back dense if it fails, differs
+    from the dense model, or (when measuring) runs the whole model no faster than the dense
+    one (layers timed alone can mislead: the layout of their outputs costs the ops after them)."""
+    try:
+        feeding = _layout.feeders(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+    except Exception:  # noqa: BLE001 - the export fails on the example: _problem() below says how
+        feeding = set()
+    for row in rows:  # hand the transposed product to the next sparse layer as it is; copy others
+        if row["form"] == "csr" and isinstance(out.get_submodule(row["layer"]), SparseLinear):
+            out.get_submodule(row["layer"]).transposed_output = row["transposed_output"] = row["layer"] in feeding
+    problem = _problem(out, inputs, dense_output)
+    if problem is not None and feeding:  # code after it may .view() the output: make it contiguous
+        for name in feeding:
+            out.get_submodule(name).transposed_output = False
+            next(r for r in rows if r["layer"] == name)["transposed_output"] = False
+        problem = _problem(out, inputs, dense_output)
+    if problem is None and measure:
+        dense_s, sparse_s = _time_pair(lambda x: _run(model, x), lambda x: _run(out, x), inputs, max(1, repeats // 2))
+        if sparse_s > MARGIN * dense_s:
+            problem = f"ran the whole model no faster ({1e3 * sparse_s:.2f} ms vs {1e3 * dense_s:.2f} ms dense)"
+    if problem is None:
+        return
+    for row in rows:
+        if row["form"] == "csr":
+            _replace(out, row["layer"], copy.deepcopy(model.get_submodule(row["layer"])).eval())
+            row["form"], row["reason"] = "dense", f"reverted: the sparse export {problem}"
+
+
+def _problem(exported: nn.Module, inputs: Any, dense_output: Any) -> Optional[str]:
+    try:
+        with torch.inference_mode():
+            output = _run(exported, inputs)
+    except Exception as err:  # noqa: BLE001 - any failure means: do not ship this export
+        return f"failed on the example input ({type(err).__name__}: {err})"
+    difference = _max_difference(dense_output, output)
+    if difference > TOLERANCE:
+        return f"differed from the dense model by {difference:.2e} (> {TOLERANCE})"
+    return None
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """The dense model in eval mode (a copy only when it must change mode)."""
+    return model if not model.training else copy.deepcopy(model).eval()
 
 
 def _plain(module: nn.Module) -> nn.Module:
@@ -297,5 +553,9 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def decisions(exported: nn.Module) -> List[dict]:
     """Per layer of a ``sparse()`` result: ``{layer, type, sparsity, form ('csr' or 'dense'),
-    dense_s, sparse_s}`` (the timings are None when the layer was decided without measuring)."""
+    dense_s, sparse_s, reason, input_shape}`` (timings None when not measured; ``reason``: why
+    the layer stayed dense, None for CSR layers; ``input_shape``: what the layer received in the
+    example forward, None without one; ``kernel: 'per_sequence'`` when it runs one product per
+    sequence; ``transposed_output: True`` when it hands its product to the next sparse layer
+    as a transposed view)."""
     return list(getattr(exported, "prunekit_sparse_decisions", []))
