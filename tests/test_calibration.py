@@ -55,7 +55,7 @@ def test_empty_loader_is_one_clear_error(loader):
 def test_missing_loader_and_bad_batches():
     with pytest.raises(ValueError, match="needs calibration data"):
         pk.prune(_mlp(), 0.5, score="wanda")
-    with pytest.raises(ValueError, match="a tensor, an \\(x, y\\) tuple or a dict"):
+    with pytest.raises(ValueError, match="a tensor, an \\(x, y\\) tuple, a dict"):
         pk.prune(_mlp(), 0.5, score="wanda", calibration=["not a batch"])
 
 

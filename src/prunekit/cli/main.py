@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__, data, distributed, models
 from ..artifacts import load_model, save_model
-from ..core import ALLOCATIONS, SCORES
+from ..core import ALLOCATIONS, CALIBRATED_SCORES, SCORES
 from ..core.accounting import report
 from ..core.prune import prune
 from ..device import resolve
@@ -24,6 +24,7 @@ from ..io import atomic_write_json
 from ..pipelines.finetune import finetune
 from ..training import evaluate, fit
 from ..training.checkpoint import CheckpointError
+from . import calibration
 from . import (bench as bench_cli, experiments as experiments_cli, imp as imp_cli,
                structured as structured_cli, thresholds as thresholds_cli)
 from .demo import run_demo
@@ -120,10 +121,14 @@ def cmd_prune(args) -> int:
         return prune_pretrained(args)
     device = resolve_device()
     model, stored = load_model(args.checkpoint, device=device)
-    mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
-                 include=args.include, exclude=args.exclude, seed=args.seed, min_density=args.min_density)
-    metrics = {"requested_sparsity": args.sparsity}
     dataset = stored.get("dataset")
+    if calibration.needs_calibration(args.score) and dataset is None:
+        raise ValueError(f"--score {args.score} looks at data, and {args.checkpoint} names no dataset")
+    calib = calibration.from_dataset(args, dataset) if dataset is not None else None
+    mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation, include=args.include,
+                 exclude=args.exclude, seed=args.seed, min_density=args.min_density, calibration=calib,
+                 pattern=args.pattern)
+    metrics = {"requested_sparsity": args.sparsity}
     if args.finetune_epochs or not args.no_eval:
         if dataset is None:
             raise ValueError(f"{args.checkpoint} names no dataset; cannot evaluate or fine-tune")
@@ -171,7 +176,8 @@ def cmd_eval(args) -> int:
 
 def cmd_list(args) -> int:
     for title, names in [("datasets", data.names()), ("models", models.names()),
-                         ("scores", SCORES.names()), ("allocations", ALLOCATIONS.names())]:
+                         ("scores", SCORES.names()), ("scores from calibration data", CALIBRATED_SCORES.names()),
+                         ("allocations", ALLOCATIONS.names())]:
         print(f"{title}: {', '.join(names)}")
     # Optional sources: available ones, and for the others one line saying why not.
     for source, reason in models.sources().items():
@@ -216,11 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens of the example input of an hf: model without a tokenizer (FLOPs)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights removed, in [0, 1)")
     p.add_argument("--score", default="magnitude")
-    p.add_argument("--allocation", default="global")
+    p.add_argument("--allocation", default=None,
+                   help="global (default), uniform, uniform_plus, erk; wanda and sparsegpt default to uniform")
     p.add_argument("--include", nargs="*", default=None, help="name patterns of tensors to prune")
     p.add_argument("--exclude", nargs="*", default=None, help="name patterns of tensors to leave dense")
     p.add_argument("--min-density", type=float, default=None,
                    help="fraction of every prunable tensor kept at least, e.g. 0.01 (default: no floor)")
+    calibration.add_arguments(p)
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy evaluation")

@@ -22,6 +22,7 @@ from ..core.accounting import report
 from ..core.prune import prune
 from ..io import atomic_torch_save, atomic_write_json
 from ..models import hf
+from . import calibration
 
 
 def prune_pretrained(args) -> int:
@@ -34,8 +35,13 @@ def prune_pretrained(args) -> int:
     if kwargs and (args.model.startswith(hf.PREFIX) or args.model.startswith("timm:")):
         raise ValueError("--weights applies to torchvision models only")
     model = models.get(args.model, **kwargs).eval()
-    mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation,
-                 include=args.include, exclude=args.exclude, seed=args.seed)
+    calib = calibration.from_text(args, model) if hf.is_hf(model) else None
+    if calibration.needs_calibration(args.score) and calib is None:
+        raise ValueError(f"--score {args.score} looks at data; with --model it is supported for hf: models "
+                         "(--calibration-text FILE)")
+    mask = prune(model, args.sparsity, score=args.score, allocation=args.allocation, include=args.include,
+                 exclude=args.exclude, seed=args.seed, min_density=args.min_density, calibration=calib,
+                 pattern=args.pattern)
     with torch.no_grad():
         # Over the tensors that were pruned (--include/--exclude), so achieved matches requested.
         rep = report(model, example_input=models.example_input(model, seq_len=args.seq_len),

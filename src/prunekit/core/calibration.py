@@ -128,19 +128,26 @@ def batches(loader: Iterable) -> Iterable:
 
 def run_batch(model: nn.Module, batch: Any, device: torch.device) -> None:
     """Run the model on one calibration batch: ``model(x)`` for a tensor, ``model(x)`` with the
-    first element of an (x, y, ...) tuple, ``model(**batch)`` for a dict (HF tokenizers)."""
+    first element of an (x, y, ...) tuple, ``model(**batch)`` for a dict (HF tokenizers), and
+    ``model(features)`` for a tuple whose first element is a dict (sentence-transformers take
+    one features dict, as ``prunekit.models.example_input`` gives it: ``(features,)``)."""
     if isinstance(batch, torch.Tensor):
         model(batch.to(device))
     elif isinstance(batch, Mapping):
         model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         model(batch[0].to(device))
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Mapping):
+        model({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch[0].items()})
     else:
-        raise ValueError(f"a calibration batch must be a tensor, an (x, y) tuple or a dict of tensors, "
+        raise ValueError(f"a calibration batch must be a tensor, an (x, y) tuple, a dict of tensors or a "
+                         f"(features dict,) tuple, "
                          f"got {type(batch).__name__}")
 
 
 def _token_mask(batch: Any) -> Optional[torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Mapping):
+        batch = batch[0]   # (features,): sentence-transformers
     if isinstance(batch, Mapping) and isinstance(batch.get("attention_mask"), torch.Tensor):
         return batch["attention_mask"].bool()
     return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 from torch import nn
@@ -111,6 +111,26 @@ def example_input(model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     features = {k: v.to(device) for k, v in features.items()}
     return (features,) if is_sentence_transformer(model) else features
+
+
+def text_batches(model: nn.Module, texts: List[str], batch_size: int = 16, max_length: int = 128) -> List[Any]:
+    """Calibration batches of ``texts`` for ``model``, tokenized by its folder's tokenizer
+    (padded per batch, truncated at ``max_length``), in the form the model is called with:
+    dicts of keyword arguments, or 1-tuples for sentence-transformers."""
+    tok = tokenizer(model)
+    if tok is None:
+        raise ValueError("calibration text needs the model folder's tokenizer, and this model has none")
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("the calibration text has no non-empty line")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        features = dict(tok(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt"))
+        features = {k: v.to(device) for k, v in features.items()}
+        batches.append((features,) if is_sentence_transformer(model) else features)
+    return batches
 
 
 def save(model: nn.Module, folder) -> Path:
