@@ -118,7 +118,7 @@ def main() -> None:
         print(row, flush=True)
     load_after = os.getloadavg()
     lines = [
-        f"### Sparse export of all-MiniLM-L6-v2 at {args.sparsity:.0%} (global magnitude, encoder Linear layers)",
+        f"## Sparse export of all-MiniLM-L6-v2 at {args.sparsity:.0%} (global magnitude, encoder Linear layers)",
         "",
         f"`{command_line()}`; {machine()}; achieved encoder sparsity {rep.sparsity:.4f}; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (2 cores shared with other jobs)"
