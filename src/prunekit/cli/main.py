@@ -20,7 +20,7 @@ from ..core.accounting import report
 from ..core.prune import prune
 from ..device import resolve
 from ..distributed import is_main, threads_per_rank
-from ..io import atomic_write_json
+from ..io import StorageError, atomic_write_json, check_writable
 from ..pipelines.finetune import finetune
 from ..training import evaluate, fit
 from ..training.checkpoint import CheckpointError
@@ -249,7 +249,24 @@ def _version() -> str:
 
 
 def _user_errors():
-    return (ValueError, KeyError, FileNotFoundError, CheckpointError, TypeError)
+    return (ValueError, KeyError, FileNotFoundError, CheckpointError, TypeError, StorageError)
+
+
+def _outputs(args) -> List[Path]:
+    """The folders the command will write to (checked before any work starts)."""
+    cmd = args.command
+    if cmd in ("run", "sweep") and not getattr(args, "dry_run", False):
+        return [Path(args.dir)]
+    if cmd == "runs" and getattr(args, "repair", False):
+        return [Path(args.dir)]
+    if cmd == "report":
+        return [Path(args.out) if args.out else Path(args.dir) / "report"]
+    if cmd == "prune":
+        return [Path(args.out).parent]
+    if cmd == "bench" and getattr(args, "json", None):
+        return [Path(args.json).parent]
+    out = getattr(args, "out", None)
+    return [Path(out)] if isinstance(out, str) and cmd != "bench" else []
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -264,6 +281,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if distributed.requested():  # launched by torchrun: one process group for the command
 
             distributed.setup(resolve())
+        for folder in _outputs(args):  # a full disk or a read-only folder: before the work
+            check_writable(folder)
         return args.func(args)
     except _user_errors() as err:
         if os.environ.get("PRUNEKIT_DEBUG"):

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
+from ..io import check_writable
 from .project import Project, atomic_write_text
 from .ray_executor import import_ray, run_ray
 from .runner import Outcome, execute
@@ -99,6 +100,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
                          "job already share each run's training; use one or the other")
     started = time.time()
     project = Project(root)
+    check_writable(project.root)  # a full disk or a read-only folder: before any work
     project.root.mkdir(parents=True, exist_ok=True)
     sweep = as_sweep(sweep)
     planned = plan(sweep)
@@ -199,6 +201,10 @@ def _reconcile(project: Project, sweep: Sweep, planned: List[PlannedRun]) -> set
         stale = []
         for item in planned:
             run_id = item.spec.id
+            why = project.corrupt_record(run_id)
+            if why is not None and project.set_aside(run_id) is not None:
+                store.fail(run_id, f"its metrics.json was damaged ({why}); moved to metrics.json.corrupt "
+                                   "and run again", status="interrupted")
             if project.is_done(run_id):
                 done.add(run_id)
                 if status.get(run_id) != "done":
