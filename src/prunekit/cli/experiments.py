@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..distributed import is_main
 from ..experiments.project import Project
+from ..experiments.repair import repair_store
 from ..experiments.ray_executor import import_ray
 from ..experiments.report import write_report
 from ..experiments.spec import Sweep
@@ -75,6 +76,9 @@ def cmd_sweep(args) -> int:
 
 def cmd_runs(args) -> int:
     project = Project(args.dir)
+    if args.repair:
+        print(repair_store(args.dir).line())
+        return 0
     if not project.db_path.is_file():
         raise FileNotFoundError(f"no results database in {args.dir} ({project.db_path} is missing); "
                                 "run `prunekit run` or `prunekit sweep` first")
@@ -146,6 +150,8 @@ def register(subparsers) -> None:
     p.add_argument("--status", default=None,
                    choices=["pending", "running", "interrupted", "done", "failed", "blocked"])
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild a damaged results.sqlite from the run folders (the old file is kept aside)")
     p.set_defaults(func=cmd_runs)
 
     p = subparsers.add_parser("report", help="Markdown + HTML report with tables and figures")
