@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -269,7 +271,26 @@ def _outputs(args) -> List[Path]:
     return [Path(out)] if isinstance(out, str) and cmd != "bench" else []
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that everything cleans up the same way (exit 143)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _threads()
@@ -290,7 +311,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"prunekit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated):
+            print("terminated (SIGTERM); rerun the same command to resume from the last checkpoint",
+                  file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
 
