@@ -87,7 +87,8 @@ def record_outcome(project: Project, store: Store, spec: RunSpec, outcome: Outco
             atomic_write_json(folder / METRICS, record)
         store.finish(spec, record)
     else:
-        store.fail(spec.id, outcome.error or "failed without an error message")
+        store.fail(spec.id, outcome.error or "failed without an error message",
+                   status="diverged" if outcome.status == "diverged" else "failed")
     outcome.record = None
     return outcome
 

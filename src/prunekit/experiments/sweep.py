@@ -42,7 +42,7 @@ from .. import distributed
 from ..io import check_writable
 from .project import Project, atomic_write_text
 from .ray_executor import import_ray, run_ray
-from .runner import Outcome, execute
+from .runner import FAILED, Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
 # The plan (and which planned runs can start) is shared with the Ray executor, so it lives
 # below both; its names stay importable from here.
@@ -160,7 +160,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     def settle(outcome: Outcome) -> None:
         bar.update(1)
         say(outcome.line())
-        if outcome.status == "failed":
+        if outcome.status in FAILED:
             failed[outcome.id] = outcome
             summary.failed.append(outcome)
         else:
