@@ -44,8 +44,13 @@ def download_dir(name: str, data_dir: Optional[str]) -> str:
     """Where a download of ``name`` goes: a subfolder of ``data_dir``, else the cache.
 
     A subfolder (not ``data_dir`` itself) because MNIST and Fashion-MNIST share file names.
+    A ``data_dir`` that does not exist raises ``FileNotFoundError``: it is never created, so a
+    mistyped ``--data-dir`` cannot collect a download (or empty folders).
     """
-    return os.path.join(data_dir, name) if data_dir else cache_dir(name)
+    if data_dir and not os.path.isdir(os.path.expanduser(str(data_dir))):
+        raise FileNotFoundError(f"the data folder {data_dir} does not exist (--data-dir / data_dir); "
+                                f"create it, fix the path, or leave it out to use the download cache")
+    return os.path.join(os.path.expanduser(str(data_dir)), name) if data_dir else cache_dir(name)
 
 
 def candidates(name: str, data_dir: Optional[str], subfolders: Sequence[str]) -> List[Candidate]:
