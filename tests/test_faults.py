@@ -165,3 +165,127 @@ def test_a_killed_parallel_sweep_leaves_no_process_and_keeps_results(tmp_path, s
         # the store says "running"; `prunekit runs` sees no process holds them
         assert main(["runs", str(root), "--status", "interrupted", "--json"]) == 0
     _assert_survived(root, run_id, record)
+
+
+# ------------------------------------------------------------------ disks
+
+def _fail_writes_under(monkeypatch, folder: Path, code: int) -> None:
+    """Files created under ``folder`` fail with ``code`` (EROFS: a read-only mount; root
+    ignores permission bits, so CI cannot make one with chmod). Reads go through."""
+    real = os.open
+    folder = str(Path(folder).absolute())
+
+    def fake(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and \
+                os.path.abspath(os.fspath(path)).startswith(folder):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake)
+
+
+TRAIN = ["train", "--model", "lenet_300_100", "--width", "0.25", "--data", "synthetic", "--train-subset", "128",
+         "--epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    assert main(TRAIN + ["--out", str(out)]) == 0
+    return out / "model.pt"
+
+
+def test_read_only_output_folder_fails_before_training_in_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"an earlier result")
+    _fail_writes_under(monkeypatch, out, errno.EROFS)
+    assert main(TRAIN + ["--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert _one_line(captured.err) == f"prunekit train: error: read-only file system: {out}"
+    assert "top-1" not in captured.out  # stopped before the work
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+    assert (out / "model.pt").read_bytes() == b"an earlier result"
+
+
+def test_read_only_project_folder_stops_a_sweep_and_keeps_its_results(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "project"
+    run_id, record = _finished_project(root)
+    spec = tmp_path / "q.yaml"
+    spec.write_text(QUICK.replace("name: quick", "name: quick2").replace("train: {epochs: 1}", "train: {epochs: 2}"))
+    _fail_writes_under(monkeypatch, root, errno.EROFS)
+    assert main(["sweep", str(spec), "--dir", str(root), "--quiet"]) == 2
+    assert _one_line(capsys.readouterr().err) == f"prunekit sweep: error: read-only file system: {root}"
+    monkeypatch.undo()
+    _assert_survived(root, run_id, record)
+
+
+def test_full_disk_is_said_before_the_work_starts(tmp_path, monkeypatch, capsys):
+    import shutil
+    root = tmp_path / "project"
+    run_id, record = _finished_project(root)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=3 * 2**20))
+    spec = tmp_path / "q.yaml"
+    spec.write_text(QUICK.replace("name: quick", "name: quick2").replace("train: {epochs: 1}", "train: {epochs: 2}"))
+    assert main(["sweep", str(spec), "--dir", str(root), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("prunekit sweep: error: no space left on device (3.0 MB free") and line.endswith(str(root))
+    monkeypatch.undo()
+    _assert_survived(root, run_id, record)
+    assert set(_status(root)) == {run_id}  # nothing of the second sweep was started
+
+
+def test_disk_full_while_writing_the_model_is_one_line_and_keeps_the_old_file(trained, tmp_path, monkeypatch, capsys):
+    import prunekit.io as pio
+    out = tmp_path / "pruned.pt"
+    out.write_bytes(b"the previous pruned model")
+    real = pio._fsync_file
+
+    def full(tmp):  # the disk fills up while model.pt is written (after the check)
+        if tmp.name.startswith(".pruned.pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(tmp)
+
+    monkeypatch.setattr(pio, "_fsync_file", full)
+    assert main(["prune", str(trained), "--sparsity", "0.5", "--no-eval", "--out", str(out)]) == 2
+    assert _one_line(capsys.readouterr().err) == f"prunekit prune: error: no space left on device: {out}"
+    assert out.read_bytes() == b"the previous pruned model"
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def _mount_tiny_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return done.returncode == 0
+
+
+def test_a_real_full_filesystem(tmp_path):
+    """The kernel's own ENOSPC, on a 512 KiB tmpfs (where mounting is allowed)."""
+    from prunekit.io import StorageError, atomic_torch_save, check_writable
+    from prunekit.experiments.store import Store
+    small = tmp_path / "small"
+    if not _mount_tiny_tmpfs(small, "512k"):
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN); the injected cases cover it")
+    try:
+        store = Store(small / "results.sqlite")
+        atomic_torch_save({"w": torch.zeros(16)}, small / "model.pt")
+        before = (small / "model.pt").read_bytes()
+        with pytest.raises(StorageError) as err:
+            atomic_torch_save({"w": torch.zeros(2**18)}, small / "model.pt")  # 1 MiB
+        assert str(err.value) == f"no space left on device: {small / 'model.pt'}"
+        assert (small / "model.pt").read_bytes() == before
+        with pytest.raises(StorageError, match=r"^no space left on device \("):
+            check_writable(small)
+        with open(small / "filler", "wb", buffering=0) as f:  # fill what is left, then write the store
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        with pytest.raises(StorageError, match="^no space left on device: "):
+            store.register_sweep("big", {"notes": "y" * 200_000}, {}, [])
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(small)])

@@ -77,22 +77,28 @@ class StorageError(OSError):
 
 
 def storage_error(err: BaseException, path: PathLike) -> Optional[StorageError]:
-    """The ``StorageError`` an ``OSError`` stands for (None when it is another error)."""
-    if isinstance(err, StorageError):
-        return err
-    code = getattr(err, "errno", None)
-    if isinstance(err, OSError) and code in CAUSES:
-        return StorageError(CAUSES[code], path, code)
+    """The ``StorageError`` an error stands for (None when it is another error). The error's
+    chain is searched too: torch.save reports a failed write as a RuntimeError ("unexpected
+    pos ...") raised while the OSError that caused it is being handled."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, StorageError):
+            return err
+        code = getattr(err, "errno", None)
+        if isinstance(err, OSError) and code in CAUSES:
+            return StorageError(CAUSES[code], path, code)
+        err = err.__cause__ or err.__context__
+        seen += 1
     return None
 
 
 @contextlib.contextmanager
 def translate(path: PathLike) -> Iterator[None]:
-    """Turn a full-disk / read-only / permission ``OSError`` inside the block into a
-    one-line ``StorageError`` naming ``path``."""
+    """Turn a full-disk / read-only / permission ``OSError`` inside the block (or an error it
+    caused) into a one-line ``StorageError`` naming ``path``."""
     try:
         yield
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         translated = storage_error(err, path)
         if translated is None or translated is err:
             raise
