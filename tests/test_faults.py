@@ -289,3 +289,192 @@ def test_a_real_full_filesystem(tmp_path):
         store.close()
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+# ------------------------------------------------------------------ diverging training
+
+def test_diverging_training_stops_with_a_clear_error_and_saves_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = TRAIN[:-3] + ["--train-subset", "512", "--batch-size", "32", "--epochs", "1", "--lr", "1e4", "--quiet"]
+    assert main(argv + ["--out", str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("prunekit train: error: training diverged in epoch 1: ") and "lower the learning rate" in line
+    assert not (out / "model.pt").exists() and not list(out.rglob("*.pt"))  # no NaN model, no NaN checkpoint
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--momentum", "nan"),
+                                        ("--weight-decay", "-inf")])
+def test_non_finite_hyper_parameters_are_rejected(tmp_path, capsys, flag, value):
+    assert main(TRAIN + [f"{flag}={value}", "--out", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert flag.strip("-").replace("-", "_") in line and value in line and "finite" in line
+
+
+def test_non_finite_momentum_in_a_spec_is_rejected():
+    with pytest.raises(ValueError, match="momentum"):
+        Sweep.from_yaml(QUICK.replace("train: {epochs: 1}", "train: {epochs: 1, momentum: .nan}"))
+
+
+DIVERGE = """
+name: diverge
+data: {name: synthetic, train_subset: 512, batch_size: 32}
+model: {name: lenet_300_100, width: 0.25}
+train: {epochs: 1, lr: 10000.0}
+method: {name: dense}
+"""
+
+
+def test_a_diverged_sweep_run_is_recorded_as_diverged(tmp_path, capsys):
+    root = tmp_path / "project"
+    run_id, record = _finished_project(root)
+    (tmp_path / "d.yaml").write_text(DIVERGE)
+    assert main(["sweep", str(tmp_path / "d.yaml"), "--dir", str(root), "--quiet"]) == 1
+    (row,) = _db(root).execute("SELECT r.status, r.error FROM runs r JOIN sweep_runs s ON s.run_id = r.id "
+                               "WHERE s.sweep = 'diverge'").fetchall()
+    assert row[0] == "diverged" and "training diverged in epoch 1" in row[1]
+    (item,) = plan(Sweep.from_yaml(DIVERGE))
+    assert not (Project(root).run_folder(item.spec.id) / "metrics.json").exists()
+    assert "training diverged" in capsys.readouterr().err
+    _assert_survived(root, run_id, record)
+
+
+# ------------------------------------------------------------------ damaged stores and run files
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated", "overwritten pages"])
+def test_a_damaged_store_is_one_line_and_repair_rebuilds_it(tmp_path, capsys, damage):
+    root = tmp_path / "project"
+    run_id, record = _finished_project(root)
+    db = root / "results.sqlite"
+    with sqlite3.connect(str(db)) as conn:  # fold the WAL into the file, as after a clean exit
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    if damage == "random bytes":
+        data = bytearray(torch.randint(0, 256, (len(data),), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif damage == "truncated":
+        data = data[: len(data) // 3]
+    else:
+        page = int.from_bytes(data[16:18], "big")
+        data[page: len(data)] = bytes([0x5A]) * (len(data) - page)
+    db.write_bytes(bytes(data))
+    for argv, cmd in ((["runs", str(root)], "runs"),
+                      (["sweep", str(tmp_path / "q.yaml"), "--dir", str(root), "--quiet"], "sweep")):
+        (tmp_path / "q.yaml").write_text(QUICK)
+        assert main(argv) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith(f"prunekit {cmd}: error: the results store {db} is damaged")
+        assert f"prunekit runs {root} --repair" in line
+    assert main(["runs", str(root), "--repair"]) == 0
+    assert "1 finished runs" in capsys.readouterr().out
+    assert list(root.glob("results.sqlite.damaged-*"))  # the old file is kept
+    _assert_survived(root, run_id, record)
+    summary = run_sweep(root, Sweep.from_yaml(QUICK), quiet=True)
+    assert summary.skipped == 1 and summary.ran == 0
+
+
+def test_a_damaged_metrics_json_is_marked_and_the_run_rerun(tmp_path):
+    root = tmp_path / "project"
+    run_id, record = _finished_project(root)
+    path = Project(root).run_folder(run_id) / "metrics.json"
+    path.write_bytes(record[: len(record) // 2])  # cut short
+    again = run_sweep(root, Sweep.from_yaml(QUICK), quiet=True)
+    assert again.ran == 1 and again.skipped == 0 and not again.failed
+    assert path.with_name("metrics.json.corrupt").read_bytes() == record[: len(record) // 2]
+    assert json.loads(path.read_text())["metrics"] == json.loads(record)["metrics"]  # same result
+    assert _status(root)[run_id] == "done"
+
+
+# ------------------------------------------------------------------ untrusted data files
+
+def _pickle_with(obj) -> bytes:
+    import pickle
+    return pickle.dumps(obj, protocol=2)
+
+
+class _HugeArray:  # pickles as numpy.ndarray((2**40,), uint8): 1 TiB of uninitialised memory
+    def __reduce__(self):
+        import numpy as np
+        return (np.ndarray, ((2**40,), np.dtype("u1")))
+
+
+class _UninitialisedLabels:
+    def __reduce__(self):
+        import numpy as np
+        return (np.ndarray, ((4,), np.dtype("i8")))
+
+
+@pytest.mark.parametrize("what", ["huge", "uninitialised"])
+def test_a_cifar_batch_cannot_ask_for_memory_it_does_not_hold(tmp_path, what):
+    import numpy as np
+    from prunekit.data.cifar import read_batch
+    if what == "huge":
+        batch = {b"data": _HugeArray(), b"labels": [1]}
+    else:
+        batch = {b"data": np.zeros((4, 3072), np.uint8), b"labels": _UninitialisedLabels()}
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(_pickle_with(batch))
+    with pytest.raises(ValueError) as err:
+        read_batch(str(path), "labels", 10)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "numpy.ndarray" in message
+    assert "labels must lie" not in message  # no values from uninitialised memory
+
+
+def test_a_cifar_batch_declaring_more_than_the_file_holds_is_refused(tmp_path):
+    import numpy as np
+    from prunekit.data.cifar import read_batch
+    raw = _pickle_with({b"data": np.zeros((1, 3072), np.uint8), b"labels": [1]})
+    # _reconstruct(ndarray, (0,), b'b'): declare (2**38,) instead of (0,)
+    small = b"K\x00\x85"  # BININT1 0, TUPLE1
+    big = b"\x8a\x05" + (2**38).to_bytes(5, "little") + b"\x85"  # LONG1 2**38, TUPLE1
+    assert small in raw
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(raw.replace(small, big, 1))
+    with pytest.raises(ValueError, match=r"declares an array of 274,877,906,944 bytes in a file of"):
+        read_batch(str(path), "labels", 10)
+
+
+# ------------------------------------------------------------------ smaller cases
+
+def test_erk_with_a_zero_size_layer():
+    from torch import nn
+    from prunekit.core.prune import prune
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 0), nn.Linear(0, 5), nn.Linear(5, 3))
+    prune(model, 0.5, allocation="erk")  # was a ZeroDivisionError
+    kept = sum(int(torch.count_nonzero(m.weight)) for m in model if hasattr(m, "weight"))
+    assert kept == round(0.5 * (108 + 15))
+
+
+def test_a_sparsity_that_keeps_no_weight_is_rejected(trained, tmp_path, capsys):
+    out = tmp_path / "p.pt"
+    assert main(["prune", str(trained), "--sparsity", "0.999999", "--no-eval", "--out", str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "keeps no weight" in line and "the highest sparsity that keeps one is" in line
+    assert not out.exists()
+
+
+def test_a_damaged_checkpoint_advises_only_what_exists(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(TRAIN + ["--out", str(out)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "delete it" in line and "resume=False" not in line
+
+
+def test_a_mistyped_data_dir_is_an_error_and_is_not_created(tmp_path, capsys):
+    typo = tmp_path / "dtaa"
+    assert main(["train", "--model", "lenet5", "--data", "mnist", "--data-dir", str(typo), "--epochs", "1",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"the data folder {typo} does not exist" in line
+    assert not typo.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\ndata: {name: synthetic\nmodel: [a\n")
+    assert main(["sweep", str(spec), "--dir", str(tmp_path / "p")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"prunekit sweep: error: {spec}, line 3, column ") and "not valid YAML" in line
+    assert not (tmp_path / "p").exists()
