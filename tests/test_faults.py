@@ -478,3 +478,61 @@ def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"prunekit sweep: error: {spec}, line 3, column ") and "not valid YAML" in line
     assert not (tmp_path / "p").exists()
+
+
+class _FakeRay:
+    """Just enough of Ray for run_ray's driver loop: tasks never finish, and the wait for one
+    is where SIGTERM (as KeyboardInterrupt) arrives. Records what the driver cancels."""
+
+    class exceptions:
+        RayTaskError = RuntimeError
+
+    def __init__(self):
+        self.cancelled, self.shutdown_called, self.submitted = [], False, []
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        pass
+
+    def shutdown(self):
+        self.shutdown_called = True
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **kwargs):
+                return self
+
+            def remote(self, *args):
+                ref = object()
+                fake.submitted.append(ref)
+                return ref
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        raise KeyboardInterrupt  # the driver is told to stop while its tasks run
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append((ref, force))
+
+
+def test_a_stopped_ray_sweep_cancels_its_tasks_and_marks_their_runs(tmp_path, monkeypatch):
+    import prunekit.experiments.ray_executor as rx
+    import prunekit.experiments.sweep as sw
+    fake = _FakeRay()
+    monkeypatch.setattr(rx, "import_ray", lambda: fake)
+    monkeypatch.setattr(sw, "import_ray", lambda: fake)
+    root = tmp_path / "project"
+    sweep = Sweep.from_yaml(QUICK.replace("name: quick", "name: quick2") + "seeds: [0, 1]\n")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(root, sweep, executor="ray", quiet=True)
+    assert len(fake.submitted) == 2
+    assert {id(ref) for ref, force in fake.cancelled if force} == {id(ref) for ref in fake.submitted}
+    assert fake.shutdown_called
+    assert sorted(_status(root).values()) == ["interrupted", "interrupted"]
