@@ -466,9 +466,23 @@ def test_a_mistyped_data_dir_is_an_error_and_is_not_created(tmp_path, capsys):
     typo = tmp_path / "dtaa"
     assert main(["train", "--model", "lenet5", "--data", "mnist", "--data-dir", str(typo), "--epochs", "1",
                  "--out", str(tmp_path / "out"), "--quiet"]) == 2
-    line = _one_line(capsys.readouterr().err)
-    assert f"the data folder {typo} does not exist" in line
+    assert _one_line(capsys.readouterr().err) == (f"prunekit train: error: --data-dir {typo} does not exist "
+                                                  "(it is not created: check the path, or leave the option out)")
     assert not typo.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    from urllib.error import URLError
+    import prunekit.data.mnist as mnist
+    from prunekit import data
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setattr(mnist, "download_file", offline)
+    with pytest.raises(FileNotFoundError, match="offline"):
+        data.load("mnist", data_dir=str(tmp_path / "new" / "data"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):

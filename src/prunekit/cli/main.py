@@ -302,6 +302,10 @@ def _main(argv: Optional[List[str]] = None) -> int:
         if distributed.requested():  # launched by torchrun: one process group for the command
 
             distributed.setup(resolve())
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir is not None and not Path(data_dir).expanduser().is_dir():  # never created
+            raise FileNotFoundError(f"--data-dir {data_dir} does not exist (it is not created: "
+                                    "check the path, or leave the option out)")
         for folder in _outputs(args):  # a full disk or a read-only folder: before the work
             check_writable(folder)
         return args.func(args)

@@ -240,7 +240,8 @@ def load_cifar(name: str, data_dir: Optional[str] = None, download: bool = True)
             raise _not_found(name, source, cands, "Downloading was disabled (download=False).",
                              target)
         try:
-            _download(source, target)
+            with locate.created_only_on_success(target):
+                _download(source, target)
         except (URLError, OSError) as err:
             raise _not_found(name, source, cands, f"Download of {source.url} failed: {err}",
                              target) from err

@@ -7,9 +7,10 @@ dataset, so one ``--data-dir`` can hold several datasets.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 ENV_VAR = "PRUNEKIT_DATA"
 
@@ -44,13 +45,27 @@ def download_dir(name: str, data_dir: Optional[str]) -> str:
     """Where a download of ``name`` goes: a subfolder of ``data_dir``, else the cache.
 
     A subfolder (not ``data_dir`` itself) because MNIST and Fashion-MNIST share file names.
-    A ``data_dir`` that does not exist raises ``FileNotFoundError``: it is never created, so a
-    mistyped ``--data-dir`` cannot collect a download (or empty folders).
     """
-    if data_dir and not os.path.isdir(os.path.expanduser(str(data_dir))):
-        raise FileNotFoundError(f"the data folder {data_dir} does not exist (--data-dir / data_dir); "
-                                f"create it, fix the path, or leave it out to use the download cache")
-    return os.path.join(os.path.expanduser(str(data_dir)), name) if data_dir else cache_dir(name)
+    return os.path.join(data_dir, name) if data_dir else cache_dir(name)
+
+
+@contextlib.contextmanager
+def created_only_on_success(target: str) -> Iterator[None]:
+    """Folders the block creates on the way to ``target`` are removed again (when empty) if
+    it fails: a failed download (offline, a mistyped ``data_dir``) leaves no empty folders."""
+    missing, path = [], os.path.abspath(target)
+    while not os.path.exists(path) and path != os.path.dirname(path):
+        missing.append(path)  # deepest first
+        path = os.path.dirname(path)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (a partial download is kept) or already gone
+                break
+        raise
 
 
 def candidates(name: str, data_dir: Optional[str], subfolders: Sequence[str]) -> List[Candidate]:

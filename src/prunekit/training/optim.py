@@ -35,8 +35,8 @@ def make_optimizer(model_or_params: Union[nn.Module, Iterable], name: str = "sgd
     """
     for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < 0 or (what == "lr" and value == 0):
-            accepted = "a positive finite number" if what == "lr" else "a finite number >= 0"
+                or value < 0:
+            accepted = "a finite number >= 0"
             raise ValueError(f"{what} must be {accepted}, got {value!r}")
     key = name.lower() if isinstance(name, str) else name
     if key not in _CLASSES:
