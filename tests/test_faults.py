@@ -473,13 +473,13 @@ def test_a_mistyped_data_dir_is_an_error_and_is_not_created(tmp_path, capsys):
 
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     from urllib.error import URLError
-    import prunekit.data.mnist as mnist
+    import prunekit.data.download as download
     from prunekit import data
 
     def offline(*args, **kwargs):
         raise URLError("offline")
 
-    monkeypatch.setattr(mnist, "download_file", offline)
+    monkeypatch.setattr(download, "urlopen", offline)
     with pytest.raises(FileNotFoundError, match="offline"):
         data.load("mnist", data_dir=str(tmp_path / "new" / "data"))
     assert list(tmp_path.iterdir()) == []
