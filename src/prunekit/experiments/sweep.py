@@ -196,7 +196,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
                     continue
                 try:
                     settle(execute(project.root, item.spec, progress=fit_progress))
-                except BaseException:
+                except KeyboardInterrupt:  # SIGINT, or SIGTERM as main() raises it
                     mark_interrupted(project, [item.spec.id])
                     raise
         else:
