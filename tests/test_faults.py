@@ -550,3 +550,12 @@ def test_a_stopped_ray_sweep_cancels_its_tasks_and_marks_their_runs(tmp_path, mo
     assert {id(ref) for ref, force in fake.cancelled if force} == {id(ref) for ref in fake.submitted}
     assert fake.shutdown_called
     assert sorted(_status(root).values()) == ["interrupted", "interrupted"]
+
+
+def test_a_run_without_store_writes_reports_diverged_to_its_driver(tmp_path):
+    """Ray tasks run with store_writes=False: the driver records what the outcome says."""
+    from prunekit.experiments.runner import execute
+    (item,) = plan(Sweep.from_yaml(DIVERGE))
+    outcome = execute(tmp_path, item.spec, store_writes=False)
+    assert outcome.status == "diverged" and "training diverged in epoch 1" in outcome.error
+    assert not (tmp_path / "results.sqlite").exists()

@@ -110,7 +110,7 @@ class _NoStore:
     def finish(self, spec, record) -> None:
         pass
 
-    def fail(self, run_id: str, error: str) -> None:
+    def fail(self, run_id: str, error: str, status: str = "failed") -> None:
         pass
 
 
