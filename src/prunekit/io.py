@@ -75,6 +75,9 @@ class StorageError(OSError):
     def __str__(self) -> str:
         return f"{self.cause}: {self.path}"
 
+    def __reduce__(self):  # crosses process boundaries (sweep workers) intact
+        return (type(self), (self.cause, self.path, self.errno))
+
 
 def storage_error(err: BaseException, path: PathLike) -> Optional[StorageError]:
     """The ``StorageError`` an error stands for (None when it is another error). The error's

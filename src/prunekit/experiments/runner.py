@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional, Union
 from .. import distributed
 from ..artifacts import save_model
 from ..core.accounting import report
+from ..io import StorageError
 from ..training import DivergedError, evaluate
 from ..pipelines.results import PipelineResult
 from .context import Context
@@ -158,6 +159,8 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
         record["elapsed"] = time.time() - started
         record["finished"] = time.time()
         atomic_write_json(folder / METRICS, record)
+    except StorageError:  # a full or read-only disk is not the run's fault: it stops the sweep
+        raise
     except Exception as err:  # a failed run is recorded; the sweep goes on with the others
         atomic_write_text(folder / "error.log", traceback.format_exc())
         message = f"{type(err).__name__}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"

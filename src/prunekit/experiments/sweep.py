@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..io import check_writable
+from ..io import StorageError, check_writable
 from .project import Project, atomic_write_text
 from .ray_executor import import_ray, run_ray
 from .runner import FAILED, Outcome, execute
@@ -110,6 +110,8 @@ def _execute_in_worker(root: str, spec_dict: dict) -> Outcome:
     spec = RunSpec.from_dict(spec_dict)
     try:
         return execute(root, spec, progress=False)
+    except StorageError:  # the parent stops the sweep with it (one line, exit 2)
+        raise
     except Exception as err:  # e.g. a store error; execute records pipeline errors itself
         return Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
                        error=f"{type(err).__name__}: {err}")
@@ -196,7 +198,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
                     continue
                 try:
                     settle(execute(project.root, item.spec, progress=fit_progress))
-                except KeyboardInterrupt:  # SIGINT, or SIGTERM as main() raises it
+                except (KeyboardInterrupt, StorageError):  # SIGINT/SIGTERM, or a full disk
                     mark_interrupted(project, [item.spec.id])
                     raise
         else:
@@ -225,6 +227,9 @@ def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set
                 item = running.pop(future)
                 try:
                     outcome = future.result()
+                except StorageError:  # a full or read-only disk: stop (the runs resume later)
+                    running[future] = item  # marked interrupted with the others below
+                    raise
                 except Exception as err:  # the worker process died (e.g. out of memory)
                     spec = item.spec
                     outcome = Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
