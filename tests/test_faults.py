@@ -561,11 +561,13 @@ def test_a_run_without_store_writes_reports_diverged_to_its_driver(tmp_path):
     assert not (tmp_path / "results.sqlite").exists()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_disk_full_during_a_sweep_stops_it_in_one_line(tmp_path, monkeypatch, capsys, workers):
+def test_disk_full_during_a_sweep_stops_it_in_one_line(tmp_path, monkeypatch, capsys):
     """ENOSPC while a run writes model.pt (after the check at the start): the sweep stops with
-    one line naming the file (in a worker too), exit 2; the run resumes at the next sweep."""
+    one line naming the file, exit 2; the run is interrupted (it resumes at the next sweep).
+    In a pool worker the same StorageError is raised again in the parent: it pickles intact
+    (checked here; a spawned pool would cost this module ~15 s more)."""
     import pickle
+    import prunekit.io as pio
     from prunekit.io import StorageError
     err = pickle.loads(pickle.dumps(StorageError("no space left on device", "x/model.pt", errno.ENOSPC)))
     assert str(err) == "no space left on device: x/model.pt" and err.errno == errno.ENOSPC
@@ -575,33 +577,17 @@ def test_disk_full_during_a_sweep_stops_it_in_one_line(tmp_path, monkeypatch, ca
     (tmp_path / "q.yaml").write_text(spec)
     (item,) = plan(Sweep.from_yaml(spec))
     model = Project(root).run_folder(item.spec.id) / "model.pt"
-    if workers == 1:
-        import prunekit.io as pio
-        real = pio._fsync_file
+    real = pio._fsync_file
 
-        def full(tmp):
-            if tmp.name.startswith(".model.pt"):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            real(tmp)
+    def full(tmp):
+        if tmp.name.startswith(".model.pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(tmp)
 
-        monkeypatch.setattr(pio, "_fsync_file", full)
-        code = main(["sweep", str(tmp_path / "q.yaml"), "--dir", str(root), "--quiet"])
-        err_text = capsys.readouterr().err
-    else:  # in a spawned worker: injected by a sitecustomize on the workers' path
-        hook = tmp_path / "hook"
-        hook.mkdir()
-        (hook / "sitecustomize.py").write_text(
-            "import errno, os\nimport prunekit.io as pio\nreal = pio._fsync_file\n"
-            "def full(tmp):\n    if tmp.name.startswith('.model.pt'):\n"
-            "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n    real(tmp)\n"
-            "pio._fsync_file = full\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook), str(SRC), os.environ.get("PYTHONPATH", "")]),
-                   PRUNEKIT_THREADS="2")
-        done = subprocess.run([sys.executable, str(HELPER), "sweep", str(tmp_path / "q.yaml"), "--dir", str(root),
-                               "--workers", "2", "--quiet"], env=env, cwd=tmp_path, capture_output=True, timeout=300)
-        code, err_text = done.returncode, done.stderr.decode()
-    assert code == 2
-    assert _one_line(err_text) == f"prunekit sweep: error: no space left on device: {model}"
+    monkeypatch.setattr(pio, "_fsync_file", full)
+    assert main(["sweep", str(tmp_path / "q.yaml"), "--dir", str(root), "--quiet"]) == 2
+    assert _one_line(capsys.readouterr().err) == f"prunekit sweep: error: no space left on device: {model}"
     assert not model.exists() and not (model.parent / "metrics.json").exists()
     assert _status(root)[item.spec.id] == "interrupted"
+    monkeypatch.undo()
     _assert_survived(root, run_id, record)
