@@ -401,7 +401,7 @@ def test_corrupt_checkpoint_gives_clear_error_and_is_kept(tmp_path):
     with pytest.raises(CheckpointError) as err:
         fit(make_model(), train, epochs=1, checkpoint_dir=tmp_path)
     msg = str(err.value)
-    assert str(path) in msg and "delete it" in msg and "resume=False" in msg
+    assert str(path) in msg and "delete it" in msg and "resume=False" not in msg  # not a CLI option (#18)
     assert path.read_bytes() == b"this is not a checkpoint"
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")

@@ -20,14 +20,22 @@ Helpers, from the most to the least convenient:
   writers that insist on a file name (``torch.export.save`` wants ``.pt2``, matplotlib infers
   the image format from the suffix).
 
+I/O failures are translated here, once: a full disk, a read-only file system, a missing
+permission (``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``, ``EPERM``) raise ``StorageError``,
+whose message is one line naming the cause and the target path ("no space left on device:
+runs/x/model.pt"); ``check_writable(folder)`` makes the same check before any work starts,
+and ``storage_error`` translates an ``OSError`` caught elsewhere (the results store).
+
 This is a bottom-layer module: it imports only the standard library and torch.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Union
 
@@ -36,7 +44,91 @@ import torch
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["atomic_path", "atomic_open", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "atomic_torch_save", "TEMP_MARK"]
+           "atomic_write_json", "atomic_torch_save", "TEMP_MARK", "StorageError", "storage_error",
+           "check_writable", "MIN_FREE_BYTES"]
+
+# What ``check_writable`` asks to be free by default: room for a small model and its
+# checkpoints; a fuller disk fails before the work, not after it.
+MIN_FREE_BYTES = 16 * 2**20
+
+# The errno values that mean "this location cannot be written", with how they are said.
+CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large",
+}
+
+
+class StorageError(OSError):
+    """A file or folder cannot be written (full disk, read-only, no permission).
+
+    ``str(err)`` is one line, "<cause>: <path>"; ``errno`` is the original error number."""
+
+    def __init__(self, cause: str, path: PathLike, code: Optional[int] = None):
+        super().__init__(code, cause)
+        self.cause = cause
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return f"{self.cause}: {self.path}"
+
+    def __reduce__(self):  # crosses process boundaries (sweep workers) intact
+        return (type(self), (self.cause, self.path, self.errno))
+
+
+def storage_error(err: BaseException, path: PathLike) -> Optional[StorageError]:
+    """The ``StorageError`` an error stands for (None when it is another error). The error's
+    chain is searched too: torch.save reports a failed write as a RuntimeError ("unexpected
+    pos ...") raised while the OSError that caused it is being handled."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, StorageError):
+            return err
+        code = getattr(err, "errno", None)
+        if isinstance(err, OSError) and code in CAUSES:
+            return StorageError(CAUSES[code], path, code)
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+@contextlib.contextmanager
+def translate(path: PathLike) -> Iterator[None]:
+    """Turn a full-disk / read-only / permission ``OSError`` inside the block (or an error it
+    caused) into a one-line ``StorageError`` naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        translated = storage_error(err, path)
+        if translated is None or translated is err:
+            raise
+        raise translated from err
+
+
+def check_writable(folder: PathLike, min_free: int = MIN_FREE_BYTES) -> Path:
+    """Make sure files can be written in ``folder`` before any work starts, without creating
+    anything: in ``folder``, or in its nearest existing ancestor when it does not exist yet,
+    a probe file is created and removed, and at least ``min_free`` bytes must be free there.
+    Raises ``StorageError`` ("read-only file system: runs", "no space left on device (3.2 MB
+    free, 16.0 MB needed): runs"); returns ``folder`` as a ``Path``."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError("not a folder", existing, errno.ENOTDIR)
+    with translate(folder):
+        probe = _create_temp(existing / ".write-probe", "")
+        os.unlink(probe)
+        free = shutil.disk_usage(existing).free
+    if free < min_free:
+        raise StorageError(f"no space left on device ({free / 2**20:.1f} MB free, "
+                           f"{min_free / 2**20:.1f} MB needed)", folder, errno.ENOSPC)
+    return folder
+
 
 # Every temporary file name contains this, so leftovers (after a power cut) are recognisable.
 TEMP_MARK = ".tmp"
@@ -89,16 +181,19 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     Write the content to the yielded path by name (it exists, empty). ``suffix`` is appended
     to the temporary name, for writers that look at it (``suffix=".pt2"`` for
     ``torch.export.save``, ``".png"`` for ``savefig``). On an exception the temporary file is
-    removed, ``path`` is left as it was, and the exception propagates. Parent folders are
-    created."""
+    removed, ``path`` is left as it was, and the exception propagates (a full disk, a
+    read-only file system or a missing permission as a one-line ``StorageError`` naming
+    ``path``). Parent folders are created."""
     path = Path(path)
-    tmp = _create_temp(path, suffix)
+    with translate(path):
+        tmp = _create_temp(path, suffix)
     try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        with translate(path):
+            yield tmp
+            _fsync_file(tmp)
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..distributed import is_main
 from ..experiments.project import Project
+from ..experiments.repair import repair_store
 from ..experiments.ray_executor import import_ray
 from ..experiments.report import write_report
 from ..experiments.spec import Sweep
@@ -75,6 +76,9 @@ def cmd_sweep(args) -> int:
 
 def cmd_runs(args) -> int:
     project = Project(args.dir)
+    if args.repair:
+        print(repair_store(args.dir).line())
+        return 0
     if not project.db_path.is_file():
         raise FileNotFoundError(f"no results database in {args.dir} ({project.db_path} is missing); "
                                 "run `prunekit run` or `prunekit sweep` first")
@@ -102,7 +106,7 @@ def format_runs(rows) -> str:
         lines.append(f"{r['id']:<42} {r['status']:<11} {str(r['label'])[:30]:<30} {r['seed']:>4} "
                      f"{num('requested_sparsity', '.4g'):>6} {num('achieved_sparsity', '.4f'):>8} "
                      f"{num('top1', '.2f'):>7} {num('epochs', 'g'):>6} {num('elapsed', '.1f'):>7}")
-        if r["status"] in ("failed", "blocked") and r.get("error"):
+        if r["status"] in ("failed", "diverged", "blocked", "interrupted") and r.get("error"):
             lines.append(f"    {r['error']}")
     lines.append(f"{len(rows)} runs")
     return "\n".join(lines)
@@ -144,8 +148,10 @@ def register(subparsers) -> None:
     p.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"project folder (default: {DEFAULT_DIR})")
     p.add_argument("--sweep", default=None, help="only this sweep's runs")
     p.add_argument("--status", default=None,
-                   choices=["pending", "running", "interrupted", "done", "failed", "blocked"])
+                   choices=["pending", "running", "interrupted", "done", "failed", "diverged", "blocked"])
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild a damaged results.sqlite from the run folders (the old file is kept aside)")
     p.set_defaults(func=cmd_runs)
 
     p = subparsers.add_parser("report", help="Markdown + HTML report with tables and figures")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,7 +22,7 @@ from ..core.accounting import report
 from ..core.prune import prune
 from ..device import resolve
 from ..distributed import is_main, threads_per_rank
-from ..io import atomic_write_json
+from ..io import StorageError, atomic_write_json, check_writable
 from ..pipelines.finetune import finetune
 from ..training import evaluate, fit
 from ..training.checkpoint import CheckpointError
@@ -273,10 +275,46 @@ def _version() -> str:
 
 
 def _user_errors():
-    return (ValueError, KeyError, FileNotFoundError, CheckpointError, TypeError)
+    return (ValueError, KeyError, FileNotFoundError, CheckpointError, TypeError, StorageError)
+
+
+def _outputs(args) -> List[Path]:
+    """The folders the command will write to (checked before any work starts)."""
+    cmd = args.command
+    if cmd in ("run", "sweep") and not getattr(args, "dry_run", False):
+        return [Path(args.dir)]
+    if cmd == "runs" and getattr(args, "repair", False):
+        return [Path(args.dir)]
+    if cmd == "report":
+        return [Path(args.out) if args.out else Path(args.dir) / "report"]
+    if cmd == "prune":
+        return [Path(args.out).parent]
+    if cmd == "bench" and getattr(args, "json", None):
+        return [Path(args.json).parent]
+    out = getattr(args, "out", None)
+    return [Path(out)] if isinstance(out, str) and cmd != "bench" else []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that everything cleans up the same way (exit 143)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _threads()
@@ -288,6 +326,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if distributed.requested():  # launched by torchrun: one process group for the command
 
             distributed.setup(resolve())
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir is not None and not Path(data_dir).expanduser().is_dir():  # never created
+            raise FileNotFoundError(f"--data-dir {data_dir} does not exist (it is not created: "
+                                    "check the path, or leave the option out)")
+        for folder in _outputs(args):  # a full disk or a read-only folder: before the work
+            check_writable(folder)
         return args.func(args)
     except _user_errors() as err:
         if os.environ.get("PRUNEKIT_DEBUG"):
@@ -295,7 +339,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"prunekit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated):
+            print("terminated (SIGTERM); rerun the same command to resume from the last checkpoint",
+                  file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
 

@@ -104,12 +104,13 @@ def erk_densities(shapes: Sequence[Tuple[int, ...]], density: float) -> List[flo
 
     density_l = eps * sum(shape_l) / prod(shape_l), e.g. (out+in+kh+kw)/(out*in*kh*kw), with
     one global eps chosen so that sum_l density_l * n_l = density * N. Any layer whose density
-    would exceed 1 is made dense and eps recomputed, until none saturate.
+    would exceed 1 is made dense and eps recomputed, until none saturate. A zero-size layer
+    (a dimension of 0) holds no weight: its density is 1 and it takes no share.
     """
     sizes = [math.prod(s) for s in shapes]
-    raw = [sum(s) / n for s, n in zip(shapes, sizes)]
+    raw = [sum(s) / n if n else 0.0 for s, n in zip(shapes, sizes)]
     target = density * sum(sizes)
-    dense: set = set()
+    dense: set = {i for i, n in enumerate(sizes) if n == 0}
     while True:
         budget = target - sum(sizes[i] for i in dense)
         divisor = sum(raw[i] * sizes[i] for i in range(len(sizes)) if i not in dense)
@@ -133,10 +134,11 @@ def erk(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
 
 def ensure_nonempty(counts: List[int], sizes: Sequence[int], who: str) -> List[int]:
     """Give every empty layer one weight, taken from the layers that keep the most."""
-    if sum(counts) < len(counts):
+    layers = sum(1 for n in sizes if n > 0)  # a zero-size layer has no weight to keep
+    if sum(counts) < layers:
         raise ValueError(
             f"{who} keeps at least one weight per layer, but only {sum(counts)} weights are kept "
-            f"over {len(counts)} layers; use a lower sparsity"
+            f"over {layers} layers; use a lower sparsity"
         )
     counts = list(counts)
     for i, c in enumerate(counts):

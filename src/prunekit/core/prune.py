@@ -178,6 +178,11 @@ def prune(
     total = sum(t.numel for t in tensors)
     alive = [int(torch.count_nonzero(previous[t.name])) for t in tensors]
     kept_target = int(round((1.0 - sparsity) * total))
+    if kept_target == 0 and total > 0:  # like sparsity 1.0, which the check above rejects
+        raise ValueError(
+            f"sparsity {sparsity} keeps no weight of the {total} prunable weights "
+            f"(round({1.0 - sparsity:.3g} * {total}) = 0); the highest sparsity that keeps one is "
+            f"{1.0 - 1.0 / total:.6g}")
     if kept_target > sum(alive):
         raise ValueError(
             f"the model already has sparsity {1 - sum(alive) / total:.4f} over its prunable weights; "

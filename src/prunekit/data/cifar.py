@@ -6,6 +6,7 @@ refused before it is imported.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -39,17 +40,52 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-def _allowed():
+class _NdarrayToken:
+    """What a pickle gets for ``numpy.ndarray``: usable only as ``_reconstruct``'s subtype.
+    Calling ``numpy.ndarray(shape)`` itself would hand out uninitialised memory of any
+    declared size (a 236-byte file could ask for 1 TiB)."""
+
+    def __call__(self, *args, **kwargs):
+        raise UnsafePickleError("refusing to call numpy.ndarray directly (it allocates uninitialised "
+                                "memory of the declared size); a CIFAR batch holds pickled arrays")
+
+
+_NDARRAY = _NdarrayToken()
+
+
+def _declared_bytes(shape, dtype) -> int:
+    try:
+        dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+        itemsize = np.dtype(dtype).itemsize if not isinstance(dtype, bytes) else np.dtype(dtype.decode("latin1")).itemsize
+    except (TypeError, ValueError, OverflowError):
+        raise UnsafePickleError(f"an array with shape {shape!r} and dtype {dtype!r}") from None
+    if any(d < 0 for d in dims):
+        raise UnsafePickleError(f"an array with negative shape {tuple(dims)}")
+    return math.prod(dims) * max(1, itemsize)
+
+
+def _allowed(limit: int):
+    """The allow-list; ``limit`` (the file's size) bounds every array declared in it."""
     core = _numpy_core()
     reconstruct = core.multiarray._reconstruct
     frombuffer = core.numeric._frombuffer
+
+    def bounded_reconstruct(subtype, shape, dtype):
+        if subtype is not _NDARRAY:
+            raise UnsafePickleError(f"refusing to reconstruct an array of type {subtype!r}")
+        if _declared_bytes(shape, dtype) > limit:
+            raise ValueError(f"it declares an array of {_declared_bytes(shape, dtype):,} bytes in a "
+                             f"file of {limit:,} bytes")
+        return reconstruct(np.ndarray, shape, dtype)
+
     return {
         # numpy arrays as written by numpy 1.x (numpy.core) and 2.x (numpy._core)
-        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): bounded_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): bounded_reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
-        # protocol 5 (Python 3.14's default) rebuilds contiguous arrays from a buffer
+        # protocol 5 (Python 3.14's default) rebuilds contiguous arrays from a buffer (its own
+        # bytes: the size is bounded by the file)
         ("numpy.core.numeric", "_frombuffer"): frombuffer,
         ("numpy._core.numeric", "_frombuffer"): frombuffer,
         # bytes in Python 3 pickles of protocol <= 2
@@ -58,10 +94,15 @@ def _allowed():
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that builds numpy arrays, lists, dicts, numbers and strings only."""
+    """An unpickler that builds numpy arrays, lists, dicts, numbers and strings only, and no
+    array larger than ``limit`` bytes (the file's size: the data must be in the file)."""
+
+    def __init__(self, file, *args, limit: int = 2**40, **kwargs):
+        super().__init__(file, *args, **kwargs)
+        self.allowed = _allowed(limit)
 
     def find_class(self, module: str, name: str):
-        allowed = _allowed()
+        allowed = self.allowed
         if (module, name) not in allowed:
             raise UnsafePickleError(
                 f"refusing to load {module}.{name}: this file may only contain numpy arrays, "
@@ -74,11 +115,11 @@ def safe_load(path: str):
     """Unpickle ``path`` with `SafeUnpickler` (``encoding='bytes'``, like the official loader)."""
     with open(path, "rb") as fh:
         try:
-            return SafeUnpickler(fh, encoding="bytes").load()
+            return SafeUnpickler(fh, encoding="bytes", limit=os.fstat(fh.fileno()).st_size).load()
         except UnsafePickleError as err:
             raise UnsafePickleError(f"{path}: {err}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-            raise ValueError(f"{path}: not a readable CIFAR batch ({err})") from err
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, MemoryError, OverflowError) as err:
+            raise ValueError(f"{path}: not a readable CIFAR batch ({err})") from None
 
 
 @dataclass(frozen=True)
@@ -199,7 +240,8 @@ def load_cifar(name: str, data_dir: Optional[str] = None, download: bool = True)
             raise _not_found(name, source, cands, "Downloading was disabled (download=False).",
                              target)
         try:
-            _download(source, target)
+            with locate.created_only_on_success(target):
+                _download(source, target)
         except (URLError, OSError) as err:
             raise _not_found(name, source, cands, f"Download of {source.url} failed: {err}",
                              target) from err

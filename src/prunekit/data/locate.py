@@ -7,9 +7,10 @@ dataset, so one ``--data-dir`` can hold several datasets.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 ENV_VAR = "PRUNEKIT_DATA"
 
@@ -46,6 +47,25 @@ def download_dir(name: str, data_dir: Optional[str]) -> str:
     A subfolder (not ``data_dir`` itself) because MNIST and Fashion-MNIST share file names.
     """
     return os.path.join(data_dir, name) if data_dir else cache_dir(name)
+
+
+@contextlib.contextmanager
+def created_only_on_success(target: str) -> Iterator[None]:
+    """Folders the block creates on the way to ``target`` are removed again (when empty) if
+    it fails: a failed download (offline, a mistyped ``data_dir``) leaves no empty folders."""
+    missing, path = [], os.path.abspath(target)
+    while not os.path.exists(path) and path != os.path.dirname(path):
+        missing.append(path)  # deepest first
+        path = os.path.dirname(path)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (a partial download is kept) or already gone
+                break
+        raise
 
 
 def candidates(name: str, data_dir: Optional[str], subfolders: Sequence[str]) -> List[Candidate]:

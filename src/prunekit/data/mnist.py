@@ -100,7 +100,8 @@ def load_idx_dataset(name: str, data_dir: Optional[str] = None, download: bool =
             raise _not_found(name, source, cands, "Downloading was disabled (download=False).",
                              target)
         try:
-            _download(source, target)
+            with locate.created_only_on_success(target):
+                _download(source, target)
         except (URLError, OSError) as err:  # offline, DNS failure, refused, timeout...
             raise _not_found(name, source, cands,
                              f"Download from {source.base_url} failed: {err}", target) from err

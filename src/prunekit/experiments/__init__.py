@@ -11,7 +11,8 @@ locks, atomic writes), ``store`` (SQLite results database), ``context`` (what a 
 receives), ``runner`` (one run), ``sweep`` (plan + workers), ``report`` and ``plots``.
 Pipelines and baselines plug in through ``prunekit.pipelines.PIPELINES`` / ``BASELINES``.
 
-Names are imported lazily, so ``prunekit.experiments.store`` does not pull in torch.
+Names are imported lazily: ``import prunekit.experiments`` loads no submodule until a name is
+used. (``store`` imports ``prunekit.io`` for its one-line disk errors, and with it torch.)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ _EXPORTS = {
     "ExperimentSpec": "spec", "RunSpec": "spec", "DataSpec": "spec", "ModelSpec": "spec",
     "TrainSpec": "spec", "MethodSpec": "spec", "BaselineSpec": "spec", "Sweep": "spec", "SpecError": "schema",
     "Project": "project", "Store": "store", "execute": "runner", "Outcome": "runner",
-    "plan": "sweep", "run_sweep": "sweep", "write_report": "report",
+    "plan": "sweep", "run_sweep": "sweep", "write_report": "report", "repair_store": "repair",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -142,7 +142,7 @@ class Context(RunContext):
         spec = self.spec.requirement(name)
         if not self.project.is_done(spec.id):
             outcome = self._run_required(spec)  # normally the sweep ran it already
-            if getattr(outcome, "status", None) == "failed":
+            if getattr(outcome, "status", None) in ("failed", "diverged"):
                 raise RuntimeError(f"the {name} run {spec.id} this run needs failed: {outcome.error}")
         record = self.project.read_record(spec.id)
         return FinishedRun(spec.id, self.project.run_folder(spec.id), spec.to_dict(), record["metrics"],

@@ -15,7 +15,9 @@
       report/                   what ``prunekit report`` writes
 
 The files are the truth and the database is an index: a run whose ``metrics.json`` exists is
-done whatever the database says, and is (re)ingested when found missing there.
+done whatever the database says, and is (re)ingested when found missing there. A
+``metrics.json`` that does not parse (a disk fault, an editor) does not count: the sweep moves
+it aside to ``metrics.json.corrupt``, marks the run, and runs it again (from its checkpoints).
 """
 from __future__ import annotations
 
@@ -58,7 +60,32 @@ class Project:
         return self.root / "sweeps" / f"{name}.yaml"
 
     def is_done(self, run_id: str) -> bool:
-        return (self.run_folder(run_id) / METRICS).is_file()
+        """A readable ``metrics.json`` exists (see :meth:`corrupt_record` for one that is not)."""
+        return (self.run_folder(run_id) / METRICS).is_file() and self.corrupt_record(run_id) is None
+
+    def corrupt_record(self, run_id: str) -> Optional[str]:
+        """Why the run's ``metrics.json`` is unusable (None when it is fine or absent)."""
+        path = self.run_folder(run_id) / METRICS
+        try:
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as err:
+            return f"not valid JSON ({err})"
+        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+            return "not a prunekit run record (no metrics)"
+        return None
+
+    def set_aside(self, run_id: str) -> Optional[Path]:
+        """Move an unusable ``metrics.json`` to ``metrics.json.corrupt`` (so the run counts as
+        not done and is rerun); returns the new path, or None when there was nothing to move."""
+        path = self.run_folder(run_id) / METRICS
+        target = path.with_name(METRICS + ".corrupt")
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:  # a concurrent sweep moved it first
+            return None
+        return target
 
     def read_record(self, run_id: str) -> Dict[str, Any]:
         """The ``metrics.json`` record of a finished run."""
@@ -67,6 +94,9 @@ class Project:
             return json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"run {run_id} has not finished: no {path}") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is damaged (not valid JSON: {err}); the next sweep moves it "
+                             "aside and reruns the run") from None
 
     def store(self):
         return Store(self.db_path)

@@ -35,8 +35,9 @@ versions as the driver.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -86,7 +87,8 @@ def record_outcome(project: Project, store: Store, spec: RunSpec, outcome: Outco
             atomic_write_json(folder / METRICS, record)
         store.finish(spec, record)
     else:
-        store.fail(spec.id, outcome.error or "failed without an error message")
+        store.fail(spec.id, outcome.error or "failed without an error message",
+                   status="diverged" if outcome.status == "diverged" else "failed")
     outcome.record = None
     return outcome
 
@@ -125,7 +127,7 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         root = str(project.root.resolve())  # workers do not run in the driver's directory
         running: Dict[Any, Any] = {}
-        with project.store() as store:
+        with project.store() as store, _interruptible(ray, store, running):
             while queue or running:
                 slots = _capacity(ray, num_cpus) - len(running)
                 for item in take_ready(queue, slots, done, stuck, block):
@@ -149,6 +151,22 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
     finally:
         if owned:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _interruptible(ray, store: Store, running: Dict[Any, Any]) -> Iterator[None]:
+    """On SIGINT / SIGTERM (or any error) cancel the tasks in flight (their workers are
+    killed) and mark their runs interrupted; they resume from their checkpoints."""
+    try:
+        yield
+    except BaseException:
+        for ref in list(running):
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        with contextlib.suppress(Exception):
+            store.set_status([item.spec.id for item in running.values()], "interrupted",
+                             "the sweep was stopped while it ran; it resumes from its last checkpoint")
+        raise
 
 
 def _first_line(err: BaseException) -> str:

@@ -30,18 +30,21 @@ from typing import Any, Dict, Optional, Union
 from .. import distributed
 from ..artifacts import save_model
 from ..core.accounting import report
-from ..training import evaluate
+from ..io import StorageError
+from ..training import DivergedError, evaluate
 from ..pipelines.results import PipelineResult
 from .context import Context
 from .project import MODEL, METRICS, SPEC, Project, atomic_write_json, atomic_write_text
 from .spec import RunSpec
 
 RECORD_FORMAT = "prunekit.run/1"
+FAILED = ("failed", "diverged")  # outcomes without a result
 
 
 @dataclass
 class Outcome:
-    """What happened to a run: status is "done" (ran now), "skipped" (was done) or "failed"."""
+    """What happened to a run: status is "done" (ran now), "skipped" (was done), "failed", or
+    "diverged" (training stopped on a NaN/infinite loss or weight: a failure with a cause)."""
 
     id: str
     status: str
@@ -59,7 +62,7 @@ class Outcome:
         """One line for the terminal."""
         s = self.requested_sparsity
         head = f"{self.status:>7}  {self.label}" + (f" s={s:g}" if s is not None else "") + f" seed={self.seed}"
-        if self.status == "failed":
+        if self.status in FAILED:
             return f"{head}: {self.error} [{self.id}]"
         m = self.metrics or {}
         top1 = m.get("top1")
@@ -108,7 +111,7 @@ class _NoStore:
     def finish(self, spec, record) -> None:
         pass
 
-    def fail(self, run_id: str, error: str) -> None:
+    def fail(self, run_id: str, error: str, status: str = "failed") -> None:
         pass
 
 
@@ -156,11 +159,14 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
         record["elapsed"] = time.time() - started
         record["finished"] = time.time()
         atomic_write_json(folder / METRICS, record)
+    except StorageError:  # a full or read-only disk is not the run's fault: it stops the sweep
+        raise
     except Exception as err:  # a failed run is recorded; the sweep goes on with the others
         atomic_write_text(folder / "error.log", traceback.format_exc())
         message = f"{type(err).__name__}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"
-        store.fail(spec.id, message)
-        return _outcome(spec, "failed", elapsed=time.time() - started, error=message)
+        status = "diverged" if isinstance(err, DivergedError) else "failed"
+        store.fail(spec.id, message, status=status)
+        return _outcome(spec, status, elapsed=time.time() - started, error=message)
     store.finish(spec, record)
     return _outcome(spec, "done", record["metrics"], record["elapsed"], record=record)
 

@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
@@ -222,6 +222,7 @@ def load_yaml(text_or_path: Union[str, Path]) -> Any:
     or else of YAML text."""
     is_path = isinstance(text_or_path, Path) or (
         "\n" not in text_or_path and (text_or_path.endswith((".yaml", ".yml")) or Path(text_or_path).is_file()))
+    path = None
     if is_path:
         path = Path(text_or_path)
         if not path.is_file():
@@ -232,7 +233,18 @@ def load_yaml(text_or_path: Union[str, Path]) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"not valid YAML: {err}") from None
+        raise ValueError(yaml_error_line(err, path)) from None
+
+
+def yaml_error_line(err: Exception, path: Optional[Path] = None) -> str:
+    """PyYAML's several-line message as one line: where (file, line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    where = str(path) if path is not None else "YAML text"
+    if mark is not None:
+        where += f", line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or ["syntax error"])[0]
+    context = getattr(err, "context", None)
+    return f"{where}: not valid YAML: " + (f"{problem} ({context})" if context else problem)
 
 
 def dump_yaml(data: Any) -> str:

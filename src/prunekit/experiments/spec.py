@@ -118,9 +118,9 @@ class TrainSpec:
     epochs: int = param(1, check=nonnegative)
     optimizer: str = param("sgd", choices=_optimizer_names)
     lr: float = param(0.1, check=positive)
-    momentum: float = 0.9
+    momentum: float = param(0.9, check=nonnegative)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = param(5e-4, check=nonnegative)
     schedule: str = param("constant", choices=_schedule_names)
     schedule_kwargs: Dict[str, Any] = param({})
     optimizer_kwargs: Dict[str, Any] = param({})

@@ -23,18 +23,28 @@ transaction back. All of a run's result rows are written in one transaction. Ope
 the switch to WAL and the schema creation with backoff (the busy timeout does not cover the
 first: see ``Store._setup``). A process with ``PRUNEKIT_NO_STORE`` set cannot open the store
 (Ray tasks: their sweep's driver writes it for them).
+
+Faults: opening runs ``PRAGMA quick_check``; a damaged file (truncated, overwritten) raises
+``StoreCorruptError`` with one line that names the file and the way out (``prunekit runs DIR
+--repair`` rebuilds the store from the run folders, which are the truth). A full disk or a
+read-only folder raises the one-line ``prunekit.io.StorageError`` instead of SQLite's
+"disk I/O error".
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
+import shutil
 import socket
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+from ..io import MIN_FREE_BYTES, StorageError, storage_error
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -122,6 +132,51 @@ def _retry_locked(step: Callable[[], None], timeout: float = BUSY_TIMEOUT_S) -> 
         delay = min(delay * 2, 0.5)
 
 
+class StoreCorruptError(ValueError):
+    """The results database is damaged; the message says how to rebuild it."""
+
+
+def _is_locked(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _translate(err: BaseException, path: Path) -> Optional[Exception]:
+    """A one-line error for what SQLite (or the OS) said, or None to let ``err`` through."""
+    if isinstance(err, OSError):
+        return storage_error(err, path)
+    if not isinstance(err, sqlite3.DatabaseError) or _is_locked(err):
+        return None
+    text = str(err).lower()
+    code = getattr(err, "sqlite_errorcode", None)
+    if "disk is full" in text or code == 13:  # SQLITE_FULL
+        return StorageError("no space left on device", path, errno.ENOSPC)
+    if "readonly" in text or "read-only" in text:
+        return StorageError("read-only file system or no write permission", path, errno.EROFS)
+    if "disk i/o error" in text or "unable to open" in text:
+        try:  # SQLite says "disk I/O error" for a full disk too: look
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        if free is not None and free < MIN_FREE_BYTES:
+            return StorageError("no space left on device", path, errno.ENOSPC)
+        if "unable to open" in text:
+            if not os.access(path.parent, os.W_OK):
+                return StorageError("permission denied", path, errno.EACCES)
+            return None
+        return StorageError("disk I/O error", path, errno.EIO)
+    if isinstance(err, sqlite3.OperationalError) and "malformed" not in text and "not a database" not in text:
+        return None
+    return corrupt(path, str(err))
+
+
+def corrupt(path: Path, detail: str) -> StoreCorruptError:
+    folder = path.parent
+    return StoreCorruptError(
+        f"the results store {path} is damaged ({detail.splitlines()[0] if detail else 'corrupt'}); "
+        f"the run folders are intact: `prunekit runs {folder} --repair` rebuilds it from them")
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=True)
 
@@ -137,16 +192,36 @@ class Store:
             raise RuntimeError(f"this process must not open the results store {path} "
                                f"({NO_STORE_ENV} is set: the driver of the sweep writes it)")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _write).
-        self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        with self._translated():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in _write).
+            self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         try:
-            _retry_locked(self._setup)
+            with self._translated():
+                self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                _retry_locked(self._setup)
+                self.check()
         except BaseException:
             self.conn.close()
             raise
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.DatabaseError, OSError) as err:
+            translated = _translate(err, self.path)
+            if translated is None or translated is err:
+                raise
+            raise translated from None
+
+    def check(self) -> None:
+        """``PRAGMA quick_check`` (O(size), no index cross-checks); raises
+        ``StoreCorruptError`` when the file is damaged."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise corrupt(self.path, "; ".join(map(str, rows[:3])))
 
     def _setup(self) -> None:
         """WAL mode and the schema. Switching a fresh file to WAL needs an exclusive lock, and
@@ -177,13 +252,22 @@ class Store:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator["_Tx"]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        with self._translated():
+            self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield _Tx(self.conn)
+            with self._translated():
+                yield _Tx(self.conn)
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        with self._translated():
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------------- registering
 
@@ -229,6 +313,12 @@ class Store:
                            (name, item.spec.id, item.role, position))
 
     # ------------------------------------------------------------------- run status
+
+    def add(self, spec, status: str = "pending", error: Optional[str] = None) -> None:
+        """Record a run (a row with ``status``) without results; ``--repair`` uses it."""
+        with self._write() as db:
+            self._ensure(db, spec)
+            db.execute("UPDATE runs SET status = ?, error = ? WHERE id = ?", (status, error, spec.id))
 
     def start(self, spec) -> None:
         """Mark the run running in this process (one more attempt)."""
@@ -277,7 +367,8 @@ class Store:
     # ------------------------------------------------------------------------ queries
 
     def _rows(self, sql: str, args: Sequence = ()) -> List[Dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(sql, args).fetchall()]
+        with self._translated():
+            return [dict(r) for r in self.conn.execute(sql, args).fetchall()]
 
     def runs(self, sweep: Optional[str] = None, status: Optional[str] = None) -> List[Dict[str, Any]]:
         """Runs (with their metrics when finished), in sweep order or creation order."""

@@ -13,10 +13,21 @@ Robustness: every run holds a file lock while it runs and writes its "done" mark
 :mod:`.runner`), so killing a sweep at any moment and starting it again finishes the work
 with every run present once; runs the killed sweep left "running" resume from their last
 checkpoint.
+
+Stopping: SIGINT or SIGTERM (``prunekit`` turns SIGTERM into the same exception) stops the
+pool's workers, waits for them, and marks the runs they held "interrupted" before the
+exception goes on. A SIGKILL of the sweep cannot be caught: each worker asks the kernel for
+SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)`` on Linux; a watchdog thread
+elsewhere), so no worker outlives the sweep either way.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -28,9 +39,10 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
+from ..io import StorageError, check_writable
 from .project import Project, atomic_write_text
 from .ray_executor import import_ray, run_ray
-from .runner import Outcome, execute
+from .runner import FAILED, Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
 # The plan (and which planned runs can start) is shared with the Ray executor, so it lives
 # below both; its names stay importable from here.
@@ -60,8 +72,37 @@ def threads_per_worker(workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-def _init_worker(threads: int) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+INTERRUPTED = "the sweep was stopped while it ran; it resumes from its last checkpoint"
+
+
+def _init_worker(threads: int, parent: Optional[int] = None) -> None:
+    if parent is not None:
+        die_with_parent(parent)
     torch.set_num_threads(threads)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when process ``parent`` (its parent) ends, however it ends."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            ok = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            ok = False
+        if ok:
+            if os.getppid() != parent:  # the parent died before the prctl took effect
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), name="prunekit-parent-watchdog",
+                     daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    # Where there is no parent-death signal: a re-parented process has another parent id.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _execute_in_worker(root: str, spec_dict: dict) -> Outcome:
@@ -69,6 +110,8 @@ def _execute_in_worker(root: str, spec_dict: dict) -> Outcome:
     spec = RunSpec.from_dict(spec_dict)
     try:
         return execute(root, spec, progress=False)
+    except StorageError:  # the parent stops the sweep with it (one line, exit 2)
+        raise
     except Exception as err:  # e.g. a store error; execute records pipeline errors itself
         return Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
                        error=f"{type(err).__name__}: {err}")
@@ -99,6 +142,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
                          "job already share each run's training; use one or the other")
     started = time.time()
     project = Project(root)
+    check_writable(project.root)  # a full disk or a read-only folder: before any work
     project.root.mkdir(parents=True, exist_ok=True)
     sweep = as_sweep(sweep)
     planned = plan(sweep)
@@ -118,7 +162,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     def settle(outcome: Outcome) -> None:
         bar.update(1)
         say(outcome.line())
-        if outcome.status == "failed":
+        if outcome.status in FAILED:
             failed[outcome.id] = outcome
             summary.failed.append(outcome)
         else:
@@ -152,7 +196,11 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
                 if dep is not None:
                     block(item, dep)
                     continue
-                settle(execute(project.root, item.spec, progress=fit_progress))
+                try:
+                    settle(execute(project.root, item.spec, progress=fit_progress))
+                except (KeyboardInterrupt, StorageError):  # SIGINT/SIGTERM, or a full disk
+                    mark_interrupted(project, [item.spec.id])
+                    raise
         else:
             _run_pool(project, queue, workers, done, stuck, block, settle)
     finally:
@@ -165,9 +213,10 @@ def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set
     """Dispatch runs to ``workers`` spawned processes, each as soon as its requirements are
     done; at most ``workers`` in flight, so the plan's order is the priority."""
     context = get_context("spawn")  # fork would copy torch's thread pools and locks
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads_per_worker(workers),)) as pool:
-        running = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads_per_worker(workers), os.getpid()))
+    running = {}
+    try:
         while queue or running:
             for item in take_ready(queue, workers - len(running), done, stuck, block):
                 running[pool.submit(_execute_in_worker, str(project.root), item.spec.to_dict())] = item
@@ -178,11 +227,43 @@ def _run_pool(project: Project, queue: List[PlannedRun], workers: int, done: set
                 item = running.pop(future)
                 try:
                     outcome = future.result()
+                except StorageError:  # a full or read-only disk: stop (the runs resume later)
+                    running[future] = item  # marked interrupted with the others below
+                    raise
                 except Exception as err:  # the worker process died (e.g. out of memory)
                     spec = item.spec
                     outcome = Outcome(spec.id, "failed", spec.label, spec.seed, spec.requested_sparsity,
                                       error=f"worker died: {type(err).__name__}: {err}")
                 settle(outcome)
+    except BaseException:  # SIGINT / SIGTERM (or a bug): stop the workers, then go on failing
+        stop_pool(pool)
+        mark_interrupted(project, [item.spec.id for item in running.values()])
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 10.0) -> None:
+    """Terminate the pool's workers (SIGTERM, then SIGKILL after ``grace`` seconds) and reap
+    them, so none is left behind; queued work is cancelled."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        process.join(grace)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def mark_interrupted(project: Project, run_ids: List[str]) -> None:
+    """Record that the runs ``run_ids`` were stopped (best effort: the sweep is ending)."""
+    if not run_ids or not distributed.is_main():
+        return
+    with contextlib.suppress(Exception):
+        with project.store() as store:
+            store.set_status([r for r in run_ids if not project.is_done(r)], "interrupted", INTERRUPTED)
 
 
 def _reconcile(project: Project, sweep: Sweep, planned: List[PlannedRun]) -> set:
@@ -199,6 +280,10 @@ def _reconcile(project: Project, sweep: Sweep, planned: List[PlannedRun]) -> set
         stale = []
         for item in planned:
             run_id = item.spec.id
+            why = project.corrupt_record(run_id)
+            if why is not None and project.set_aside(run_id) is not None:
+                store.fail(run_id, f"its metrics.json was damaged ({why}); moved to metrics.json.corrupt "
+                                   "and run again", status="interrupted")
             if project.is_done(run_id):
                 done.add(run_id)
                 if status.get(run_id) != "done":

@@ -77,8 +77,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {reason}). It is truncated, "
             "corrupt, or holds objects that are not plain data. The file was left untouched: "
-            "delete it (or pass resume=False) to start over.") from err
+            "delete it to start over.") from err
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict; "
-                              "delete it (or pass resume=False) to start over.")
+                              "delete it to start over.")
     return payload

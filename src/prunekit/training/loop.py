@@ -5,6 +5,7 @@ writes after every epoch and the guards on resuming it in :mod:`.resume`.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,8 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
         for epoch in range(start_epoch, epochs):
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
             metrics = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar)
+            # before a NaN model is checkpointed; the lr named is the configured (peak) one
+            check_finite(model, metrics, epoch, opt.param_groups[0].get("initial_lr", metrics.get("lr")))
             state.history.append(metrics)
             if path is not None:
                 if distributed.is_main():
@@ -167,6 +170,26 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
 
 
 # ------------------------------------------------------------------------------ epochs
+
+
+class DivergedError(ValueError):
+    """Training diverged: the loss or the weights are no longer finite numbers."""
+
+
+def check_finite(model: nn.Module, metrics: Dict[str, Any], epoch: int, lr: Optional[float] = None) -> None:
+    """Raise ``DivergedError`` when the epoch's training loss or any weight or buffer of
+    ``model`` is NaN or infinite. The loss is summed over the ranks and the weights are the
+    same on each, so every rank of a data-parallel job stops alike."""
+    loss = metrics.get("train_loss")
+    hint = f"lower the learning rate (it was {lr:g})" if isinstance(lr, (int, float)) else "lower the learning rate"
+    if loss is not None and not math.isfinite(loss):
+        raise DivergedError(f"training diverged in epoch {epoch + 1}: the training loss is {loss}; {hint}")
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DivergedError(f"training diverged in epoch {epoch + 1}: {bad[0]}{more} hold NaN or infinite "
+                            f"values; {hint}")
 
 
 def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[Iterable],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Iterable, Tuple, Union
 
 import torch
@@ -32,6 +33,11 @@ def make_optimizer(model_or_params: Union[nn.Module, Iterable], name: str = "sgd
     An unknown name raises ``KeyError`` listing the choices; an unknown keyword raises
     ``ValueError`` listing the accepted ones.
     """
+    for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            accepted = "a finite number >= 0"
+            raise ValueError(f"{what} must be {accepted}, got {value!r}")
     key = name.lower() if isinstance(name, str) else name
     if key not in _CLASSES:
         raise UnknownNameError(

@@ -95,19 +95,19 @@ def check_resumable(payload: dict, recipe: Dict[str, Any], n_callbacks: int,
     if payload.get("format") != CHECKPOINT_FORMAT or missing:
         raise CheckpointError(
             f"{path} is not a prunekit training checkpoint (format "
-            f"{payload.get('format')!r}, missing {missing}); delete it or pass resume=False")
+            f"{payload.get('format')!r}, missing {missing}); delete it to start over")
     stored = payload["recipe"]
     diffs = [f"{k}: {stored.get(k)!r} -> {recipe.get(k)!r}"
              for k in sorted(set(stored) | set(recipe)) if stored.get(k) != recipe.get(k)]
     if diffs:
         raise CheckpointError(
             f"checkpoint {path} was written by a different training recipe ("
-            + "; ".join(diffs) + "). Use another checkpoint_dir, delete the file, or pass "
-            "resume=False to start over.")
+            + "; ".join(diffs) + "). Delete the file (or write to another "
+            "folder) to start over.")
     if len(payload["callbacks"]) != n_callbacks:
         raise CheckpointError(
             f"checkpoint {path} holds the state of {len(payload['callbacks'])} callbacks but "
-            f"fit() got {n_callbacks}; pass the same callbacks, or resume=False to start over")
+            f"fit() got {n_callbacks}; delete the file to start over")
 
 
 def guarded(path: Path, what: str, load: Callable[[], Any]) -> None:
@@ -116,8 +116,8 @@ def guarded(path: Path, what: str, load: Callable[[], Any]) -> None:
         load()
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"checkpoint {path} does not match this {what}: {err}. Use another "
-            "checkpoint_dir, delete the file, or pass resume=False to start over.") from err
+            f"checkpoint {path} does not match this {what}: {err}. Delete the file (or "
+            "write to another folder) to start over.") from err
 
 
 def restore(payload: dict, state: TrainState, callbacks: List[Callback], path: Path) -> int:
