@@ -24,8 +24,11 @@ PINNED_IDS = [
     ("sparsity_loss", {"budget": 0.2, "budget_flops": 0.5, "variant": "hinge", "lam": 5.0, "lam_p": 2.0, "r_init": 1.0,
                        "recenter": False, "min_weights": 0, "finetune_epochs": 1}, "sparsity_loss-153c3dd2f469a040"),
     ("sparsity_loss", {}, "sparsity_loss-707914100155dfa1"),
-    ("ltp", {"lam": 10.0, "trail": [0.5, 0.9], "pretrain_epochs": 2, "ltp_lr": 0.01}, "ltp-25652bb093c00798"),
-    ("ltp", {}, "ltp-976c970c8ed24b85"),
+    # Issue #15 moved some defaults (param(new, legacy=old)): a spec written before the move
+    # states the old value to keep its id; the new default hashes to a new id (PINNED_MOVED).
+    ("ltp", {"lam": 10.0, "trail": [0.5, 0.9], "pretrain_epochs": 2, "ltp_lr": 0.01, "relative": True},
+     "ltp-25652bb093c00798"),
+    ("ltp", {"relative": True}, "ltp-976c970c8ed24b85"),
     ("dense_equivalent", {"kept_fraction": 0.15}, "dense_equivalent-b3581d4d0023816b"),
     ("gmp", {"sparsity": 0.9, "start_epoch": 1.0, "prune_every": 50, "score": "lamp"}, "gmp-fb7057d5f04d57a0"),
     ("slimming", {"fraction": 0.4, "s": 1e-5, "latency_repeats": 0}, "slimming-5197d5c42b5dfd97"),
@@ -162,7 +165,8 @@ def test_train_sparse_keeps_its_flags_and_builds_the_same_methods():
     assert (m.budget, m.recenter, m.weights, m.lam, m.lam_p, m.lam_f, m.min_weights) == (0.15, False, "avg", 10.0, 2.0,
                                                                                          10.0, 0)
     assert thresholds.requested_sparsity(args) == pytest.approx(0.85)
-    m = thresholds.build_method(_train_sparse(["--method", "ltp", "--absolute-tau", "--T0", "0.01",
+    assert thresholds.build_method(_train_sparse(["--method", "ltp", "--relative-tau"])).relative is True
+    m = thresholds.build_method(_train_sparse(["--method", "ltp", "--T0", "0.01",
                                                "--trail", "0.5", "0.9", "--include", "fc*"]))
     assert (m.relative, m.T0, m.lam, m.levels, m.include, str(m.trail_dir)) == (False, 0.01, 1.0, [0.5, 0.9],
                                                                                  ["fc*"], "x/trail")

@@ -121,8 +121,13 @@ def requested_sparsity(args) -> Optional[float]:
 def recorded_arguments(args) -> Dict[str, Any]:
     """The arguments written into the checkpoints (see ``RECORDED_ALWAYS``)."""
     defaults = method_flag_defaults()
-    return {k: v for k, v in vars(args).items()
-            if k not in NOT_RECORDED and (k in RECORDED_ALWAYS or v != defaults.get(k))}
+    out = {k: v for k, v in vars(args).items()
+           if k not in NOT_RECORDED and k != "relative_tau" and (k in RECORDED_ALWAYS or v != defaults.get(k))}
+    # LTP's switch was --absolute-tau (relative by default) until issue #15 made absolute the
+    # default (--relative-tau): record it as before, so a run resumes exactly when it means
+    # the same (old default <-> --relative-tau, old --absolute-tau <-> new default).
+    out["absolute_tau"] = args.method == "ltp" and not getattr(args, "relative_tau", False)
+    return out
 
 
 def cmd_train_sparse(args) -> int:

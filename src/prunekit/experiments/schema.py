@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Union
 
 import yaml
 
-from ..params import check_value
+from ..params import check_value, hash_baseline
 
 
 class SpecError(ValueError):
@@ -197,7 +197,11 @@ def to_dict(obj: Any, canonical: bool = False, minimal: bool = False) -> Any:
 
 
 def _default_form(f: dataclasses.Field, canonical: bool, minimal: bool) -> Any:
-    """The default of field ``f`` in the same plain form (a marker when it has none)."""
+    """The default of field ``f`` in the same plain form (a marker when it has none). The
+    canonical (hashed) form compares with the field's ``legacy`` default when it has one, so
+    a moved default never reuses the ids of runs made with the old one."""
+    if canonical and f.metadata.get("legacy", MISSING) is not MISSING:
+        return to_dict(hash_baseline(f), canonical, minimal)
     if f.default is not MISSING:
         value = f.default
     elif f.default_factory is not MISSING:

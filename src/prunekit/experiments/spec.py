@@ -294,7 +294,10 @@ def method_label(method: MethodSpec) -> str:
     sparsity (results at different sparsities share one label: a curve)."""
     if method.label:
         return method.label
-    params = to_dict(method.params, canonical=True)
+    # Non-default against the *current* defaults (a moved default's legacy value, which the
+    # hash leaves out, is shown: it is not what a spec gets by omitting it).
+    shown = {f.name for f in fields(method.params) if f.metadata.get("hash", True)}
+    params = {k: v for k, v in to_dict(method.params, minimal=True).items() if k in shown}
     params.pop("sparsity", None)
     if not params:
         return method.name
