@@ -43,7 +43,7 @@ PINNED_BASELINE_IDS = [
     ("dense_equivalent", {"epochs": 3}, "dense_equivalent-26316b518d866a60"),
     ("lottery", {}, "lottery-801f77ac4998b0e1"),
     ("random_reinit", {"init_seed": 7}, "random_reinit-64d453a9ad6cef1d"),
-    ("scratch_b", {"max_ratio": 2.0}, "scratch_b-ea35be404f3521a8"),
+    ("scratch_b", {"max_ratio": 2.0, "stretch_schedule": False}, "scratch_b-ea35be404f3521a8"),  # legacy value
     ("random_same_allocation", {}, "random_same_allocation-433441d1a4576bea"),
 ]
 

@@ -1,0 +1,82 @@
+"""Issue #15: the seeds' behaviour is the default; each test fails on the behaviour before."""
+import pytest
+import torch
+
+pytest.importorskip("prunekit.experiments.sweep")
+
+from prunekit.experiments.project import Project  # noqa: E402
+from prunekit.experiments.spec import Sweep  # noqa: E402
+from prunekit.experiments.sweep import plan, run_sweep  # noqa: E402
+from prunekit.pipelines.budget import scratch_b_epochs  # noqa: E402
+from prunekit.training.schedules import stretched_schedule_kwargs  # noqa: E402
+
+
+def _run(tmp_path, text):
+    torch.set_num_threads(1)
+    sweep = Sweep.from_yaml(text)
+    summary = run_sweep(tmp_path, sweep, quiet=True)
+    assert not summary.failed and not summary.blocked, summary
+    specs = {p.spec.baseline.name if p.spec.baseline else p.spec.method.name: p.spec for p in plan(sweep)}
+    return Project(tmp_path), specs
+
+
+def _lrs(record, phase):
+    return [row["lr"] for row in record["history"] if row.get("phase") == phase]
+
+
+# ---------------------------------------------------------------- 1. Scratch-B stretches the schedule
+
+
+def test_stretched_milestones_fall_at_the_same_fractions():
+    """Liu et al.: CIFAR milestones [80, 120] of 160 epochs -> 50% and 75% of the new length."""
+    assert stretched_schedule_kwargs("multistep", {"milestones": [80, 120], "gamma": 0.1}, 160, 320) == \
+        {"milestones": [160.0, 240.0], "gamma": 0.1}
+    assert stretched_schedule_kwargs("step", {"step_size": 30}, 90, 180) == {"step_size": 60.0}
+    assert stretched_schedule_kwargs("cosine", {}, 90, 180) == {}
+
+
+SCRATCH_B = """
+name: scratch_b_multistep
+data: {name: synthetic, train_subset: 64, batch_size: 64}
+model: {name: resnet20, width: 0.25}
+train: {epochs: 2, lr: 0.1, schedule: multistep, schedule_kwargs: {milestones: [1], gamma: 0.1}}
+method: {name: structured, params: {ratio: 0.5, finetune_epochs: 0, latency_repeats: 0}}
+seeds: [0]
+baselines: [scratch_b]
+"""
+
+
+def test_scratch_b_decays_at_the_same_fraction_of_its_longer_training(tmp_path):
+    project, specs = _run(tmp_path, SCRATCH_B)
+    _, old = _run(tmp_path, SCRATCH_B.replace("[scratch_b]", "[{name: scratch_b, params: {stretch_schedule: false}}]"))
+    stretched, absolute = specs["scratch_b"], old["scratch_b"]
+    assert stretched.id != absolute.id
+    rec = project.read_record(stretched.id)
+    n = rec["extra"]["own_epochs"]
+    assert n >= 4
+    lrs = _lrs(rec, "scratch_b")
+    high = sum(1 for lr in lrs if lr == pytest.approx(0.1))
+    assert len(lrs) == n and high == round(n / 2)  # decay at 50%, as the dense recipe (1 of 2 epochs)
+    assert sum(1 for lr in _lrs(project.read_record(absolute.id), "scratch_b") if lr == pytest.approx(0.1)) == 1
+
+
+RANDOM_REINIT = """
+name: random_reinit_b
+data: {name: synthetic, train_subset: 64, batch_size: 64}
+model: {name: lenet_300_100, width: 0.25}
+train: {epochs: 2, lr: 0.1, schedule: multistep, schedule_kwargs: {milestones: [1]}}
+method: {name: oneshot, params: {sparsity: 0.75, finetune_epochs: 0}}
+seeds: [0]
+baselines: [{name: random_reinit, params: {budget: B}}]
+"""
+
+
+def test_random_reinit_gets_scratch_b_epochs_from_the_sparse_flops(tmp_path):
+    project, specs = _run(tmp_path, RANDOM_REINIT)
+    rec = project.read_record(specs["random_reinit"].id)
+    ratio = rec["extra"]["flops_ratio"]
+    assert ratio == pytest.approx(4.0, rel=0.05)  # global 75% on a MLP: ~1/4 of the multiply-adds
+    n = rec["extra"]["own_epochs"]
+    assert n == scratch_b_epochs(2, ratio, 1.0) >= 7
+    lrs = _lrs(rec, "random_reinit")
+    assert sum(1 for lr in lrs if lr == pytest.approx(0.1)) == round(n / 2)
