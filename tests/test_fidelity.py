@@ -80,3 +80,30 @@ def test_random_reinit_gets_scratch_b_epochs_from_the_sparse_flops(tmp_path):
     assert n == scratch_b_epochs(2, ratio, 1.0) >= 7
     lrs = _lrs(rec, "random_reinit")
     assert sum(1 for lr in lrs if lr == pytest.approx(0.1)) == round(n / 2)
+
+
+# ---------------------------------------------------- 9. prune(mask=M) with masked non-zero weights
+
+
+def test_lamp_with_a_mask_over_nonzero_weights_scores_them_as_zeros():
+    """LAMP (Lee et al. Eq. 2) over the surviving weights: the same counts as on the zeroed model."""
+    from torch import nn
+
+    from prunekit.core import Mask, prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[4].weight.mul_(5.0)
+    masks = {f"{i}.weight": torch.ones_like(model[i].weight, dtype=torch.bool) for i in (0, 2, 4)}
+    big = model[4].weight.abs() >= model[4].weight.abs().flatten().kthvalue(20).values  # its 13 largest
+    masks["4.weight"] = ~big
+    zeroed = __import__("copy").deepcopy(model)
+    with torch.no_grad():
+        zeroed[4].weight.mul_(masks["4.weight"])
+    want = prune(zeroed, 0.6, score="lamp")
+    got = prune(model, 0.6, score="lamp", mask=Mask(masks, model))
+    counts = [int(got[k].sum()) for k in masks]
+    assert counts == [int(want[k].sum()) for k in masks]
+    for k in masks:
+        assert torch.equal(got[k], want[k]), k
