@@ -107,3 +107,53 @@ def test_lamp_with_a_mask_over_nonzero_weights_scores_them_as_zeros():
     assert counts == [int(want[k].sum()) for k in masks]
     for k in masks:
         assert torch.equal(got[k], want[k]), k
+
+
+# ------------------------------- 7 (BS/GA skip small layers), 8 (c_i), and GA without STE (seed 002)
+
+
+def _small_and_big():
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(40, 50), nn.ReLU(), nn.Linear(50, 10))  # 2000 and 500 weights
+
+
+def test_fixed_bs_ga_leave_layers_under_1000_weights_dense_like_the_sparsity_loss():
+    from prunekit.methods.ste_fixed import STEFixed
+
+    for bound in ("binary_search", "gaussian"):
+        model = _small_and_big()
+        method = STEFixed(0.9, bound=bound).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        mask = method.finalize()
+        assert bool(mask["2.weight"].all()) and float(mask["0.weight"].float().mean()) < 0.2
+        model = _small_and_big()
+        mask = STEFixed(0.9, bound=bound, min_weights=0).attach(model, torch.optim.SGD(model.parameters(), lr=0.1)).finalize()
+        assert float(mask["2.weight"].float().mean()) < 0.2  # by name: every layer pruned
+
+
+def test_sparsity_loss_leaves_skipped_layers_out_of_c():
+    """Authors' code: c_i over the pruned layers; with every pruned layer at s_i -> 1, L_s -> 0."""
+    from prunekit.methods.sparsity_loss import SparsityLoss
+
+    for c_layers, skipped_share in (("pruned", 0.0), ("all", 500 / 2500)):
+        model = _small_and_big()
+        m = SparsityLoss(budget=0.15, c_layers=c_layers).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        assert float(m._c["wavg"].sum()) == pytest.approx(1.0)
+        assert float(m._c["wavg"][1]) == pytest.approx(skipped_share)
+        assert m.density_floor() == pytest.approx(skipped_share, abs=1e-5)
+    assert SparsityLoss(budget=0.15).c_layers == "pruned"
+
+
+def test_ste_fixed_without_ste_gives_pruned_weights_no_gradient():
+    """Seed 002 Sec. 3.3.3: back-propagating through the hard-shrink excludes pruned weights."""
+    from prunekit.methods.ste_fixed import STEFixed
+
+    grads = {}
+    for ste in (True, False):
+        model = _small_and_big()
+        method = STEFixed(0.8, bound="gaussian", ste=ste).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        model(torch.randn(8, 40)).square().sum().backward()
+        pruned = ~method.keep_mask("0.weight")
+        grads[ste] = model[0].weight.grad[pruned]
+    assert grads[True].abs().sum() > 0 and torch.count_nonzero(grads[False]) == 0

@@ -17,13 +17,15 @@ BASE = {"data": {"name": "fashion_mnist"}, "model": {"name": "lenet5"},
 # Computed on the code before the method Params existed (commit 0fcbee3): the pipelines'
 # params now inherit from the methods' Params, and no id may move.
 PINNED_IDS = [
-    ("ste_fixed", {"sparsity": 0.85, "bound": "gaussian"}, "ste_fixed-9994ef1ec1aee530"),
-    ("ste_fixed", {"sparsity": 0.9, "finetune_epochs": 2, "finetune_lr": 0.01, "exclude": ["fc3.weight"]},
-     "ste_fixed-9a13a84716351101"),
-    ("sparsity_loss", {"budget": 0.15, "weights": "avg"}, "sparsity_loss-710fc3ca9113b296"),
+    # legacy values of moved defaults stated (issue #15): min_weights 0, c_layers all
+    ("ste_fixed", {"sparsity": 0.85, "bound": "gaussian", "min_weights": 0}, "ste_fixed-9994ef1ec1aee530"),
+    ("ste_fixed", {"sparsity": 0.9, "finetune_epochs": 2, "finetune_lr": 0.01, "exclude": ["fc3.weight"],
+                   "min_weights": 0}, "ste_fixed-9a13a84716351101"),
+    ("sparsity_loss", {"budget": 0.15, "weights": "avg", "c_layers": "all"}, "sparsity_loss-710fc3ca9113b296"),
     ("sparsity_loss", {"budget": 0.2, "budget_flops": 0.5, "variant": "hinge", "lam": 5.0, "lam_p": 2.0, "r_init": 1.0,
-                       "recenter": False, "min_weights": 0, "finetune_epochs": 1}, "sparsity_loss-153c3dd2f469a040"),
-    ("sparsity_loss", {}, "sparsity_loss-707914100155dfa1"),
+                       "recenter": False, "min_weights": 0, "finetune_epochs": 1, "c_layers": "all"},
+     "sparsity_loss-153c3dd2f469a040"),
+    ("sparsity_loss", {"c_layers": "all"}, "sparsity_loss-707914100155dfa1"),
     # Issue #15 moved some defaults (param(new, legacy=old)): a spec written before the move
     # states the old value to keep its id; the new default hashes to a new id (PINNED_MOVED).
     ("ltp", {"lam": 10.0, "trail": [0.5, 0.9], "pretrain_epochs": 2, "ltp_lr": 0.01, "relative": True},
@@ -65,7 +67,7 @@ def test_labels_list_the_params_in_their_old_order():
 
 @pytest.mark.parametrize("name,params,run_id", PINNED_BASELINE_IDS)
 def test_run_ids_of_the_baselines_did_not_move(name, params, run_id):
-    spec = RunSpec.from_dict(dict(BASE, method={"name": "ste_fixed", "params": {"sparsity": 0.9}},
+    spec = RunSpec.from_dict(dict(BASE, method={"name": "ste_fixed", "params": {"sparsity": 0.9, "min_weights": 0}},
                                   baseline={"name": name, "params": params}))
     assert spec.id == run_id
 

@@ -127,6 +127,8 @@ def recorded_arguments(args) -> Dict[str, Any]:
     # default (--relative-tau): record it as before, so a run resumes exactly when it means
     # the same (old default <-> --relative-tau, old --absolute-tau <-> new default).
     out["absolute_tau"] = args.method == "ltp" and not getattr(args, "relative_tau", False)
+    if args.method == "ste_fixed":  # --min-weights applies to ste_fixed since issue #15: not an old run
+        out["ste_fixed_min_weights"] = args.min_weights
     return out
 
 
