@@ -157,3 +157,39 @@ def test_ste_fixed_without_ste_gives_pruned_weights_no_gradient():
         pruned = ~method.keep_mask("0.weight")
         grads[ste] = model[0].weight.grad[pruned]
     assert grads[True].abs().sum() > 0 and torch.count_nonzero(grads[False]) == 0
+
+
+# ----------------------------------------------------------------------- 7. defaults near the papers
+
+
+def _imp_spec(**params):
+    from prunekit.experiments.spec import RunSpec
+
+    return RunSpec.from_dict({"data": {"name": "synthetic"}, "model": {"name": "lenet_300_100"},
+                              "train": {"epochs": 10, "lr": 0.1, "schedule": "cosine"},
+                              "method": {"name": "imp", "params": {"sparsity": 0.9, **params}}})
+
+
+def test_ft_after_a_cosine_to_zero_recipe_does_not_retrain_at_the_last_tiny_lr():
+    from prunekit.pipelines.retrain_schedules import OriginalSchedule, retrain_schedule
+
+    orig = OriginalSchedule.from_recipe({"lr": 0.1, "schedule": "cosine", "epochs": 10, "steps_per_epoch": 50})
+    assert orig.eta_min < 1e-5                                             # cosine to zero: ~1e-6
+    assert retrain_schedule("ft", 20, orig.with_ft_floor(0.01)).factor(0) == pytest.approx(1e-3)
+    step = OriginalSchedule.from_recipe({"lr": 0.1, "schedule": "multistep", "epochs": 10, "steps_per_epoch": 5,
+                                         "schedule_kwargs": {"milestones": [5, 8]}})
+    assert step.with_ft_floor(0.01).eta_min == pytest.approx(step.eta_min)  # a step recipe's last plateau: as before
+    from prunekit.pipelines.imp_pipelines import ImpParams
+    assert ImpParams(sparsity=0.9).ft_floor == 0.01
+    # run ids: only FT runs move; writing the old value out keeps their old id
+    assert "ft_floor" not in _imp_spec(schedule="slr").canonical()["method"]["params"]
+    assert _imp_spec(schedule="ft").canonical()["method"]["params"]["ft_floor"] == 0.01
+    assert "ft_floor" not in _imp_spec(schedule="ft", ft_floor=0.0).canonical()["method"]["params"]
+
+
+def test_structured_fine_tuning_defaults_to_40_epochs_at_1e_3():
+    """Li et al. (2017) / Liu et al. (2019): fine-tune 40 epochs at lr 1e-3."""
+    from prunekit.pipelines.structured_pipelines import SlimmingParams, SSSParams, StructuredParams
+
+    for params in (StructuredParams(), SlimmingParams(fraction=0.4), SSSParams()):
+        assert (params.finetune_epochs, params.finetune_lr) == (40, 1e-3), type(params).__name__

@@ -179,9 +179,13 @@ def to_dict(obj: Any, canonical: bool = False, minimal: bool = False) -> Any:
                 out["label"] = obj.label
             return out
         out = {}
+        # A params class may name fields that cannot matter given the others (``_inert_fields``,
+        # e.g. IMP's ft_floor unless the schedule is ft): the hash leaves them out, so a moved
+        # default (``legacy=``) only moves the ids of the runs it changes.
+        inert = obj._inert_fields() if canonical and hasattr(obj, "_inert_fields") else ()
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if canonical and not f.metadata.get("hash", True):
+            if canonical and (not f.metadata.get("hash", True) or f.name in inert):
                 continue
             plain = to_dict(value, canonical, minimal)
             # Compare in the same form, so a display-only difference never counts.

@@ -52,8 +52,15 @@ class ImpParams:
                                   doc="rewind survivors to this dense iteration after each pruning (0: init)")
     eta_max: Optional[float] = param(None, check=positive, doc="override the original schedule's largest lr")
     eta_min: Optional[float] = param(None, check=nonnegative, doc="override the original schedule's smallest lr")
+    # Issue #15 point 7: FT after a cosine-to-zero recipe retrained at ~1e-6 x eta_max.
+    ft_floor: float = param(0.01, legacy=0.0, check=nonnegative,
+                            doc="FT's lr is at least this x eta_max (0: the recipe's last lr, however small)")
     include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
     exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+
+    def _inert_fields(self):
+        """ft_floor acts only on FT without an explicit eta_min (left out of the run id otherwise)."""
+        return () if self.schedule == "ft" and self.eta_min is None and self.rewind is None else ("ft_floor",)
 
 
 @register_pipeline("imp", ImpParams, requires=("dense",))
@@ -69,7 +76,7 @@ def run_imp(ctx: RunContext, p: ImpParams) -> PipelineResult:
     result = imp(model, (ctx.train, ctx.test), p.sparsity, phases=p.phases, retrain_epochs=p.retrain_epochs,
                  schedule=p.schedule, score=p.score, allocation=p.allocation, rewind=p.rewind, include=p.include,
                  exclude=p.exclude, recipe=ctx.recipe, pretrained=pretrained, rewind_weights=weights,
-                 eta_max=p.eta_max, eta_min=p.eta_min, folder=ctx.folder / "imp", seed=ctx.seed,
+                 eta_max=p.eta_max, eta_min=p.eta_min, ft_floor=p.ft_floor, folder=ctx.folder / "imp", seed=ctx.seed,
                  progress=ctx.progress)
     trail = []
     for row in result.history[1:]:

@@ -122,7 +122,7 @@ def run_uniform_channels(ctx: RunContext, p: UniformChannelsParams, main: Finish
     save_structure(ctx, model, small, plan)
     ctx.record("pruned", small)
     main_params = main.params
-    epochs = p.finetune_epochs if p.finetune_epochs is not None else int(main_params.get("finetune_epochs", 1))
+    epochs = p.finetune_epochs if p.finetune_epochs is not None else int(main_params.get("finetune_epochs", 40))
     lr = p.finetune_lr if p.finetune_lr is not None else float(main_params.get("finetune_lr", 1e-3))
     finetune_shrunk(ctx, small, epochs, lr, main_params.get("finetune_schedule", "constant"))
     return ctx.result(small, metrics={"requested_sparsity": main.metrics.get("requested_sparsity")},

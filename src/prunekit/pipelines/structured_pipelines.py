@@ -95,7 +95,8 @@ class StructuredParams:
     score: str = param("l1_filter", choices=_score_names, doc="channel score (l1_filter, bn_scale, random)")
     selection: str = param("score", choices=("score", "thinet", "lasso"),
                            doc="per-layer choice: by score, or ThiNet / LASSO with least-squares refit (config/ratio)")
-    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs (Li et al.: 40)")
+    # Issue #15 point 7: Li et al. / Liu et al. fine-tune 40 epochs at 1e-3 (the default was 1).
+    finetune_epochs: int = param(40, legacy=1, check=nonnegative, doc="fine-tuning epochs (Li et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate (Li et al.: 1e-3)")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
     latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
@@ -161,7 +162,7 @@ class SlimmingParams(Slimming.Params):
 
     fraction: float = param(check=fraction_removed, example=0.4,
                             doc="share of channels removed by the global |gamma| threshold")
-    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after pruning")
+    finetune_epochs: int = param(40, legacy=1, check=nonnegative, doc="fine-tuning epochs after pruning (Liu et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
     latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
@@ -190,7 +191,7 @@ def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
 class SSSParams(SSS.Params):
     """The method's parameters (``SSS.Params``) plus fine-tuning of the shrunk model."""
 
-    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after removal")
+    finetune_epochs: int = param(40, legacy=1, check=nonnegative, doc="fine-tuning epochs after removal (as Liu et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
     latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
