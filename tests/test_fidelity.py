@@ -193,3 +193,28 @@ def test_structured_fine_tuning_defaults_to_40_epochs_at_1e_3():
 
     for params in (StructuredParams(), SlimmingParams(fraction=0.4), SSSParams()):
         assert (params.finetune_epochs, params.finetune_lr) == (40, 1e-3), type(params).__name__
+
+
+# ---------------------------------------------------- 5. uniform channels trained from scratch (Fig. 3)
+
+
+UNIFORM = """
+name: uniform_scratch
+data: {name: synthetic, train_subset: 64, batch_size: 64}
+model: {name: resnet20, width: 0.25}
+train: {epochs: 2, lr: 0.05}
+method: {name: structured, params: {ratio: 0.5, finetune_epochs: 1, latency_repeats: 0}}
+seeds: [0]
+baselines: [uniform_channels]
+"""
+
+
+def test_uniform_channels_trains_the_uniform_architecture_from_scratch(tmp_path):
+    project, specs = _run(tmp_path, UNIFORM)
+    rec = project.read_record(specs["uniform_channels"].id)
+    assert [row["phase"] for row in rec["history"]] == ["uniform_channels"] * 2   # E epochs, no fine-tuning
+    assert rec["extra"]["trained_from"] == "scratch" and rec["extra"]["own_epochs"] == 2
+    # by name: the fine-tuned variant (the behaviour before issue #15)
+    _, old = _run(tmp_path, UNIFORM.replace("[uniform_channels]", "[{name: uniform_channels, params: {train: finetune}}]"))
+    rec = project.read_record(old["uniform_channels"].id)
+    assert [row["phase"] for row in rec["history"]][-1] == "finetune"

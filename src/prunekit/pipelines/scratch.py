@@ -12,8 +12,11 @@ sections 4-6; SPEC section 5). Each takes the main run's pruned *architecture* (
   behaviour before issue #15);
 - ``structured_lottery``: the kept channels of the *original* initialisation (the dense run's,
   same seed), trained E epochs (the lottery-ticket comparison, section 6);
-- ``uniform_channels``: the same dense model pruned with one uniform ratio to the main run's
-  FLOPs, fine-tuned like the main run ("pruning as architecture search", section 5).
+- ``uniform_channels``: the architecture of one uniform pruning ratio at the main run's FLOPs,
+  trained from scratch like the other architectures of that comparison (seed 001, Sec. 5 and
+  Fig. 3, "pruning as architecture search": every architecture there is trained from scratch;
+  ``budget`` E or B). ``train="finetune"`` keeps the dense model's L1-selected weights and
+  fine-tunes them like the main run, the behaviour before issue #15 (its ``legacy`` value).
 
 "Re-initialised" means a fresh model built from seed ``init_seed`` (default 1000 + the run's
 seed), shrunk with the main run's plan: same architecture, new weights.
@@ -78,7 +81,12 @@ class StructuredLotteryParams(ScratchBudgetParams):
 
 
 @dataclass
-class UniformChannelsParams:
+class UniformChannelsParams(ScratchBudgetParams):
+    # Issue #15 point 5: Liu et al. train the uniform architecture from scratch (was: fine-tuned).
+    train: str = param("scratch", legacy="finetune", choices=("scratch", "finetune"),
+                       doc="scratch: fresh init, E (or Scratch-B) epochs, as seed 001 Fig. 3; finetune: the dense "
+                           "model's weights fine-tuned like the main run")
+    init_seed: Optional[int] = param(None, doc="train=scratch: seed of the fresh initialisation (None: 1000 + seed)")
     finetune_epochs: Optional[int] = param(None, check=positive, doc="None: the main run's finetune_epochs")
     finetune_lr: Optional[float] = param(None, check=positive, doc="None: the main run's finetune_lr")
 
@@ -112,14 +120,23 @@ def run_structured_lottery(ctx: RunContext, p: StructuredLotteryParams, main: Fi
 
 @register_baseline("uniform_channels", UniformChannelsParams, requires=("dense",))
 def run_uniform_channels(ctx: RunContext, p: UniformChannelsParams, main: FinishedRun) -> PipelineResult:
-    """The dense model pruned uniformly (L1-filter) to the main run's FLOPs, then fine-tuned."""
+    """One uniform ratio at the main run's FLOPs: trained from scratch (default) or fine-tuned."""
     info = _structure(main)
     dense = ctx.dense_run()
     model, _ = dense.load()
     x = example_input(model)
     plan = uniform_for_flops(model, x, info["flops"] / info["dense_flops"])
     small = shrink(model, x, plan)
-    save_structure(ctx, model, small, plan)
+    sizes = save_structure(ctx, model, small, plan)
+    if p.train == "scratch":
+        seed = p.init_seed if p.init_seed is not None else 1000 + ctx.seed
+        torch.manual_seed(seed)
+        fresh = models.get(ctx.spec.model.name, **ctx.model_kwargs())
+        fresh = shrink(fresh, example_input(fresh), plan)
+        epochs, overrides = budget_epochs(p, ctx.recipe, sizes["dense_flops"], sizes["dense_flops"] / sizes["flops_ratio"])
+        result = _train(ctx, main, fresh.to(ctx.device), "uniform_channels", epochs, overrides)
+        result.metrics["trained_from"] = "scratch"
+        return result
     ctx.record("pruned", small)
     main_params = main.params
     epochs = p.finetune_epochs if p.finetune_epochs is not None else int(main_params.get("finetune_epochs", 40))
@@ -127,3 +144,4 @@ def run_uniform_channels(ctx: RunContext, p: UniformChannelsParams, main: Finish
     finetune_shrunk(ctx, small, epochs, lr, main_params.get("finetune_schedule", "constant"))
     return ctx.result(small, metrics={"requested_sparsity": main.metrics.get("requested_sparsity")},
                       built_on=[dense])
+
