@@ -34,8 +34,9 @@ PINNED_IDS = [
     ("dense_equivalent", {"kept_fraction": 0.15}, "dense_equivalent-b3581d4d0023816b"),
     ("gmp", {"sparsity": 0.9, "start_epoch": 1.0, "prune_every": 50, "score": "lamp"}, "gmp-fb7057d5f04d57a0"),
     ("slimming", {"fraction": 0.4, "s": 1e-5, "latency_repeats": 0, "finetune_epochs": 1}, "slimming-5197d5c42b5dfd97"),
-    ("sss", {"gamma": 0.02, "factor_lr": 0.2, "structure": "blocks", "finetune_epochs": 1}, "sss-5a0445e76f3f7457"),
-    ("sss", {"finetune_epochs": 1}, "sss-d34719c068d99a4c"),
+    ("sss", {"gamma": 0.02, "factor_lr": 0.2, "structure": "blocks", "finetune_epochs": 1, "factor_update": "proximal"},
+     "sss-5a0445e76f3f7457"),
+    ("sss", {"finetune_epochs": 1, "factor_update": "proximal"}, "sss-d34719c068d99a4c"),
     ("oneshot", {"sparsity": 0.9, "score": "lamp", "finetune_epochs": 2}, "oneshot-7a96491da60551c0"),
     ("imp", {"sparsity": 0.9, "phases": 3, "rewind": 0}, "imp-74b0aae9162a9079"),
     ("structured", {"ratio": 0.5, "finetune_epochs": 2}, "structured-b6b383350712dc40"),
@@ -195,7 +196,12 @@ def test_train_sparse_offers_every_registered_method():
 
 def test_train_sparse_records_the_same_arguments_as_before_so_old_runs_resume():
     """The checkpoints' record of the arguments (computed on the hand-written parser)."""
-    args = _train_sparse(["--method", "sparsity_loss", "--budget", "0.15", "--no-recenter", "--weights", "avg"])
+    # --c-layers all: the legacy value of a default moved by issue #15 (without it the run
+    # records c_layers and never resumes a checkpoint made before the move)
+    moved = thresholds.recorded_arguments(_train_sparse(["--method", "sparsity_loss", "--budget", "0.15"]))
+    assert moved["c_layers"] == "pruned"
+    args = _train_sparse(["--method", "sparsity_loss", "--budget", "0.15", "--no-recenter", "--weights", "avg",
+                          "--c-layers", "all"])
     assert thresholds.recorded_arguments(args) == {
         "T0": 0.001, "absolute_tau": False, "batch_size": 128, "bound": "binary_search", "budget": 0.15,
         "budget_flops": None, "data": "fashion_mnist", "epochs": 10, "eps": 0.001, "exclude": None,

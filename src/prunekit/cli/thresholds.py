@@ -19,6 +19,7 @@ history; for LTP the trail of checkpoints in ``--out/trail``). Rerunning resumes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -33,7 +34,7 @@ from ..distributed import is_main
 from ..io import atomic_write_json
 from ..methods import METHODS
 from ..methods.base import Method, MethodCallback
-from ..params import add_arguments, from_namespace
+from ..params import MISSING, add_arguments, from_namespace
 from ..pipelines.dense_equivalent import equivalent_width
 from ..pipelines.finetune import EnforceMask
 from ..pipelines.threshold_pipelines import DenseEquivalentParams
@@ -129,6 +130,13 @@ def recorded_arguments(args) -> Dict[str, Any]:
     out["absolute_tau"] = args.method == "ltp" and not getattr(args, "relative_tau", False)
     if args.method == "ste_fixed":  # --min-weights applies to ste_fixed since issue #15: not an old run
         out["ste_fixed_min_weights"] = args.min_weights
+    # A moved default (param(new, legacy=old), issue #15) is recorded whenever it is not the
+    # legacy value, so a checkpoint made before the move never resumes with the new meaning.
+    if args.method in METHODS.names():
+        for f in dataclasses.fields(METHODS.get(args.method).Params):
+            legacy = f.metadata.get("legacy", MISSING)
+            if legacy is not MISSING and f.name in vars(args) and f.name != "relative" and vars(args)[f.name] != legacy:
+                out[f.name] = vars(args)[f.name]
     return out
 
 
