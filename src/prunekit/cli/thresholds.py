@@ -135,8 +135,10 @@ def recorded_arguments(args) -> Dict[str, Any]:
     if args.method in METHODS.names():
         for f in dataclasses.fields(METHODS.get(args.method).Params):
             legacy = f.metadata.get("legacy", MISSING)
-            if legacy is not MISSING and f.name in vars(args) and f.name != "relative" and vars(args)[f.name] != legacy:
-                out[f.name] = vars(args)[f.name]
+            if legacy is not MISSING and f.name in vars(args) and f.name != "relative":
+                out.pop(f.name, None)
+                if vars(args)[f.name] != legacy:
+                    out[f.name] = vars(args)[f.name]
     return out
 
 
