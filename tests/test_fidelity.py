@@ -218,3 +218,66 @@ def test_uniform_channels_trains_the_uniform_architecture_from_scratch(tmp_path)
     _, old = _run(tmp_path, UNIFORM.replace("[uniform_channels]", "[{name: uniform_channels, params: {train: finetune}}]"))
     rec = project.read_record(old["uniform_channels"].id)
     assert [row["phase"] for row in rec["history"]][-1] == "finetune"
+
+
+# ------------------------------------------- 2. slimming on pre-activation models: channel selection
+
+
+def _slim(name, scope, fraction=0.4):
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model = pk.models.get(name, width=0.25).eval()
+    with torch.no_grad():  # trained-looking gammas: spread, some near 0
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features) ** 2)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+    method = pk.methods.get("slimming")(s=1e-5, fraction=fraction, scope=scope)
+    method.attach(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    return model, method
+
+
+def _stream_widths(model):
+    return [(n, m.conv3.out_channels if hasattr(m, "conv3") else m.conv2.out_channels)
+            for n, m in model.named_modules() if type(m).__name__.startswith("PreAct")]
+
+
+@pytest.mark.parametrize("name", ["preresnet164", "preresnet110"])
+def test_slimming_on_preresnet_keeps_the_residual_stream_whole(name):
+    """Liu et al. Sec. 4: channel selection after bn1; only in-block channels and block inputs go."""
+    model, method = _slim(name, "block")
+    before = _stream_widths(model)
+    method.finalize()
+    small = method.shrunk().eval()
+    assert _stream_widths(small) == before                       # the stream keeps every channel
+    assert method.inputs() and method.channels()                 # some inputs selected, some inner channels cut
+    assert all(not k.endswith("conv3") and k != "conv1" for k in method.channels())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-4)    # the masked model = the smaller one
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    # rebuilt from structure.json's contents, as the scratch baselines and load_shrunk do
+    import prunekit as pk
+    from prunekit.structured.plan import apply_plan
+
+    rebuilt = apply_plan(pk.models.get(name, width=0.25), method.channels(), removed_inputs=method.inputs())
+    rebuilt.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), small(x), atol=1e-5)
+    # by name: the stream scope cuts stream channels across a stage (the behaviour before)
+    model, method = _slim(name, "stream")
+    method.finalize()
+    assert _stream_widths(method.shrunk()) != before
+
+
+def test_slimming_on_densenet_selects_inputs_and_keeps_the_concatenation():
+    model, method = _slim("densenet40", "block")
+    method.finalize()
+    assert method.channels() == {} and method.inputs()
+    small = method.shrunk().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-4)
+    assert small.fc.in_features == model.fc.in_features
