@@ -281,3 +281,43 @@ def test_slimming_on_densenet_selects_inputs_and_keeps_the_concatenation():
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-4)
     assert small.fc.in_features == model.fc.in_features
+
+
+# ------------------------------------------------------------- Li et al.'s sensitivity analysis
+
+
+def test_sensitivity_command_writes_per_layer_curves_and_a_plot(tmp_path):
+    import json
+
+    import prunekit as pk
+    from prunekit.artifacts import save_model
+    from prunekit.cli.main import main
+
+    torch.manual_seed(0)
+    model = pk.models.get("lenet5")
+    save_model(tmp_path / "m.pt", model, model_name="lenet5", model_kwargs={}, dataset="synthetic")
+    out = tmp_path / "sens"
+    assert main(["sensitivity", "--from", str(tmp_path / "m.pt"), "--fractions", "0.25", "0.5", "0.75",
+                 "--test-batches", "1", "--batch-size", "16", "--out", str(out)]) == 0
+    report = json.loads((out / "sensitivity.json").read_text())
+    curves = report["curves"]
+    assert list(curves) == ["features.0", "features.3", "classifier.0", "classifier.2"]
+    for layer, rows in curves.items():
+        assert [r["fraction"] for r in rows] == [0.0, 0.25, 0.5, 0.75], layer
+        assert rows[0]["channels_removed"] == 0 and rows[-1]["channels_removed"] > rows[1]["channels_removed"]
+        assert rows[0]["top1"] == curves[next(iter(curves))][0]["top1"]  # the same unpruned model
+    assert (out / "sensitivity.png").stat().st_size > 1000
+
+
+def test_sensitivity_removes_li_et_al_counts_and_leaves_the_model_alone():
+    import prunekit as pk
+    from prunekit.structured.sensitivity import sensitivity
+
+    torch.manual_seed(0)
+    model = pk.models.get("lenet5")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
+    curves = sensitivity(model, batches, fractions=[0.5], layers=["features.0"])
+    c = model.features[0].out_channels
+    assert curves["features.0"][1]["channels_removed"] == c - int(c * 0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
