@@ -192,3 +192,14 @@ def test_a_moved_default_keeps_old_ids_and_gives_the_new_default_a_new_id():
     for value in (True, False):
         again = RunSpec.from_dict(ltp(relative=value).to_dict())
         assert again.method.params.relative is value and again.id == ltp(relative=value).id
+
+
+def test_the_minimal_form_keeps_a_legacy_value_so_it_round_trips():
+    from prunekit.experiments.spec import ExperimentSpec, Sweep
+
+    exp = ExperimentSpec.from_dict({**{k: v for k, v in BASE.items() if k != "method"},
+                                    "method": {"name": "ltp", "params": {"relative": True}}})
+    again = Sweep.from_dict(Sweep.of(exp).to_dict())
+    assert again.points[0].method.params.relative is True
+    minimal = Sweep.of(exp).base["method"]
+    assert minimal["params"] == {"relative": True}

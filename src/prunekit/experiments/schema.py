@@ -174,7 +174,7 @@ def to_dict(obj: Any, canonical: bool = False, minimal: bool = False) -> Any:
     fields (what a person would write). Otherwise every field, resolved."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         if hasattr(obj, "_to_spec"):
-            out = obj._to_spec(canonical or minimal)
+            out = obj._to_spec(canonical or minimal, minimal=minimal and not canonical)
             if minimal and getattr(obj, "label", None):
                 out["label"] = obj.label
             return out
@@ -204,7 +204,7 @@ def _default_form(f: dataclasses.Field, canonical: bool, minimal: bool) -> Any:
     """The default of field ``f`` in the same plain form (a marker when it has none). The
     canonical (hashed) form compares with the field's ``legacy`` default when it has one, so
     a moved default never reuses the ids of runs made with the old one."""
-    if canonical and f.metadata.get("legacy", MISSING) is not MISSING:
+    if canonical and not minimal and f.metadata.get("legacy", MISSING) is not MISSING:
         return to_dict(hash_baseline(f), canonical, minimal)
     if f.default is not MISSING:
         value = f.default
