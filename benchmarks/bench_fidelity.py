@@ -185,8 +185,8 @@ seeds: {seeds}
 def part_ltp(args):
     rows, data = [], {}
     variants = (("before: relative tau (t x var(w))", "true", ""),
-                ("after: absolute tau (paper), tau lr = recipe lr", "false", ""),
-                (f"after: absolute tau, tau lr {args.ltp_tau_lr:g}", "false", f", tau_lr: {args.ltp_tau_lr}"))
+                ("after: absolute tau (paper), tau lr = recipe lr", "false", "")) + tuple(
+        (f"after: absolute tau, tau lr {v:g}", "false", f", tau_lr: {v}") for v in args.ltp_tau_lr)
     for label, relative, extra in variants:
         runs = _sweep(args.root, LTP.format(subset=args.subset, epochs=args.ltp_epochs, lam=args.ltp_lam,
                                             pretrain=args.ltp_pretrain, relative=relative, extra=extra,
@@ -218,9 +218,9 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--subset", type=int, default=2000, help="training images (parts 1 and 3)")
     ap.add_argument("--epochs", type=int, default=4, help="part 1: dense epochs E")
-    ap.add_argument("--slim-model", default="preresnet164")
-    ap.add_argument("--slim-subset", type=int, default=1024)
-    ap.add_argument("--slim-epochs", type=int, default=3)
+    ap.add_argument("--slim-model", default="preresnet110")
+    ap.add_argument("--slim-subset", type=int, default=2000)
+    ap.add_argument("--slim-epochs", type=int, default=6)
     ap.add_argument("--slim-ft-epochs", type=int, default=2)
     ap.add_argument("--slim-s", type=float, default=1e-4)
     ap.add_argument("--slim-fraction", type=float, default=0.4)
@@ -228,7 +228,8 @@ def main():
     ap.add_argument("--ltp-epochs", type=int, default=4)
     ap.add_argument("--ltp-pretrain", type=int, default=2)
     ap.add_argument("--ltp-lam", type=float, default=1.0)
-    ap.add_argument("--ltp-tau-lr", type=float, default=1e-6)
+    ap.add_argument("--ltp-tau-lr", type=float, nargs="+", default=[1e-8, 1e-9],
+                    help="absolute-tau runs with these tau learning rates (besides the recipe's)")
     ap.add_argument("--parts", nargs="+", default=["scratch_b", "slimming", "ltp"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
