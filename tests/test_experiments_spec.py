@@ -172,3 +172,34 @@ def test_registries_and_requirements():
     labelled = dataclasses.replace(mains[0], method=dataclasses.replace(mains[0].method, label="LAMP"))
     assert labelled.label == "LAMP" and labelled.id == mains[0].id
     assert MethodSpec().name == "dense"
+
+
+def test_a_moved_default_keeps_old_ids_and_gives_the_new_default_a_new_id():
+    """Issue #15: ``param(new, legacy=old)``. LTP's ``relative`` moved from True to False: a
+    run id made before (relative left out = True) keeps that meaning, the new default hashes
+    explicitly, and writing the old value out reproduces the old id."""
+    def ltp(**params):
+        return run_spec(method={"name": "ltp", "params": {"lam": 2.0, **params}})
+
+    old_id = "ltp-" + __import__("hashlib").sha256(__import__("json").dumps(
+        {k: v for k, v in ltp().canonical().items()} | {"method": {"name": "ltp", "params": {"lam": 2.0}}},
+        sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert ltp(relative=True).id == old_id                      # old meaning, old id
+    assert ltp().id == ltp(relative=False).id != old_id          # the new default: a new id
+    assert ltp().canonical()["method"]["params"] == {"lam": 2.0, "relative": False}
+    assert "relative" not in ltp(relative=True).canonical()["method"]["params"]
+    # the minimal form (what a person writes) round-trips the value either way
+    for value in (True, False):
+        again = RunSpec.from_dict(ltp(relative=value).to_dict())
+        assert again.method.params.relative is value and again.id == ltp(relative=value).id
+
+
+def test_the_minimal_form_keeps_a_legacy_value_so_it_round_trips():
+    from prunekit.experiments.spec import ExperimentSpec, Sweep
+
+    exp = ExperimentSpec.from_dict({**{k: v for k, v in BASE.items() if k != "method"},
+                                    "method": {"name": "ltp", "params": {"relative": True}}})
+    again = Sweep.from_dict(Sweep.of(exp).to_dict())
+    assert again.points[0].method.params.relative is True
+    minimal = Sweep.of(exp).base["method"]
+    assert minimal["params"] == {"relative": True}

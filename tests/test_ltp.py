@@ -160,3 +160,17 @@ def test_runs_in_fit_and_reports_sparsity():
     assert hist[-1]["sparsity"] > 0.0 and "train_penalty" in hist[-1]
     mask = method.finalize()
     assert mask.sparsity() == pytest.approx(hist[-1]["sparsity"])
+
+
+def test_default_trains_tau_itself_as_the_paper_and_relative_stays_by_name():
+    """Issue #15 point 3: Azarian et al. train tau_l itself (Eq. 4-6); relative=True scales it by var(w)."""
+    from prunekit.methods.ltp import LTP as _LTP
+    assert _LTP().relative is False and _LTP.Params().relative is False
+    assert _LTP(relative=True).relative is True
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 8)
+    with torch.no_grad():
+        lin.weight.mul_(10.0)  # var(w) far from 1: the two forms differ
+    a = _method(lin, init_sparsity=0.5)
+    a.tau["weight"].data.fill_(0.5)
+    assert a.threshold("weight").item() == pytest.approx(0.5)

@@ -17,20 +17,27 @@ BASE = {"data": {"name": "fashion_mnist"}, "model": {"name": "lenet5"},
 # Computed on the code before the method Params existed (commit 0fcbee3): the pipelines'
 # params now inherit from the methods' Params, and no id may move.
 PINNED_IDS = [
-    ("ste_fixed", {"sparsity": 0.85, "bound": "gaussian"}, "ste_fixed-9994ef1ec1aee530"),
-    ("ste_fixed", {"sparsity": 0.9, "finetune_epochs": 2, "finetune_lr": 0.01, "exclude": ["fc3.weight"]},
-     "ste_fixed-9a13a84716351101"),
-    ("sparsity_loss", {"budget": 0.15, "weights": "avg"}, "sparsity_loss-710fc3ca9113b296"),
+    # legacy values of moved defaults stated (issue #15): min_weights 0, c_layers all
+    ("ste_fixed", {"sparsity": 0.85, "bound": "gaussian", "min_weights": 0}, "ste_fixed-9994ef1ec1aee530"),
+    ("ste_fixed", {"sparsity": 0.9, "finetune_epochs": 2, "finetune_lr": 0.01, "exclude": ["fc3.weight"],
+                   "min_weights": 0}, "ste_fixed-9a13a84716351101"),
+    ("sparsity_loss", {"budget": 0.15, "weights": "avg", "c_layers": "all"}, "sparsity_loss-710fc3ca9113b296"),
     ("sparsity_loss", {"budget": 0.2, "budget_flops": 0.5, "variant": "hinge", "lam": 5.0, "lam_p": 2.0, "r_init": 1.0,
-                       "recenter": False, "min_weights": 0, "finetune_epochs": 1}, "sparsity_loss-153c3dd2f469a040"),
-    ("sparsity_loss", {}, "sparsity_loss-707914100155dfa1"),
-    ("ltp", {"lam": 10.0, "trail": [0.5, 0.9], "pretrain_epochs": 2, "ltp_lr": 0.01}, "ltp-25652bb093c00798"),
-    ("ltp", {}, "ltp-976c970c8ed24b85"),
+                       "recenter": False, "min_weights": 0, "finetune_epochs": 1, "c_layers": "all"},
+     "sparsity_loss-153c3dd2f469a040"),
+    ("sparsity_loss", {"c_layers": "all"}, "sparsity_loss-707914100155dfa1"),
+    # Issue #15 moved some defaults (param(new, legacy=old)): a spec written before the move
+    # states the old value to keep its id; the new default hashes to a new id (PINNED_MOVED).
+    ("ltp", {"lam": 10.0, "trail": [0.5, 0.9], "pretrain_epochs": 2, "ltp_lr": 0.01, "relative": True},
+     "ltp-25652bb093c00798"),
+    ("ltp", {"relative": True}, "ltp-976c970c8ed24b85"),
     ("dense_equivalent", {"kept_fraction": 0.15}, "dense_equivalent-b3581d4d0023816b"),
     ("gmp", {"sparsity": 0.9, "start_epoch": 1.0, "prune_every": 50, "score": "lamp"}, "gmp-fb7057d5f04d57a0"),
-    ("slimming", {"fraction": 0.4, "s": 1e-5, "latency_repeats": 0}, "slimming-5197d5c42b5dfd97"),
-    ("sss", {"gamma": 0.02, "factor_lr": 0.2, "structure": "blocks"}, "sss-5a0445e76f3f7457"),
-    ("sss", {}, "sss-d34719c068d99a4c"),
+    ("slimming", {"fraction": 0.4, "s": 1e-5, "latency_repeats": 0, "finetune_epochs": 1, "scope": "stream"},
+     "slimming-5197d5c42b5dfd97"),
+    ("sss", {"gamma": 0.02, "factor_lr": 0.2, "structure": "blocks", "finetune_epochs": 1, "factor_update": "proximal"},
+     "sss-5a0445e76f3f7457"),
+    ("sss", {"finetune_epochs": 1, "factor_update": "proximal"}, "sss-d34719c068d99a4c"),
     ("oneshot", {"sparsity": 0.9, "score": "lamp", "finetune_epochs": 2}, "oneshot-7a96491da60551c0"),
     ("imp", {"sparsity": 0.9, "phases": 3, "rewind": 0}, "imp-74b0aae9162a9079"),
     ("structured", {"ratio": 0.5, "finetune_epochs": 2}, "structured-b6b383350712dc40"),
@@ -40,7 +47,7 @@ PINNED_BASELINE_IDS = [
     ("dense_equivalent", {"epochs": 3}, "dense_equivalent-26316b518d866a60"),
     ("lottery", {}, "lottery-801f77ac4998b0e1"),
     ("random_reinit", {"init_seed": 7}, "random_reinit-64d453a9ad6cef1d"),
-    ("scratch_b", {"max_ratio": 2.0}, "scratch_b-ea35be404f3521a8"),
+    ("scratch_b", {"max_ratio": 2.0, "stretch_schedule": False}, "scratch_b-ea35be404f3521a8"),  # legacy value
     ("random_same_allocation", {}, "random_same_allocation-433441d1a4576bea"),
 ]
 
@@ -62,7 +69,7 @@ def test_labels_list_the_params_in_their_old_order():
 
 @pytest.mark.parametrize("name,params,run_id", PINNED_BASELINE_IDS)
 def test_run_ids_of_the_baselines_did_not_move(name, params, run_id):
-    spec = RunSpec.from_dict(dict(BASE, method={"name": "ste_fixed", "params": {"sparsity": 0.9}},
+    spec = RunSpec.from_dict(dict(BASE, method={"name": "ste_fixed", "params": {"sparsity": 0.9, "min_weights": 0}},
                                   baseline={"name": name, "params": params}))
     assert spec.id == run_id
 
@@ -162,7 +169,8 @@ def test_train_sparse_keeps_its_flags_and_builds_the_same_methods():
     assert (m.budget, m.recenter, m.weights, m.lam, m.lam_p, m.lam_f, m.min_weights) == (0.15, False, "avg", 10.0, 2.0,
                                                                                          10.0, 0)
     assert thresholds.requested_sparsity(args) == pytest.approx(0.85)
-    m = thresholds.build_method(_train_sparse(["--method", "ltp", "--absolute-tau", "--T0", "0.01",
+    assert thresholds.build_method(_train_sparse(["--method", "ltp", "--relative-tau"])).relative is True
+    m = thresholds.build_method(_train_sparse(["--method", "ltp", "--T0", "0.01",
                                                "--trail", "0.5", "0.9", "--include", "fc*"]))
     assert (m.relative, m.T0, m.lam, m.levels, m.include, str(m.trail_dir)) == (False, 0.01, 1.0, [0.5, 0.9],
                                                                                  ["fc*"], "x/trail")
@@ -189,7 +197,12 @@ def test_train_sparse_offers_every_registered_method():
 
 def test_train_sparse_records_the_same_arguments_as_before_so_old_runs_resume():
     """The checkpoints' record of the arguments (computed on the hand-written parser)."""
-    args = _train_sparse(["--method", "sparsity_loss", "--budget", "0.15", "--no-recenter", "--weights", "avg"])
+    # --c-layers all: the legacy value of a default moved by issue #15 (without it the run
+    # records c_layers and never resumes a checkpoint made before the move)
+    moved = thresholds.recorded_arguments(_train_sparse(["--method", "sparsity_loss", "--budget", "0.15"]))
+    assert moved["c_layers"] == "pruned"
+    args = _train_sparse(["--method", "sparsity_loss", "--budget", "0.15", "--no-recenter", "--weights", "avg",
+                          "--c-layers", "all"])
     assert thresholds.recorded_arguments(args) == {
         "T0": 0.001, "absolute_tau": False, "batch_size": 128, "bound": "binary_search", "budget": 0.15,
         "budget_flops": None, "data": "fashion_mnist", "epochs": 10, "eps": 0.001, "exclude": None,

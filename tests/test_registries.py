@@ -20,7 +20,7 @@ METHOD_KWARGS = {
     "sss": dict(gamma=0.012, lr=2.0),
     "ste_fixed": dict(sparsity=0.7, bound="gaussian"),
     "sparsity_loss": dict(budget=0.3, min_weights=0),
-    "ltp": dict(init_sparsity=0.5),
+    "ltp": dict(init_sparsity=0.5, tau_lr=1e-4),  # absolute tau (the paper's) needs a tau lr below the weights'
 }
 
 

@@ -258,12 +258,14 @@ def test_fit_resume_restores_r(tmp_path):
 def test_a_budget_below_the_skipped_layers_share_warns_and_a_reachable_one_does_not():
     import warnings
 
-    # min_weights=1000 trains only fc1 (4096 of 4704 weights): the skipped 608 keep 12.9% density.
+    # min_weights=1000 trains only fc1 (4096 of 4704 weights); with c over all layers (c_layers=
+    # "all", the behaviour before issue #15) the skipped 608 keep 12.9% density.
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.warns(UserWarning, match=r"budget=0.1 is below what can be reached \(0\.129\)"):
-        method = SparsityLoss(budget=0.1).attach(model, opt)
+        method = SparsityLoss(budget=0.1, c_layers="all").attach(model, opt)
     assert method.density_floor() == pytest.approx(608 / 4704, abs=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SparsityLoss(budget=0.5).attach(TinyNet(), torch.optim.SGD(TinyNet().parameters(), lr=0.1))
+        SparsityLoss(budget=0.5, c_layers="all").attach(TinyNet(), torch.optim.SGD(TinyNet().parameters(), lr=0.1))
+        SparsityLoss(budget=0.1).attach(TinyNet(), torch.optim.SGD(TinyNet().parameters(), lr=0.1))  # c over fc1 only

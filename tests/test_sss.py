@@ -7,16 +7,16 @@ import prunekit as pk
 from prunekit.methods.sss import RemovedBlock
 
 
-def _setup(structure="auto", gamma=0.1, lr=0.5):
+def _setup(structure="auto", gamma=0.1, lr=0.5, factor_update="apg"):
     torch.manual_seed(0)
     model = pk.models.get("resnet20", width=0.25)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    method = pk.methods.get("sss")(gamma=gamma, lr=lr, structure=structure).attach(model, opt)
+    method = pk.methods.get("sss")(gamma=gamma, lr=lr, structure=structure, factor_update=factor_update).attach(model, opt)
     return model, opt, method
 
 
 def test_proximal_step_soft_thresholds_the_factors():
-    model, opt, method = _setup(gamma=0.1, lr=0.5)  # threshold lr * gamma = 0.05
+    model, opt, method = _setup(gamma=0.1, lr=0.5, factor_update="proximal")  # threshold lr * gamma = 0.05
     assert len(method.factors) == 9 and method.kind == "blocks"
     with torch.no_grad():
         for f, v in zip(method.factors, [0.04, -0.03, 0.5, -0.5, 1.0, 0.05, 0.0, 2.0, 0.06]):
@@ -83,3 +83,29 @@ def test_channel_structure_on_a_plain_model_shrinks_exactly():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(small(x), model(x), atol=1e-5)
+
+
+def test_apg_follows_the_papers_nag_form_and_its_solution_has_exact_zeros():
+    """Huang & Wang 2018 Eq. 10-12: v_t = S(z_t) - lambda'_{t-1} + mu v_{t-1}; lambda'_t = S(z_t) + mu v_t."""
+    model, opt, method = _setup(gamma=0.1, lr=0.5)  # APG is the default; threshold 0.05, mu 0.9
+    assert method.optimizer_kind == "apg"
+    with torch.no_grad():
+        for f, v in zip(method.factors, [0.04, -0.03, 0.5, -0.5, 1.0, 0.05, 0.0, 2.0, 0.06]):
+            f.fill_(v)
+    method._prev = [f.detach().clone() for f in method.factors]  # lambda'_0 = those values, v_0 = 0
+    opt.zero_grad()
+    method.step()  # z_1 = lambda'_0 (no gradient): v_1 = S(z_1) - z_1, lambda'_1 = S(z_1) + 0.9 v_1
+    s1 = [0.0, 0.0, 0.45, -0.45, 0.95, 0.0, 0.0, 1.95, 0.01]
+    z = [0.04, -0.03, 0.5, -0.5, 1.0, 0.05, 0.0, 2.0, 0.06]
+    got = [round(float(f.detach()), 6) for f in method.factors]
+    assert got == [round(s + 0.9 * (s - zz), 6) for s, zz in zip(s1, z)]
+    assert [round(float(t), 6) for t in method.solution()] == s1
+    assert method.zeroed() == ["layer1.0", "layer1.1", "layer2.2", "layer3.0"]
+    method.step()  # a second step extrapolates with momentum: it differs from plain proximal SGD
+    prox_model, prox_opt, prox = _setup(gamma=0.1, lr=0.5, factor_update="proximal")
+    with torch.no_grad():
+        for f, v in zip(prox.factors, z):
+            f.fill_(v)
+    prox.step()
+    prox.step()
+    assert [float(t) for t in method.solution()] != [float(f.detach()) for f in prox.factors]

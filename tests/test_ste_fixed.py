@@ -111,7 +111,7 @@ def test_fit_reports_the_achieved_sparsity_each_epoch():
     torch.manual_seed(0)
     model = TinyNet()
     batches = [(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))) for _ in range(4)]
-    method = pk.methods.get("ste_fixed")(sparsity=0.5, bound="binary_search")
+    method = pk.methods.get("ste_fixed")(sparsity=0.5, bound="binary_search", min_weights=0)  # every layer
     hist = pk.training.fit(model, batches, batches, epochs=2, lr=0.05,
                            callbacks=[pk.methods.MethodCallback(method)], progress=False)
     assert len(hist) == 2

@@ -17,6 +17,14 @@ runs exist; add new fields only with a default that reproduces the old behaviour
 are left out of the hash). A field without a default is *required*; give it an ``example``
 (the contract tests build every params class from its defaults and examples).
 
+The one sanctioned way to move a default (issue #15: defaults that follow the papers) is
+``param(new, legacy=old)``: ``legacy`` is what a spec that omits the field meant before, and
+it, not the new default, is what the hash leaves out. So every existing run id keeps its
+meaning (a spec hashing to it had the old value), a spec relying on the new default hashes
+the value explicitly and gets a new id (no stale run is ever reused for it), and an old spec
+is reproduced by writing the old value out (stored ``spec.yaml`` files list every field, so
+they already do). Never add ``legacy`` to a field that has no runs with another value.
+
 This module is the bottom layer: it imports only the standard library.
 """
 from __future__ import annotations
@@ -33,7 +41,7 @@ NO_EXAMPLE = MISSING
 
 def param(default: Any = MISSING, *, choices: Optional[Callable[[], Iterable[str]] | Iterable[str]] = None,
           check: Optional[Callable[[Any], Any]] = None, doc: str = "", hashed: bool = True,
-          example: Any = NO_EXAMPLE, flag: Optional[str] = None) -> Any:
+          example: Any = NO_EXAMPLE, flag: Optional[str] = None, legacy: Any = MISSING) -> Any:
     """A dataclass field with validation metadata.
 
     - ``choices``: the accepted values (or a function returning them, so registries are read
@@ -43,11 +51,14 @@ def param(default: Any = MISSING, *, choices: Optional[Callable[[], Iterable[str
     - ``hashed=False``: a display-only field, left out of the run id;
     - ``example``: a valid value of a required field (used by tests and ``--help``);
     - ``flag``: the command-line flag when the derived one does not fit (a bool defaulting to
-      True gets ``--no-<name>``; ``flag="--absolute-tau"`` names that switch instead).
+      True gets ``--no-<name>``; ``flag="--relative-tau"`` names that switch instead);
+    - ``legacy``: the field's default before it was moved (see the module docstring): the
+      value the run-id hash leaves out. Without it, the default is.
 
     Mutable defaults (lists, dicts) are copied per instance.
     """
-    meta = {"choices": choices, "check": check, "doc": doc, "hash": hashed, "example": example, "flag": flag}
+    meta = {"choices": choices, "check": check, "doc": doc, "hash": hashed, "example": example, "flag": flag,
+            "legacy": legacy}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -184,6 +195,13 @@ def default_of(f: dataclasses.Field) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return MISSING
+
+
+def hash_baseline(f: dataclasses.Field) -> Any:
+    """The value of field ``f`` that run ids leave out: its ``legacy`` default when it has one
+    (the default was moved, see the module docstring), else its default (MISSING: required)."""
+    legacy = f.metadata.get("legacy", MISSING)
+    return legacy if legacy is not MISSING else default_of(f)
 
 
 def example(params_class: type, **overrides: Any) -> Any:

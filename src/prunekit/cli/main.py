@@ -28,7 +28,7 @@ from ..training import evaluate, fit
 from ..training.checkpoint import CheckpointError
 from . import calibration
 from . import (bench as bench_cli, experiments as experiments_cli, imp as imp_cli,
-               structured as structured_cli, thresholds as thresholds_cli)
+               sensitivity as sensitivity_cli, structured as structured_cli, thresholds as thresholds_cli)
 from .demo import run_demo
 from .pretrained import prune_pretrained
 
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp_cli.register(sub)
     thresholds_cli.register(sub)
     structured_cli.register(sub)
+    sensitivity_cli.register(sub)
     bench_cli.register(sub)
     return parser
 

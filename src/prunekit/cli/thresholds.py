@@ -19,6 +19,7 @@ history; for LTP the trail of checkpoints in ``--out/trail``). Rerunning resumes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -33,7 +34,7 @@ from ..distributed import is_main
 from ..io import atomic_write_json
 from ..methods import METHODS
 from ..methods.base import Method, MethodCallback
-from ..params import add_arguments, from_namespace
+from ..params import MISSING, add_arguments, from_namespace
 from ..pipelines.dense_equivalent import equivalent_width
 from ..pipelines.finetune import EnforceMask
 from ..pipelines.threshold_pipelines import DenseEquivalentParams
@@ -121,8 +122,24 @@ def requested_sparsity(args) -> Optional[float]:
 def recorded_arguments(args) -> Dict[str, Any]:
     """The arguments written into the checkpoints (see ``RECORDED_ALWAYS``)."""
     defaults = method_flag_defaults()
-    return {k: v for k, v in vars(args).items()
-            if k not in NOT_RECORDED and (k in RECORDED_ALWAYS or v != defaults.get(k))}
+    out = {k: v for k, v in vars(args).items()
+           if k not in NOT_RECORDED and k != "relative_tau" and (k in RECORDED_ALWAYS or v != defaults.get(k))}
+    # LTP's switch was --absolute-tau (relative by default) until issue #15 made absolute the
+    # default (--relative-tau): record it as before, so a run resumes exactly when it means
+    # the same (old default <-> --relative-tau, old --absolute-tau <-> new default).
+    out["absolute_tau"] = args.method == "ltp" and not getattr(args, "relative_tau", False)
+    if args.method == "ste_fixed":  # --min-weights applies to ste_fixed since issue #15: not an old run
+        out["ste_fixed_min_weights"] = args.min_weights
+    # A moved default (param(new, legacy=old), issue #15) is recorded whenever it is not the
+    # legacy value, so a checkpoint made before the move never resumes with the new meaning.
+    if args.method in METHODS.names():
+        for f in dataclasses.fields(METHODS.get(args.method).Params):
+            legacy = f.metadata.get("legacy", MISSING)
+            if legacy is not MISSING and f.name in vars(args) and f.name != "relative":
+                out.pop(f.name, None)
+                if vars(args)[f.name] != legacy:
+                    out[f.name] = vars(args)[f.name]
+    return out
 
 
 def cmd_train_sparse(args) -> int:

@@ -154,19 +154,23 @@ def prune(
     minus_inf = torch.tensor(float("-inf"))
     for name, p in params.items():
         alive = previous[name]
+        # Already-masked weights count as 0 (SPEC section 1), also when ``mask`` masks weights
+        # that are still non-zero: LAMP's denominators sum_{v >= u} w_v^2 (Lee et al. Eq. 2)
+        # run over the surviving weights only, as the authors' code scores the masked model.
+        weights = torch.where(alive, p.detach(), torch.zeros((), dtype=p.dtype, device=p.device))
         if sorted_scores is not None:
             # Fast path for scores that rank like |w| inside a layer (LAMP): the allocation
             # sees each layer's scores as a multiset, the selection keeps the top w^2, whose
             # threshold for any count is read off the sorted keys.
-            s, keys = sorted_scores(p.detach())
+            s, keys = sorted_scores(weights)
             n_pruned = p.numel() - int(torch.count_nonzero(alive))
             s[:n_pruned] = float("-inf")   # pruned weights are zeros: they sort first
             keys[:n_pruned] = float("-inf")
-            by = torch.where(alive, score_fns.ranking_keys(p), minus_inf.to(p.device))
+            by = torch.where(alive, score_fns.ranking_keys(weights), minus_inf.to(p.device))
             sorted_keys.append(keys)
         else:
             extra = {"stats": stats[name]} if stats is not None else {}
-            s = score_fn(p.detach(), generator=generator, **extra)
+            s = score_fn(weights, generator=generator, **extra)
             # Already-pruned weights rank below everything, so they are the first to go again.
             s = torch.where(alive, s, minus_inf.to(device=s.device, dtype=s.dtype))
             by = s

@@ -169,6 +169,26 @@ def training_curves(curves: Dict[str, List[Dict]], path: Path, title: str,
     return _save(plt, fig, path)
 
 
+def sensitivity(curves: Dict[str, List[Dict]], path: Path, title: str) -> Path:
+    """Li et al.'s sensitivity plot (Fig. 2(b)): test top-1 vs fraction of a layer's filters
+    pruned, one line per layer (``prunekit.structured.sensitivity``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    cmap = plt.get_cmap("viridis")
+    n = max(1, len(curves) - 1)
+    for i, (layer, rows) in enumerate(curves.items()):
+        ax.plot([100.0 * r["fraction"] for r in rows], [r["top1"] for r in rows], marker=".", label=layer,
+                color=cmap(i / n))
+    ax.set_xlabel("filters pruned away in the layer (%)")
+    ax.set_ylabel("test top-1 accuracy, no retraining (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+              ncol=1 if len(curves) <= 20 else 2)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
 def _save(plt, fig, path: Path) -> Path:
     path = Path(path)
     with atomic_path(path, suffix=path.suffix) as tmp:  # savefig picks the format from the suffix

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from ..params import check_value
+from ..params import check_value, hash_baseline
 
 
 class SpecError(ValueError):
@@ -174,14 +174,18 @@ def to_dict(obj: Any, canonical: bool = False, minimal: bool = False) -> Any:
     fields (what a person would write). Otherwise every field, resolved."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         if hasattr(obj, "_to_spec"):
-            out = obj._to_spec(canonical or minimal)
+            out = obj._to_spec(canonical or minimal, minimal=minimal and not canonical)
             if minimal and getattr(obj, "label", None):
                 out["label"] = obj.label
             return out
         out = {}
+        # A params class may name fields that cannot matter given the others (``_inert_fields``,
+        # e.g. IMP's ft_floor unless the schedule is ft): the hash leaves them out, so a moved
+        # default (``legacy=``) only moves the ids of the runs it changes.
+        inert = obj._inert_fields() if canonical and hasattr(obj, "_inert_fields") else ()
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if canonical and not f.metadata.get("hash", True):
+            if canonical and (not f.metadata.get("hash", True) or f.name in inert):
                 continue
             plain = to_dict(value, canonical, minimal)
             # Compare in the same form, so a display-only difference never counts.
@@ -197,7 +201,11 @@ def to_dict(obj: Any, canonical: bool = False, minimal: bool = False) -> Any:
 
 
 def _default_form(f: dataclasses.Field, canonical: bool, minimal: bool) -> Any:
-    """The default of field ``f`` in the same plain form (a marker when it has none)."""
+    """The default of field ``f`` in the same plain form (a marker when it has none). The
+    canonical (hashed) form compares with the field's ``legacy`` default when it has one, so
+    a moved default never reuses the ids of runs made with the old one."""
+    if canonical and not minimal and f.metadata.get("legacy", MISSING) is not MISSING:
+        return to_dict(hash_baseline(f), canonical, minimal)
     if f.default is not MISSING:
         value = f.default
     elif f.default_factory is not MISSING:

@@ -173,8 +173,9 @@ class MethodSpec:
             raise SpecError(join_path(path, "label"), f"expected a string, got {describe(label)}")
         return cls(name, params, label)
 
-    def _to_spec(self, canonical: bool) -> Dict[str, Any]:
-        params = to_dict(self.params, canonical)
+    def _to_spec(self, canonical: bool, minimal: bool = False) -> Dict[str, Any]:
+        # minimal (what a person writes) drops the current defaults, canonical the hashed ones
+        params = to_dict(self.params, canonical and not minimal, minimal)
         if canonical:
             return {"name": self.name, **({"params": params} if params else {})}
         return {"name": self.name, "label": self.label, "params": params}
@@ -200,8 +201,8 @@ class BaselineSpec:
         name, params, _ = _parse_named(BASELINES, "baseline", value, path, None)
         return cls(name, params)
 
-    def _to_spec(self, canonical: bool) -> Dict[str, Any]:
-        params = to_dict(self.params, canonical)
+    def _to_spec(self, canonical: bool, minimal: bool = False) -> Dict[str, Any]:
+        params = to_dict(self.params, canonical and not minimal, minimal)
         if canonical:
             return {"name": self.name, **({"params": params} if params else {})}
         return {"name": self.name, "params": params}
@@ -294,7 +295,10 @@ def method_label(method: MethodSpec) -> str:
     sparsity (results at different sparsities share one label: a curve)."""
     if method.label:
         return method.label
-    params = to_dict(method.params, canonical=True)
+    # Non-default against the *current* defaults (a moved default's legacy value, which the
+    # hash leaves out, is shown: it is not what a spec gets by omitting it).
+    shown = {f.name for f in fields(method.params) if f.metadata.get("hash", True)}
+    params = {k: v for k, v in to_dict(method.params, minimal=True).items() if k in shown}
     params.pop("sparsity", None)
     if not params:
         return method.name

@@ -16,10 +16,12 @@ fixed mask (``prunekit.core.enforce(mask, optimizer)``).
 
 Choices (documented, configurable): tau_l >= 0 (projected after every step); initialised to
 0 (nothing pruned) or to the value giving ``init_sparsity`` per layer; trained with its own
-learning rate ``tau_lr`` and no weight decay. ``relative=True`` (default) stores the threshold
-in units of the layer's variance, tau_l = t_l var(w_l) (var detached), so that the trainable
-t_l, its learning rate and lambda mean the same for every layer and under BatchNorm rescaling
-(the property T_l = T0 var(w_l) aims at); ``relative=False`` trains tau_l itself.
+learning rate ``tau_lr`` and no weight decay. ``relative=False`` (default, the paper: Azarian
+et al. Eq. 4-6 train tau_l itself, SPEC section 4) trains tau_l directly; ``relative=True``
+stores the threshold in units of the layer's variance, tau_l = t_l var(w_l) (var detached), so
+that the trainable t_l, its learning rate and lambda mean the same for every layer and under
+BatchNorm rescaling. ``relative=True`` was the default before issue #15; the field carries
+``legacy=True``, so run ids made then keep their meaning (see ``prunekit.params``).
 
 Trail of checkpoints: whenever the hard sparsity first reaches each of ``trail`` (default
 50/70/80/90/95/98%), a checkpoint of the hard-pruned model is taken: written to
@@ -55,7 +57,7 @@ class LTP(Method):
     - ``lam``: weight of the normalised L0 penalty; ``T0``: temperature factor;
     - ``tau_lr``: learning rate of the thresholds (None: the optimizer's first group's lr);
     - ``init_sparsity``: per-layer starting sparsity the thresholds are set to (0: tau = 0);
-    - ``relative``: threshold in units of var(w) (default) or absolute;
+    - ``relative``: threshold in units of var(w), or absolute (default, as in the paper);
     - ``trail``: sparsity levels at which a checkpoint is taken; ``trail_dir``: where to write them;
     - ``trail_every``: check the sparsity every this many steps.
 
@@ -69,15 +71,15 @@ class LTP(Method):
         T0: float = param(1e-3, check=valid.positive, doc="temperature T_l = T0 var(w_l)")
         tau_lr: Optional[float] = param(None, check=valid.nonnegative, doc="lr of the thresholds (None: the recipe's)")
         init_sparsity: float = param(0.0, check=valid.sparsity, doc="per-layer sparsity the thresholds start at")
-        relative: bool = param(True, flag="--absolute-tau",
-                               doc="threshold in units of var(w) (scale invariant); --absolute-tau trains tau itself")
+        relative: bool = param(False, legacy=True, flag="--relative-tau",
+                               doc="threshold in units of var(w) (scale invariant); default: tau itself, as the paper")
         trail: List[float] = param(list(DEFAULT_TRAIL), check=valid.each(valid.sparsity),
                                    doc="sparsity levels at which a checkpoint is taken")
         include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
         exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
 
     def __init__(self, lam: float = 1.0, T0: float = 1e-3, tau_lr: Optional[float] = None,
-                 init_sparsity: float = 0.0, relative: bool = True, trail: Sequence[float] = DEFAULT_TRAIL,
+                 init_sparsity: float = 0.0, relative: bool = False, trail: Sequence[float] = DEFAULT_TRAIL,
                  trail_dir: Optional[str] = None, trail_every: int = 1,
                  include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__()

@@ -7,7 +7,16 @@ gains ``s * sign(gamma)`` (the paper's subgradient; the authors' code adds exact
     loss = task_loss + s * sum_BN sum_j |gamma_j|        s = 1e-4 (VGG), 1e-5 (ResNet, DenseNet)
 
 Afterwards one *global* threshold over all |gamma| removes ``fraction`` of the channels
-(structured.global_fraction with the ``bn_scale`` score). ``finalize()`` zeroes those channels'
+(structured.global_fraction with the ``bn_scale`` score).
+
+Pre-activation ResNets and DenseNets (``scope="block"``, the default; Liu et al. Sec. 4 and
+their ``channel_selection`` layer, :mod:`prunekit.structured.channel_selection`): the
+threshold runs over the BNs inside blocks (which remove their producing conv's channels) and
+the BNs that open a block (which remove only the inputs their block's first conv reads); the
+residual stream / the concatenation keeps every channel. ``scope="stream"`` pairs a block's
+last conv with the next block's bn1 and lets the threshold cut stream channels across a
+stage: the behaviour before issue #15 (its ``legacy`` value). Models without pre-activation
+blocks (VGG, post-activation ResNets) are pruned the same way in both scopes. ``finalize()`` zeroes those channels'
 whole dependency group (filters, BN gamma and beta, consumers' input slices) and returns the
 Mask of the zeroed weights; ``channels()`` gives the plan for :func:`prunekit.structured.shrink`,
 and ``shrunk()`` the physically smaller model, which is what the paper deploys.
@@ -30,6 +39,8 @@ from .. import params as valid
 from ..core.mask import Mask
 from ..core.targets import prunable_parameters
 from ..params import param
+from ..structured.channel_selection import is_preactivation, preactivation_groups, select_inputs, zero_inputs
+from ..structured.scores import following_bn
 from ..structured.select import global_fraction
 from ..structured.shrink import shrink, zero_channels
 from .base import METHODS, Method
@@ -56,13 +67,19 @@ class Slimming(Method):
         fraction: float = param(0.4, check=valid.fraction_removed,
                                 doc="share of channels removed by the global |gamma| threshold")
         s: float = param(1e-4, check=valid.nonnegative, doc="L1 strength on BN gammas (1e-4 VGG, 1e-5 ResNet/DenseNet)")
+        # Issue #15 point 2: Liu et al. select channels inside pre-activation blocks.
+        scope: str = param("block", legacy="stream", choices=("block", "stream"),
+                           doc="pre-activation models: block (channel selection, residual stream whole, as Liu et al.)"
+                               " or stream (the last conv paired with the next block's bn1)")
 
-    def __init__(self, s: float = 1e-4, fraction: float = 0.4, input_shape: Optional[Sequence[int]] = None):
+    def __init__(self, s: float = 1e-4, fraction: float = 0.4, input_shape: Optional[Sequence[int]] = None,
+                 scope: str = "block"):
         super().__init__()
-        valid.check_arguments(self.Params, "slimming", s=s, fraction=fraction)
-        self.s, self.fraction = float(s), float(fraction)
+        valid.check_arguments(self.Params, "slimming", s=s, fraction=fraction, scope=scope)
+        self.s, self.fraction, self.scope = float(s), float(fraction), scope
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.plan: Optional[Dict[str, List[int]]] = None
+        self.removed_inputs: Optional[Dict[str, List[int]]] = None
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "Slimming":
         super().attach(model, optimizer)
@@ -88,18 +105,56 @@ class Slimming(Method):
         first call after training, i.e. by ``finalize``)."""
         self._require_attached()
         if self.plan is None:
-            self.plan = global_fraction(self.model, self.fraction, score="bn_scale")
+            if self.scope == "block" and is_preactivation(self.model):
+                self.plan, self.removed_inputs = self._block_selection()
+            else:
+                self.plan, self.removed_inputs = global_fraction(self.model, self.fraction, score="bn_scale"), {}
         return self.plan
+
+    def inputs(self) -> Dict[str, List[int]]:
+        """``{conv: input channels its channel selection drops}`` (pre-activation models,
+        scope "block"; empty otherwise)."""
+        self.channels()
+        return dict(self.removed_inputs or {})
+
+    def _block_selection(self):
+        """One global |gamma| threshold over the in-block BNs and the block-opening BNs:
+        ``round(fraction * their channels)`` lowest, at least one channel kept per BN."""
+        modules = dict(self.model.named_modules())
+        layers, selections = preactivation_groups(self.model)
+        sets = []  # (kind, target name, gammas)
+        for layer in layers:
+            bn = following_bn(self.model, layer)
+            if bn is not None and bn.weight is not None:
+                sets.append(("out", layer, bn.weight.detach().abs()))
+        for bn_name, conv in selections:
+            bn = modules[bn_name]
+            if bn.weight is not None:
+                sets.append(("in", conv, bn.weight.detach().abs()))
+        entries = []
+        for i, (_, _, g) in enumerate(sets):
+            protected = int(torch.argmax(g))
+            entries += [(float(v), i, c) for c, v in enumerate(g.tolist()) if c != protected]
+        total = sum(g.numel() for _, _, g in sets)
+        entries.sort()
+        plan: Dict[str, List[int]] = {}
+        inputs: Dict[str, List[int]] = {}
+        for _, i, c in entries[:min(int(round(self.fraction * total)), len(entries))]:
+            kind, name, _ = sets[i]
+            (plan if kind == "out" else inputs).setdefault(name, []).append(c)
+        return {k: sorted(v) for k, v in plan.items()}, {k: sorted(v) for k, v in inputs.items()}
 
     def finalize(self) -> Mask:
         """Zero the selected channels' dependency groups; return the Mask of the prunable weights."""
         self._require_attached()
         zero_channels(self.model, self.example_input(), self.channels())
+        zero_inputs(self.model, self.inputs())
         return Mask.from_model(self.model, list(prunable_parameters(self.model)))
 
     def shrunk(self) -> nn.Module:
         """The physically smaller copy of the model (call after ``finalize``)."""
-        return shrink(self.model, self.example_input(), self.channels())
+        small = shrink(self.model, self.example_input(), self.channels())
+        return select_inputs(small, self.inputs())
 
     def metrics(self) -> Dict[str, Any]:
         if self.model is None:
@@ -108,8 +163,11 @@ class Slimming(Method):
         return {"bn_gamma_l1": float(gammas.sum()), "bn_gamma_below_1e-2": float((gammas < 1e-2).float().mean())}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"steps": self.steps, "plan": self.plan}
+        return {"steps": self.steps, "plan": self.plan, "removed_inputs": self.removed_inputs}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.steps = int(state.get("steps", 0))
         self.plan = state.get("plan")
+        self.removed_inputs = state.get("removed_inputs")
+        if self.plan is not None and self.removed_inputs is None:
+            self.removed_inputs = {}

@@ -10,9 +10,11 @@ so dL/dw = dL/dw~ (straight-through) and dL/dr = sum_k ((w~_k - w_k) / r) dL/dw~
 ``recenter`` (default on, as in the authors' code) w is first re-centred to zero mean.
 
 Under a Gaussian assumption layer i's sparsity is s_i = erf(r_i / sqrt 2); the predicted
-density is L_s(c) = 1 - sum_i c_i s_i with sum c_i = 1 over the prunable layers (skipped
-layers count with s_i = 0), c_i = 1/N (``avg``), #W_i / sum #W (``wavg``, default) or
-FLOPs_i / sum FLOPs (``flops``). The penalty (``variant``):
+density is L_s(c) = 1 - sum_i c_i s_i with sum c_i = 1 over the *pruned* layers, c_i = 1/N
+(``avg``), #W_i / sum #W (``wavg``, default) or FLOPs_i / sum FLOPs (``flops``): the layers
+skipped for having fewer than ``min_weights`` weights are left out of c, as the authors' code
+builds c from the pruned layers only (issue #15 point 8; ``c_layers="all"`` counts them with
+s_i = 0, the behaviour before, its ``legacy`` value). The penalty (``variant``):
 
 - ``unconstrained``:  lambda L_s(c)                                                  (Eq. 8)
 - ``budget``:         lambda_p (L_s(c_p) - B_p)^2 + lambda_f (L_s(c_f) - B_f)^2      (Eq. 10)
@@ -71,6 +73,8 @@ class SparsityLoss(Method):
                                         doc="initial r (None: sqrt(2) erfinv(0.6 s_target))")
         r_lr_factor: float = param(0.01, check=valid.nonnegative, doc="lr of r = this x the recipe's lr")
         min_weights: int = param(1000, check=valid.int_at_least(0), doc="layers with fewer weights are not pruned")
+        c_layers: str = param("pruned", legacy="all", choices=("pruned", "all"),
+                              doc="layers c_i runs over: pruned (authors' code) or all (skipped ones with s_i = 0)")
         recenter: bool = param(True, doc="re-centre each weight tensor to zero mean every forward")
         include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
         exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
@@ -85,11 +89,11 @@ class SparsityLoss(Method):
                  lam_p: Optional[float] = None, lam_f: Optional[float] = None,
                  r_init: Optional[float] = None, r_lr: Optional[float] = None, r_lr_factor: float = 0.01,
                  min_weights: int = 1000, recenter: bool = True, input_shape: Optional[Sequence[int]] = None,
-                 include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
+                 c_layers: str = "pruned", include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__()
         valid.check_arguments(self.Params, "sparsity_loss", budget=budget, budget_flops=budget_flops, variant=variant,
                               weights=weights, lam=lam, lam_p=lam_p, lam_f=lam_f, r_init=r_init,
-                              r_lr_factor=r_lr_factor, min_weights=min_weights)
+                              r_lr_factor=r_lr_factor, min_weights=min_weights, c_layers=c_layers)
         valid.check(valid.nonnegative, r_lr, "sparsity_loss: r_lr")
         if r_init is not None and not float(r_init) <= R_MAX:
             raise ValueError(f"sparsity_loss: r_init must be in [0, {R_MAX}], got {r_init!r}")
@@ -105,7 +109,7 @@ class SparsityLoss(Method):
         self.lam_f = float(lam_f) if lam_f is not None else self.lam
         self.r_init = r_init if r_init is not None else self.default_r_init()
         self.r_lr, self.r_lr_factor = r_lr, float(r_lr_factor)
-        self.min_weights, self.recenter = min_weights, bool(recenter)
+        self.min_weights, self.recenter, self.c_layers = min_weights, bool(recenter), c_layers
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.include, self.exclude = include, exclude
         self.params: Dict[str, nn.Parameter] = {}
@@ -192,6 +196,9 @@ class SparsityLoss(Method):
             if f.sum() <= 0:
                 raise ValueError("could not count the FLOPs of the prunable layers (pass input_shape=...)")
             c["flops"] = f / f.sum()
+        if self.c_layers == "pruned":  # the authors' code: c over the pruned layers only
+            keep = torch.tensor([1.0 if k in self.trained else 0.0 for k in self.names], dtype=torch.float64)
+            c = {k: v * keep / (v * keep).sum() for k, v in c.items()}
         return {k: v.to(device=device, dtype=dtype) for k, v in c.items()}
 
     def _r(self, name: str) -> torch.Tensor:

@@ -6,12 +6,23 @@ A scaling factor lambda_b multiplies the residual branch of every residual block
     out = shortcut(x) + lambda_b * F(x)        (ResNet: then ReLU)
 
 The factors are trained with the network (their own param group: learning rate ``lr``, no
-weight decay, no momentum) under the sparsity regulariser ``gamma * sum_b |lambda_b|``, which
-is applied by a *proximal* step after every optimizer step,
-``lambda <- sign(lambda) * max(|lambda| - lr * gamma, 0)`` (soft-thresholding), so factors
-reach exactly 0 -- a plain subgradient would only make them oscillate around 0. (Choice: plain
-proximal gradient; the paper's accelerated variant, APG, adds a Nesterov extrapolation of
-lambda and converges faster, not to a different kind of solution.)
+weight decay, no momentum in the optimizer) under the sparsity regulariser
+``gamma * sum_b |lambda_b|``, applied by a proximal step after every optimizer step with the
+soft-threshold S_a(z) = sign(z) max(|z| - a, 0), a = lr * gamma, so factors reach exactly 0
+(a plain subgradient would only make them oscillate around 0). ``factor_update``:
+
+- ``"apg"`` (default, the paper's Sec. 3.3: accelerated proximal gradient in its NAG-style
+  reformulation, Eq. 10-12, as the authors' MXNet ``APGNAG`` optimizer), with lambda' the
+  extrapolated factors the network uses and mu the momentum (``apg_momentum``, 0.9)::
+
+      z_t      = lambda'_{t-1} - lr * grad(lambda'_{t-1})        (the optimizer's SGD step)
+      v_t      = S_{lr gamma}(z_t) - lambda'_{t-1} + mu v_{t-1}
+      lambda'_t = S_{lr gamma}(z_t) + mu v_t
+
+  the solution lambda_t = S_{lr gamma}(z_t) (exact zeros) is what ``zeroed()`` and
+  ``finalize()`` read;
+- ``"proximal"``: plain proximal SGD, ``lambda <- S_{lr gamma}(lambda - lr grad)``: the
+  behaviour before issue #15 (its ``legacy`` value).
 
 On a model without residual blocks the factors sit on channels instead (one per output
 channel of every BatchNorm, the paper's "neuron" structure), which makes SSS a
@@ -43,6 +54,7 @@ from ..structured.shrink import prunable_layers, shrink, zero_channels
 from .base import METHODS, Method
 
 STRUCTURES = ("auto", "blocks", "channels")
+OPTIMIZERS = ("apg", "proximal")
 
 
 @METHODS.register("sss")
@@ -64,17 +76,27 @@ class SSS(Method):
         factor_lr: float = param(0.1, check=valid.positive, doc="learning rate of the scaling factors")
         structure: str = param("auto", choices=STRUCTURES,
                                doc="factors on residual blocks or on BN channels (auto: blocks when the model has them)")
+        # Issue #15 point 6: the paper's APG (was plain proximal SGD).
+        factor_update: str = param("apg", legacy="proximal", choices=OPTIMIZERS,
+                               doc="apg: accelerated proximal gradient (paper Eq. 10-12); proximal: plain proximal SGD")
+        apg_momentum: float = param(0.9, check=valid.nonnegative, doc="mu of APG")
 
     @classmethod
     def from_params(cls, params: Any, **runtime: Any) -> "SSS":
-        return cls(gamma=params.gamma, lr=params.factor_lr, structure=params.structure, **runtime)
+        return cls(gamma=params.gamma, lr=params.factor_lr, structure=params.structure, factor_update=params.factor_update,
+                   apg_momentum=params.apg_momentum, **runtime)
 
     def __init__(self, gamma: float = 1e-2, lr: float = 0.1, structure: str = "auto",
-                 input_shape: Optional[Sequence[int]] = None):
+                 input_shape: Optional[Sequence[int]] = None, factor_update: str = "apg", apg_momentum: float = 0.9):
         super().__init__()
-        valid.check_arguments(self.Params, "sss", gamma=gamma, structure=structure)
+        valid.check_arguments(self.Params, "sss", gamma=gamma, structure=structure, factor_update=factor_update,
+                              apg_momentum=apg_momentum)
         valid.check(valid.positive, lr, "sss: lr")
         self.gamma, self.lr, self.structure = float(gamma), float(lr), structure
+        self.optimizer_kind, self.mu = factor_update, float(apg_momentum)
+        self._prev: List[torch.Tensor] = []   # APG: lambda'_{t-1}
+        self._v: List[torch.Tensor] = []      # APG: v_{t-1}
+        self._solution: List[torch.Tensor] = []  # APG: lambda_t = S(z_t), exact zeros
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.targets: List[Tuple[str, nn.Module, bool]] = []  # (name, module scaled, relu) per factor set
         self.factors: List[nn.Parameter] = []
@@ -104,6 +126,9 @@ class SSS(Method):
         device = next(model.parameters()).device
         for f in self.factors:
             f.data = f.data.to(device)
+        self._prev = [f.detach().clone() for f in self.factors]
+        self._v = [torch.zeros_like(f) for f in self.factors]
+        self._solution = [f.detach().clone() for f in self.factors]
         optimizer.add_param_group({"params": self.factors, "lr": self.lr, "weight_decay": 0.0, "momentum": 0.0})
         for (_, module, _), f in zip(self.targets, self.factors):
             self._hooks.append(module.register_forward_hook(self._scale_hook(f)))
@@ -123,8 +148,17 @@ class SSS(Method):
         super().step()
         threshold = self._lr() * self.gamma
         with torch.no_grad():
-            for f in self.factors:
-                f.copy_(torch.sign(f) * (f.abs() - threshold).clamp_min(0.0))
+            for i, f in enumerate(self.factors):
+                s = torch.sign(f) * (f.abs() - threshold).clamp_min(0.0)   # S(z_t), z_t = f after SGD
+                if self.optimizer_kind == "apg":
+                    v = s - self._prev[i] + self.mu * self._v[i]
+                    self._v[i] = v
+                    self._solution[i] = s.clone()
+                    f.copy_(s + self.mu * v)
+                    self._prev[i] = f.detach().clone()
+                else:
+                    f.copy_(s)
+                    self._solution[i] = s.clone()
 
     def _lr(self) -> float:
         for group in self.optimizer.param_groups:  # an LR scheduler may have changed it
@@ -132,9 +166,20 @@ class SSS(Method):
                 return float(group["lr"])
         return self.lr
 
+    def solution(self) -> List[torch.Tensor]:
+        """The factors' current values as a solution: with APG the last S(z_t) (exact zeros)
+        rather than the extrapolated lambda' the network runs with; a factor set by hand
+        since the last step is taken as it is."""
+        out = []
+        for i, f in enumerate(self.factors):
+            untouched = i < len(self._prev) and torch.equal(f.detach(), self._prev[i])
+            out.append(self._solution[i] if untouched and i < len(self._solution) else f.detach())
+        return out
+
     def zeroed(self) -> List[str]:
-        """Names of the blocks (or BNs with a zero channel) whose factor reached 0."""
-        return [n for (n, _, _), f in zip(self.targets, self.factors) if bool((f == 0).any())]
+        """Names of the blocks (or BNs with a zero channel) whose factor reached 0 (APG: the
+        solution S(z_t), not the extrapolated factor)."""
+        return [n for (n, _, _), f in zip(self.targets, self.solution()) if bool((f == 0).any())]
 
     def finalize(self) -> Mask:
         """Fold the factors into the weights, zero what reached 0, remove the hooks."""
@@ -143,6 +188,8 @@ class SSS(Method):
             h.remove()
         self._hooks = []
         with torch.no_grad():
+            for f, sol in zip(self.factors, self.solution()):  # APG: keep the solution, not lambda'
+                f.copy_(sol)
             for (_, module, _), f in zip(self.targets, self.factors):
                 scale = f.detach()
                 # (BN: gamma and beta both scale; a conv: its weight and bias)
@@ -201,11 +248,15 @@ class SSS(Method):
     def metrics(self) -> Dict[str, Any]:
         if not self.factors:
             return {}
-        values = torch.cat([f.detach().flatten() for f in self.factors])
+        values = torch.cat([f.flatten() for f in self.solution()])
         return {"sss_zero_factors": int((values == 0).sum()), "sss_factors": int(values.numel())}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"steps": self.steps, "factors": [f.detach().clone() for f in self.factors]}
+        out = {"steps": self.steps, "factors": [f.detach().clone() for f in self.factors]}
+        if self.optimizer_kind == "apg":
+            out.update(apg_prev=[t.clone() for t in self._prev], apg_v=[t.clone() for t in self._v],
+                       apg_solution=[t.clone() for t in self._solution])
+        return out
 
     def _restore(self, state: Dict[str, Any]) -> None:
         self._pending = None
@@ -213,3 +264,8 @@ class SSS(Method):
         with torch.no_grad():
             for f, v in zip(self.factors, state.get("factors") or []):
                 f.copy_(v)
+        for key, attr in (("apg_prev", "_prev"), ("apg_v", "_v"), ("apg_solution", "_solution")):
+            if state.get(key) is not None:
+                setattr(self, attr, [t.clone().to(f.device) for t, f in zip(state[key], self.factors)])
+        if state.get("apg_solution") is None and self.factors:  # a proximal state: the factors are the solution
+            self._solution = [f.detach().clone() for f in self.factors]

@@ -162,7 +162,7 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
         rewind: Optional[int] = None, include: Optional[Sequence[str]] = None,
         exclude: Optional[Sequence[str]] = None, recipe: Optional[Mapping[str, Any]] = None,
         pretrained: Union[bool, str, Path] = False, rewind_weights: Optional[Mapping[str, torch.Tensor]] = None,
-        eta_max: Optional[float] = None, eta_min: Optional[float] = None,
+        eta_max: Optional[float] = None, eta_min: Optional[float] = None, ft_floor: float = 0.01,
         folder: Optional[Union[str, Path]] = None, seed: int = 0, progress: Optional[bool] = None,
         device: Any = "cpu", model_info: Optional[Mapping[str, Any]] = None) -> PruneResult:
     """Iterative magnitude pruning of ``model`` to ``target_sparsity`` in ``phases`` phases.
@@ -176,7 +176,8 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
       ``recipe`` overrides it); True means ``model`` is already trained (``recipe`` then says
       how). LRW, SLR, ALLR and rewinding need the original schedule and raise without it.
     - ``schedule``: retraining schedule (ft, lrw, slr, clr, llr, allr); ``eta_max``/``eta_min``
-      override the values read from the recipe.
+      override the values read from the recipe. FT's rate is at least ``ft_floor * eta_max``
+      (:meth:`OriginalSchedule.with_ft_floor`; 0 turns the floor off) unless ``eta_min`` is given.
     - ``score`` / ``allocation`` / ``include`` / ``exclude``: as :func:`prunekit.prune`.
     - ``rewind``: iteration k to rewind survivors to after each pruning (0 = initialisation);
       from a pretrained model it needs ``rewind_weights`` (that iteration's ``state_dict``).
@@ -207,6 +208,8 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
               "include": include, "exclude": exclude, "recipe": dict(recipe or {}),
               "pretrained": str(pretrained) if pretrained else False, "eta_max": eta_max, "eta_min": eta_min,
               "seed": seed}
+    if schedule == "ft" and eta_min is None and rewind is None and ft_floor:  # other folders claim what they claimed before
+        config["ft_floor"] = ft_floor
     _claim_folder(folder, config)
 
     def original(full_recipe):
@@ -214,6 +217,8 @@ def imp(model: nn.Module, data: Any, target_sparsity: float, phases: int = 5, re
         # missing piece (e.g. SLR without a recipe) fail before any training or pruning.
         orig = OriginalSchedule.from_recipe(full_recipe, steps_per_epoch=len(train))
         orig = orig.replace(eta_max=eta_max, eta_min=eta_min)
+        if schedule == "ft" and eta_min is None:
+            orig = orig.with_ft_floor(ft_floor)
         if rewind is None:
             retrain_schedule(schedule, retrain_epochs * len(train), orig,
                              peak=orig.eta_max if schedule == "allr" else None)

@@ -32,6 +32,7 @@ from ..params import nonnegative, param, positive
 from .finetune import EnforceMask
 from .gradual import gmp_steps
 from .imp import imp
+from .budget import ScratchBudgetParams, budget_epochs, sparse_flops
 from .registry import register_baseline, register_pipeline
 from .results import FinishedRun, PipelineResult, RunContext
 from .retrain_schedules import RETRAIN_SCHEDULE_NAMES
@@ -51,8 +52,15 @@ class ImpParams:
                                   doc="rewind survivors to this dense iteration after each pruning (0: init)")
     eta_max: Optional[float] = param(None, check=positive, doc="override the original schedule's largest lr")
     eta_min: Optional[float] = param(None, check=nonnegative, doc="override the original schedule's smallest lr")
+    # Issue #15 point 7: FT after a cosine-to-zero recipe retrained at ~1e-6 x eta_max.
+    ft_floor: float = param(0.01, legacy=0.0, check=nonnegative,
+                            doc="FT's lr is at least this x eta_max (0: the recipe's last lr, however small)")
     include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
     exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
+
+    def _inert_fields(self):
+        """ft_floor acts only on FT without an explicit eta_min (left out of the run id otherwise)."""
+        return () if self.schedule == "ft" and self.eta_min is None and self.rewind is None else ("ft_floor",)
 
 
 @register_pipeline("imp", ImpParams, requires=("dense",))
@@ -68,7 +76,7 @@ def run_imp(ctx: RunContext, p: ImpParams) -> PipelineResult:
     result = imp(model, (ctx.train, ctx.test), p.sparsity, phases=p.phases, retrain_epochs=p.retrain_epochs,
                  schedule=p.schedule, score=p.score, allocation=p.allocation, rewind=p.rewind, include=p.include,
                  exclude=p.exclude, recipe=ctx.recipe, pretrained=pretrained, rewind_weights=weights,
-                 eta_max=p.eta_max, eta_min=p.eta_min, folder=ctx.folder / "imp", seed=ctx.seed,
+                 eta_max=p.eta_max, eta_min=p.eta_min, ft_floor=p.ft_floor, folder=ctx.folder / "imp", seed=ctx.seed,
                  progress=ctx.progress)
     trail = []
     for row in result.history[1:]:
@@ -117,12 +125,12 @@ def run_gmp(ctx: RunContext, p: GmpParams) -> PipelineResult:
 
 
 @dataclass
-class LotteryParams:
+class LotteryParams(ScratchBudgetParams):
     epochs: Optional[int] = param(None, check=positive, doc="training epochs (None: the spec's train.epochs)")
 
 
 @dataclass
-class RandomReinitParams:
+class RandomReinitParams(ScratchBudgetParams):
     epochs: Optional[int] = param(None, check=positive, doc="training epochs (None: the spec's train.epochs)")
     init_seed: Optional[int] = param(None, doc="seed of the fresh initialisation (None: 1000 + the run's seed)")
 
@@ -135,20 +143,25 @@ def _main_mask(main: FinishedRun, model, name: str) -> Mask:
     return Mask({k: v for k, v in mask.items()}, model)
 
 
-def _train_ticket(ctx: RunContext, main: FinishedRun, weights, epochs: Optional[int], name: str) -> PipelineResult:
+def _train_ticket(ctx: RunContext, main: FinishedRun, weights, p, name: str) -> PipelineResult:
+    """Budget ``p.budget == "B"``: Scratch-B for a sparse mask (Liu et al. 2019 Sec. 5), epochs
+    E x dense FLOPs / effective FLOPs of the masked model, the schedule stretched."""
     model = ctx.build_model()
     mask = _main_mask(main, model, name)
     rewind(model, mask, weights)
     ctx.record("reset", model)
-    ctx.fit(model, name, epochs=epochs, callbacks=[EnforceMask(mask)])
-    return ctx.result(model, mask, metrics={"requested_sparsity": main.metrics.get("requested_sparsity")},
+    dense, effective = sparse_flops(model, mask) if p.budget == "B" else (1, 1)
+    epochs, overrides = budget_epochs(p, ctx.recipe, dense, effective)
+    ctx.fit(model, name, epochs=epochs, callbacks=[EnforceMask(mask)], **overrides)
+    return ctx.result(model, mask, metrics={"requested_sparsity": main.metrics.get("requested_sparsity"),
+                                            "own_epochs": epochs, "flops_ratio": dense / effective},
                       built_on=[main])
 
 
 @register_baseline("lottery", LotteryParams)
 def run_lottery(ctx: RunContext, p: LotteryParams, main: FinishedRun) -> PipelineResult:
     """The main run's mask on the original initialisation, trained with the spec's recipe."""
-    return _train_ticket(ctx, main, ctx.build_model().state_dict(), p.epochs, "lottery")
+    return _train_ticket(ctx, main, ctx.build_model().state_dict(), p, "lottery")
 
 
 @register_baseline("random_reinit", RandomReinitParams)
@@ -156,4 +169,4 @@ def run_random_reinit(ctx: RunContext, p: RandomReinitParams, main: FinishedRun)
     """The main run's mask on a fresh random initialisation, trained with the spec's recipe."""
     seed = p.init_seed if p.init_seed is not None else 1000 + ctx.seed
     fresh = reinitialized_weights(ctx.build_model(), seed)
-    return _train_ticket(ctx, main, fresh, p.epochs, "random_reinit")
+    return _train_ticket(ctx, main, fresh, p, "random_reinit")

@@ -65,15 +65,18 @@ def _score_names():
 
 
 def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], latency_repeats: int = 0,
-                   removed_blocks: Sequence[str] = ()) -> Dict:
-    """Write ``structure.json`` and return the size (and latency) metrics of ``small``."""
+                   removed_blocks: Sequence[str] = (), removed_inputs: Optional[Dict[str, List[int]]] = None) -> Dict:
+    """Write ``structure.json`` and return the size (and latency) metrics of ``small``
+    (``removed_inputs``: slimming's channel selections on pre-activation models)."""
     shape = getattr(dense, "input_shape", None) or (ctx.info.in_channels, *ctx.info.image_size)
     f0, f1 = flops_per_module(dense, shape)[1], flops_per_module(small, shape)[1]
     p0, p1 = (sum(p.numel() for p in m.parameters()) for m in (dense, small))
     info = {"dense_flops": f0, "flops": f1, "dense_params": p0, "params": p1}
-    save_plan(ctx.folder, plan, removed_blocks=list(removed_blocks), **info)
+    extra = {"removed_inputs": {k: [int(i) for i in v] for k, v in removed_inputs.items()}} if removed_inputs else {}
+    save_plan(ctx.folder, plan, removed_blocks=list(removed_blocks), **extra, **info)
     metrics = {"dense_flops": f0, "dense_params": p0, "flops_ratio": f0 / f1, "params_ratio": p0 / p1,
-               "channels_removed": sum(len(v) for v in plan.values()), "blocks_removed": len(removed_blocks)}
+               "channels_removed": sum(len(v) for v in plan.values()), "blocks_removed": len(removed_blocks),
+               **({"inputs_removed": sum(len(v) for v in removed_inputs.values())} if removed_inputs else {})}
     if latency_repeats:
         lat = compare(dense, small, shape, repeats=latency_repeats)
         metrics.update({k: v for k, v in lat.items() if k.startswith(("latency", "speedup"))})
@@ -95,7 +98,8 @@ class StructuredParams:
     score: str = param("l1_filter", choices=_score_names, doc="channel score (l1_filter, bn_scale, random)")
     selection: str = param("score", choices=("score", "thinet", "lasso"),
                            doc="per-layer choice: by score, or ThiNet / LASSO with least-squares refit (config/ratio)")
-    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs (Li et al.: 40)")
+    # Issue #15 point 7: Li et al. / Liu et al. fine-tune 40 epochs at 1e-3 (the default was 1).
+    finetune_epochs: int = param(40, legacy=1, check=nonnegative, doc="fine-tuning epochs (Li et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate (Li et al.: 1e-3)")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
     latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
@@ -161,7 +165,7 @@ class SlimmingParams(Slimming.Params):
 
     fraction: float = param(check=fraction_removed, example=0.4,
                             doc="share of channels removed by the global |gamma| threshold")
-    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after pruning")
+    finetune_epochs: int = param(40, legacy=1, check=nonnegative, doc="fine-tuning epochs after pruning (Liu et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
     latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",
@@ -180,7 +184,8 @@ def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     dense = copy.deepcopy(model)
     method.finalize()
     small = method.shrunk()
-    metrics = save_structure(ctx, dense, small, method.channels(), p.latency_repeats)
+    metrics = save_structure(ctx, dense, small, method.channels(), p.latency_repeats,
+                             removed_inputs=method.inputs())
     pruned = ctx.record("pruned", small)
     finetune_shrunk(ctx, small, p.finetune_epochs, p.finetune_lr, p.finetune_schedule)
     return ctx.result(small, metrics={"requested_sparsity": p.fraction, "oneshot_top1": pruned["top1"], **metrics})
@@ -190,7 +195,7 @@ def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
 class SSSParams(SSS.Params):
     """The method's parameters (``SSS.Params``) plus fine-tuning of the shrunk model."""
 
-    finetune_epochs: int = param(1, check=nonnegative, doc="fine-tuning epochs after removal")
+    finetune_epochs: int = param(40, legacy=1, check=nonnegative, doc="fine-tuning epochs after removal (as Liu et al.: 40)")
     finetune_lr: float = param(1e-3, check=positive, doc="fine-tuning learning rate")
     finetune_schedule: str = param("constant", choices=SCHEDULE_NAMES, doc="fine-tuning lr schedule")
     latency_repeats: int = param(5, check=nonnegative, doc="timed forwards per latency figure (0: skip)",

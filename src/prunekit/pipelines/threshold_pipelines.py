@@ -32,6 +32,8 @@ from ..methods.ste_fixed import STEFixed
 from ..params import nonnegative, param, positive
 from .dense_equivalent import equivalent_width
 from .finetune import EnforceMask
+from .budget import ScratchBudgetParams, budget_epochs
+from ..core.accounting import flops_per_module
 from .registry import register_baseline, register_pipeline
 from .results import FinishedRun, PipelineResult, RunContext
 
@@ -156,15 +158,20 @@ def run_dense_equivalent(ctx: RunContext, p: DenseEquivalentParams) -> PipelineR
 
 
 @dataclass
-class DenseEquivalentBaselineParams:
+class DenseEquivalentBaselineParams(ScratchBudgetParams):
     epochs: Optional[int] = param(None, check=positive, doc="training epochs (None: the spec's train.epochs)")
 
 
-def _train_thin(ctx: RunContext, kept: float, built_on=(), epochs: Optional[int] = None) -> PipelineResult:
+def _train_thin(ctx: RunContext, kept: float, built_on=(), epochs: Optional[int] = None, p=None) -> PipelineResult:
     base = ctx.model_kwargs()
     width = equivalent_width(kept, base.get("width", 1.0))
     model = ctx.build_model(width=width)
-    ctx.fit(model, "train", epochs=epochs)
+    overrides = {}
+    if p is not None:  # the baseline: budget E or B (Scratch-B on the thin model's FLOPs)
+        large = flops_per_module(ctx.build_model())[1] if p.budget == "B" else 1
+        small = flops_per_module(model)[1] if p.budget == "B" else 1
+        epochs, overrides = budget_epochs(p, ctx.recipe, large, small)
+    ctx.fit(model, "train", epochs=epochs, **overrides)
     ref = sum(q.numel() for q in ctx.build_model().parameters())
     params = sum(q.numel() for q in model.parameters())
     result = ctx.result(model, None, metrics={
@@ -181,6 +188,6 @@ def run_dense_equivalent_baseline(ctx: RunContext, p: DenseEquivalentBaselinePar
     if not total or nonzero is None:
         raise ValueError(f"dense_equivalent needs the main run's parameter counts; run {main.id} has none")
     kept = max(nonzero / total, 1e-6)
-    result = _train_thin(ctx, kept, built_on=(), epochs=p.epochs)
+    result = _train_thin(ctx, kept, built_on=(), p=p)
     result.metrics["main_nonzero_params"] = nonzero
     return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from ..io import atomic_write_json
 from .. import models
 from ..training.model_file import read_model_file
 from .blocks import remove_blocks  # noqa: F401  (kept importable from here)
+from .channel_selection import select_inputs
 from .shrink import shrink
 
 STRUCTURE = "structure.json"
@@ -51,18 +52,23 @@ def load_plan(folder) -> Dict[str, Any]:
 
 
 def apply_plan(model: nn.Module, plan: Dict[str, List[int]], input_shape=None,
-               removed_blocks: Sequence[str] = ()) -> nn.Module:
+               removed_blocks: Sequence[str] = (), removed_inputs: Optional[Dict[str, List[int]]] = None) -> nn.Module:
     """Rebuild a shrunk architecture in place: remove ``removed_blocks``, then ``shrink``
-    with ``plan``, on a fresh or trained model of the original name/kwargs."""
+    with ``plan``, then the channel selections ``removed_inputs`` ({conv: input channels
+    dropped}, network slimming on pre-activation models), on a fresh or trained model of the
+    original name/kwargs."""
     remove_blocks(model, removed_blocks)
-    if not plan:
-        return model
-    return shrink(model, example_input(model, input_shape), plan, inplace=True)
+    if plan:
+        model = shrink(model, example_input(model, input_shape), plan, inplace=True)
+    if removed_inputs:
+        select_inputs(model, removed_inputs)
+    return model
 
 
 def apply_structure(model: nn.Module, structure: Dict[str, Any], input_shape=None) -> nn.Module:
     """``apply_plan`` with the contents of a ``structure.json``."""
-    return apply_plan(model, structure["plan"], input_shape, structure.get("removed_blocks", ()))
+    return apply_plan(model, structure["plan"], input_shape, structure.get("removed_blocks", ()),
+                      structure.get("removed_inputs"))
 
 
 def load_shrunk(folder) -> Tuple[nn.Module, Dict[str, Any]]:

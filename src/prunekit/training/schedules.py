@@ -338,6 +338,31 @@ def make_schedule(name_or_callable: Union[str, Schedule, Callable[[int, int], fl
     return builder(int(total_steps), steps_per_epoch, **kwargs)
 
 
+# The schedule arguments given in epochs (the rest are factors or fractions of the run).
+EPOCH_ARGUMENTS: Dict[str, Tuple[str, ...]] = {"step": ("step_size",), "multistep": ("milestones",),
+                                               "cosine_restarts": ("T_0",)}
+
+
+def stretched_schedule_kwargs(name: Any, kwargs: Optional[Dict[str, Any]], epochs: int,
+                              new_epochs: int) -> Dict[str, Any]:
+    """The ``schedule_kwargs`` of schedule ``name`` for a run of ``new_epochs`` instead of
+    ``epochs``: every argument given in epochs (:data:`EPOCH_ARGUMENTS`: step_size,
+    milestones, T_0) scaled by ``new_epochs / epochs``, so decays happen at the same
+    *fractions* of training. This is how Liu et al. (2019, "Rethinking the Value of Network
+    Pruning", Sec. 4, and their code's ``--epochs``/``--schedule`` for Scratch-B) extend a
+    step schedule: CIFAR decays at 50% and 75% of the new length. Schedules defined on the
+    run's length (cosine, linear, onecycle, constant) need nothing."""
+    out = dict(kwargs or {})
+    if not isinstance(name, str) or epochs == new_epochs:
+        return out
+    ratio = new_epochs / epochs
+    for key in EPOCH_ARGUMENTS.get(name, ()):
+        if key in out and out[key] is not None:
+            value = out[key]
+            out[key] = [m * ratio for m in value] if isinstance(value, (list, tuple)) else value * ratio
+    return out
+
+
 def schedule_from_recipe(recipe: Dict[str, Any]) -> Schedule:
     """Rebuild the schedule a run was trained with from its saved ``recipe`` (see ``fit``).
 
