@@ -174,3 +174,19 @@ def test_default_trains_tau_itself_as_the_paper_and_relative_stays_by_name():
     a = _method(lin, init_sparsity=0.5)
     a.tau["weight"].data.fill_(0.5)
     assert a.threshold("weight").item() == pytest.approx(0.5)
+
+
+def test_absolute_tau_default_lr_is_scaled_to_the_finest_layer():
+    # Absolute tau lives on the scale of w^2: the weights' lr would prune everything at once.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pk.methods.build("ltp").attach(model, opt)
+    finest = min(float(m.weight.detach().var()) for m in (model[0], model[2]))
+    assert opt.param_groups[-1]["lr"] == pytest.approx(0.1 * finest ** 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pk.methods.build("ltp", relative=True).attach(model, opt)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(0.1)     # relative: the recipe's lr
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pk.methods.build("ltp", tau_lr=1e-3).attach(model, opt)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(1e-3)    # given: as given
