@@ -185,7 +185,8 @@ seeds: {seeds}
 def part_ltp(args):
     rows, data = [], {}
     variants = (("before: relative tau (t x var(w))", "true", ""),
-                ("after: absolute tau (paper), tau lr = recipe lr", "false", "")) + tuple(
+                ("after: absolute tau (paper), default tau lr (recipe lr x min var(w)^2)", "false", ""),
+                ("after: absolute tau, tau lr = recipe lr", "false", ", tau_lr: 0.05")) + tuple(
         (f"after: absolute tau, tau lr {v:g}", "false", f", tau_lr: {v}") for v in args.ltp_tau_lr)
     for label, relative, extra in variants:
         runs = _sweep(args.root, LTP.format(subset=args.subset, epochs=args.ltp_epochs, lam=args.ltp_lam,
