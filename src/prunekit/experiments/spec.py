@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .. import data, models
+from .. import device as device_settings
 from ..models import torchvision_models
 from ..training import OPTIMIZER_NAMES, SCHEDULE_NAMES
 from ..params import nonnegative, param, positive
@@ -66,6 +67,10 @@ def _schedule_names():
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _precision(value: Optional[str]) -> Optional[str]:
+    return None if value is None else device_settings.precision(value)
 
 
 def _check_name(value: str) -> None:
@@ -124,6 +129,12 @@ class TrainSpec:
     schedule: str = param("constant", choices=_schedule_names)
     schedule_kwargs: Dict[str, Any] = param({})
     optimizer_kwargs: Dict[str, Any] = param({})
+    # How to compute, not what: left out of the run id, like the device. None: the
+    # CLI's --precision / --channels-last / --compile or the environment decides.
+    precision: Optional[str] = param(None, check=_precision, hashed=False,
+                                     doc="fp32, bf16 (autocast) or fp16 (autocast + GradScaler)")
+    channels_last: Optional[bool] = param(None, hashed=False)
+    compile: Optional[str] = param(None, hashed=False, doc="a torch.compile backend, e.g. inductor")
 
     def fit_kwargs(self) -> Dict[str, Any]:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
