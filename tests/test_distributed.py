@@ -69,7 +69,8 @@ def test_two_ranks_really_ran(runs):
 
 @pytest.mark.parametrize("key", ["dense", "oneshot_mask", "finetuned", "gmp_mask", "gmp_model", "ste_mask",
                                  "ste_model", "resumed", "straight", "fit_hist", "ft_hist", "gmp_hist",
-                                 "resumed_hist", "cli_exit"])
+                                 "resumed_hist", "cli_exit", "ltp_hist", "ltp_state", "ltp_mask",
+                                 "ltp_model", "odd_batch"])
 def test_ranks_bit_identical(runs, key):
     # Different initial weights per rank (seed 100 + rank): fit must start from rank 0's.
     assert _equal(runs["r0"][key], runs["r1"][key]), key
@@ -132,3 +133,22 @@ def test_only_rank0_writes(runs):
     _, d2 = load_model(oneshot[0] / "model.pt")
     _, d1 = load_model(one / "proj" / "runs" / oneshot[0].name / "model.pt")
     assert _equal(dict(d2["mask"]), dict(d1["mask"]))
+
+
+def test_training_goes_through_distributed_data_parallel(runs):
+    """Every fit of the two-process run (library and `prunekit run`) wraps the user's module in DDP;
+    one process never does."""
+    assert len(runs["r0"]["wraps"]) >= 7 and "Sequential" in runs["r0"]["wraps"]
+    assert runs["r0"]["wraps"] == runs["r1"]["wraps"]
+    assert runs["single"]["wraps"] == []
+
+
+def test_world_size_not_dividing_the_batch_is_one_clear_error(runs):
+    assert "batch size 63 cannot be split over 2 processes" in runs["r0"]["odd_batch"]
+    assert runs["single"]["odd_batch"] == "trained"
+
+
+def test_ltp_thresholds_and_fp16_scaler_agree_across_ranks(runs):
+    # Equal on both ranks (parametrized test above); and they moved from the start.
+    r0 = runs["r0"]
+    assert r0["ltp_hist"][-1]["skipped_steps"] >= 0 and r0["ltp_state"]["steps"] == 8
