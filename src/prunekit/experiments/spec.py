@@ -90,6 +90,9 @@ class DataSpec:
     test_batch_size: int = param(1000, check=positive, hashed=False)  # evaluation only
     train_subset: Optional[int] = param(None, check=positive)
     augment: Optional[bool] = None  # None: the dataset's standard recipe
+    # File datasets (imagefolder): a DataLoader with this many worker processes (None: the
+    # in-process loader). How to read, not what: left out of the run id.
+    workers: Optional[int] = param(None, check=nonnegative, hashed=False)
     data_dir: Optional[str] = param(None, hashed=False)  # where the files are, not what they are
 
 
