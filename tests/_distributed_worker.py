@@ -119,6 +119,19 @@ def main(out: Path) -> None:
     res["ltp_mask"] = ltp.finalize().state_dict()
     res["ltp_model"] = net.state_dict()
 
+    # An image folder through FileLoader: under torchrun each rank reads its DistributedSampler
+    # share (global batch 8 = 4 per rank), augmentation per (seed, epoch, index).
+    folder = out.parent / "images"  # shared by the one- and two-process runs (made by the test)
+    files, files_test, _ = data.loaders("imagefolder", batch_size=8, test_batch_size=12, data_dir=str(folder),
+                                        workers=1, image_size=16, seed=0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+    torch.manual_seed(0)
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.01)
+    res["files_sharded"] = files.sharded
+    res["files_hist"] = list(fit(net, files, files_test, epochs=2, **kw))
+    res["files_model"] = net.state_dict()
+
     # A batch size the world size does not divide: one clear error on every rank, no hang.
     odd, _, _ = data.loaders("synthetic", batch_size=63, seed=0, train_subset=512)
     try:

@@ -42,6 +42,9 @@ def _run(cmd, out: Path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
+    from test_files import make_folder
+
+    make_folder(base / "images", per_class=12)  # 24 JPEGs a split, read by FileLoader
     two, one = base / "two", base / "one"
     # --standalone: a free port of its own, so parallel jobs on the machine cannot collide.
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], two)
@@ -70,7 +73,7 @@ def test_two_ranks_really_ran(runs):
 @pytest.mark.parametrize("key", ["dense", "oneshot_mask", "finetuned", "gmp_mask", "gmp_model", "ste_mask",
                                  "ste_model", "resumed", "straight", "fit_hist", "ft_hist", "gmp_hist",
                                  "resumed_hist", "cli_exit", "ltp_hist", "ltp_state", "ltp_mask",
-                                 "ltp_model", "odd_batch"])
+                                 "ltp_model", "odd_batch", "files_hist", "files_model"])
 def test_ranks_bit_identical(runs, key):
     # Different initial weights per rank (seed 100 + rank): fit must start from rank 0's.
     assert _equal(runs["r0"][key], runs["r1"][key]), key
@@ -152,3 +155,15 @@ def test_ltp_thresholds_and_fp16_scaler_agree_across_ranks(runs):
     # Equal on both ranks (parametrized test above); and they moved from the start.
     r0 = runs["r0"]
     assert r0["ltp_hist"][-1]["skipped_steps"] >= 0 and r0["ltp_state"]["steps"] == 8
+
+
+def test_file_loader_shards_under_ddp_and_matches_one_process(runs):
+    """Each rank decodes half of every global batch (DistributedSampler); the 2-process training
+    is the 1-process one up to float rounding (no BatchNorm), with the same augmentation."""
+    r0, single = runs["r0"], runs["single"]
+    assert r0["files_sharded"] and not single["files_sharded"]
+    for name, value in r0["files_model"].items():
+        assert torch.allclose(value, single["files_model"][name], atol=1e-5, rtol=0), name
+    for a, b in zip(r0["files_hist"], single["files_hist"]):
+        assert a["step"] == b["step"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test_top1"] == b["test_top1"]
