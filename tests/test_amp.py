@@ -193,3 +193,5 @@ def test_cli_flags_reach_fit_through_the_environment(monkeypatch):
     assert main(["--precision", "bfloat16", "--channels-last", "list"]) == 0
     assert device.precision() == "bf16" and device.channels_last() and device.compile_backend() is None
     assert main(["--precision", "fp7", "list"]) == 2
+    assert main(["--compile", "list"]) == 0 and device.compile_backend() == "inductor"
+    assert main(["--compile-backend", "eager", "list"]) == 0 and device.compile_backend() == "eager"

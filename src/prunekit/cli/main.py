@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true", default=None,
                         help="4-d weights and inputs in channels_last memory format "
                              "(also $PRUNEKIT_CHANNELS_LAST=1)")
-    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="train through torch.compile (backend: inductor by default; "
-                             "also $PRUNEKIT_COMPILE)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="train through torch.compile (also $PRUNEKIT_COMPILE=1 or =BACKEND)")
+    parser.add_argument("--compile-backend", default=None, metavar="BACKEND",
+                        help="torch.compile backend of --compile (default: inductor)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a registered model on a dataset")
@@ -275,8 +276,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             os.environ[PRECISION_ENV] = precision(args.precision)  # a bad name fails here
         if args.channels_last:
             os.environ[CHANNELS_LAST_ENV] = "1"
-        if args.compile is not None:
-            os.environ[COMPILE_ENV] = args.compile
+        if args.compile or args.compile_backend:
+            os.environ[COMPILE_ENV] = args.compile_backend or "inductor"
 
         if distributed.requested():  # launched by torchrun: one process group for the command
 
