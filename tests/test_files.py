@@ -130,3 +130,13 @@ def test_loaders_with_workers_train_a_model_through_fit(folder):
     assert len(hist) == 2 and hist[-1]["test_top1"] is not None
     plain, _, _ = D.loaders("imagefolder", batch_size=4, data_dir=str(folder), image_size=16)
     assert isinstance(plain, D.Loader)  # without workers: the in-process loader as before
+
+
+def test_in_process_loader_stops_at_a_corrupt_file_with_one_clear_error(tmp_path):
+    from prunekit.training import fit
+
+    make_folder(tmp_path, corrupt=True)
+    train, _, _ = D.loaders("imagefolder", batch_size=14, data_dir=str(tmp_path), image_size=16)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    with pytest.raises(ValueError, match="zz_.*cannot decode this image.*FileLoader"):
+        fit(model, train, epochs=1, progress=False)
