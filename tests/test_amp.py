@@ -189,7 +189,8 @@ def test_cli_flags_reach_fit_through_the_environment(monkeypatch):
     from prunekit.cli.main import main
 
     for env in (device.PRECISION_ENV, device.CHANNELS_LAST_ENV, device.COMPILE_ENV):
-        monkeypatch.delenv(env, raising=False)
+        monkeypatch.setenv(env, "")  # recorded, so main()'s writes are undone after the test
+        monkeypatch.delenv(env)
     assert main(["--precision", "bfloat16", "--channels-last", "list"]) == 0
     assert device.precision() == "bf16" and device.channels_last() and device.compile_backend() is None
     assert main(["--precision", "fp7", "list"]) == 2

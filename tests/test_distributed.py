@@ -27,7 +27,8 @@ def _env():
     root = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRUNEKIT_DEVICE"):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRUNEKIT_DEVICE",
+                "PRUNEKIT_PRECISION", "PRUNEKIT_CHANNELS_LAST", "PRUNEKIT_COMPILE"):
         env.pop(key, None)
     return env
 

@@ -17,7 +17,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
                     reason="torch.distributed with gloo is not available")
 def test_gpu_check_runs_on_cpu_at_tiny_sizes():
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PRUNEKIT_DEVICE", "PRUNEKIT_PRECISION"):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PRUNEKIT_DEVICE", "PRUNEKIT_PRECISION", "PRUNEKIT_CHANNELS_LAST",
+                "PRUNEKIT_COMPILE"):
         env.pop(key, None)
     proc = subprocess.run(["bash", str(SCRIPT), "--tiny", "--images", "128"], env=env, capture_output=True,
                           text=True, timeout=600)
