@@ -196,3 +196,29 @@ def test_cli_flags_reach_fit_through_the_environment(monkeypatch):
     assert main(["--precision", "fp7", "list"]) == 2
     assert main(["--compile", "list"]) == 0 and device.compile_backend() == "inductor"
     assert main(["--compile-backend", "eager", "list"]) == 0 and device.compile_backend() == "eager"
+
+
+def test_ray_gpus_flag_and_gpu_capacity(tmp_path, capsys):
+    """--ray-gpus reserves GPUs per Ray task (capacity = min over CPUs and GPUs); without
+    --executor ray it is one clear error; the execution settings reach Ray workers."""
+    from prunekit.cli.main import main
+    from prunekit.experiments import ray_executor
+
+    class FakeRay:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 16.0, "GPU": 4.0}
+
+    assert ray_executor._capacity(FakeRay, 1.0) == 16
+    assert ray_executor._capacity(FakeRay, 1.0, 1.0) == 4
+    assert ray_executor._capacity(FakeRay, 2.0, 0.5) == 8
+    assert {"PRUNEKIT_PRECISION", "PRUNEKIT_CHANNELS_LAST", "PRUNEKIT_COMPILE"} <= set(ray_executor.FORWARDED_ENV)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndata: {name: synthetic}\nmodel: {name: lenet_300_100}\n"
+                    "method: {name: oneshot, params: {sparsity: 0.5}}\n")
+    assert main(["sweep", str(spec), "--dir", str(tmp_path / "p"), "--ray-gpus", "1"]) == 2
+    assert "--ray-gpus needs --executor ray" in capsys.readouterr().err
+    try:
+        main(["sweep", str(spec), "--ray-gpus", "-1"])
+    except SystemExit as exit_:
+        assert exit_.code == 2
