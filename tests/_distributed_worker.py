@@ -71,6 +71,11 @@ def main(out: Path) -> None:
 
     distributed.setup()
     rank, world = distributed.rank(), distributed.world_size()
+    # Count the DistributedDataParallel wraps fit makes (one per fit call with 2 ranks).
+    import prunekit.training.data_parallel as dp
+
+    wraps, real_wrap = [], dp.wrap
+    dp.wrap = lambda model, device: wraps.append(type(model).__name__) or real_wrap(model, device)
     train, test, _ = data.loaders("synthetic", batch_size=64, test_batch_size=128, seed=0, train_subset=512)
     kw = dict(lr=0.05, seed=0, progress=False)
     res = {"world": world, "rank": rank}
@@ -102,6 +107,39 @@ def main(out: Path) -> None:
     res["ste_mask"] = ste.finalize().state_dict()
     res["ste_model"] = net.state_dict()
 
+    # LTP under fp16 autocast + GradScaler: its thresholds are optimizer parameters outside the
+    # model (averaged by hand next to DDP), its state must be identical on every rank.
+    from prunekit.methods.ltp import LTP
+
+    net = bn_net(11)
+    ltp = LTP(lam=1.0, init_sparsity=0.5)
+    res["ltp_hist"] = list(fit(net, train, test, epochs=1, callbacks=[MethodCallback(ltp)],
+                               precision="fp16", **kw))
+    res["ltp_state"] = ltp.state_dict()
+    res["ltp_mask"] = ltp.finalize().state_dict()
+    res["ltp_model"] = net.state_dict()
+
+    # An image folder through FileLoader: under torchrun each rank reads its DistributedSampler
+    # share (global batch 8 = 4 per rank), augmentation per (seed, epoch, index).
+    folder = out.parent / "images"  # shared by the one- and two-process runs (made by the test)
+    files, files_test, _ = data.loaders("imagefolder", batch_size=8, test_batch_size=12, data_dir=str(folder),
+                                        workers=1, image_size=16, seed=0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+    torch.manual_seed(0)
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.01)
+    res["files_sharded"] = files.sharded
+    res["files_hist"] = list(fit(net, files, files_test, epochs=2, **kw))
+    res["files_model"] = net.state_dict()
+
+    # A batch size the world size does not divide: one clear error on every rank, no hang.
+    odd, _, _ = data.loaders("synthetic", batch_size=63, seed=0, train_subset=512)
+    try:
+        fit(mlp(1), odd, epochs=1, **kw)
+        res["odd_batch"] = "trained"
+    except ValueError as err:
+        res["odd_batch"] = str(err)
+
     # Crash after the first of two epochs, then resume from rank 0's checkpoint; compare with
     # an uninterrupted run.
     CrashAt = _callbacks()
@@ -123,6 +161,7 @@ def main(out: Path) -> None:
     (out / "spec.yaml").write_text(SPEC) if rank == 0 else None
     distributed.barrier()
     res["cli_exit"] = cli(["run", str(out / "spec.yaml"), "--dir", str(out / "proj"), "--quiet"])
+    res["wraps"] = wraps
     torch.save(res, out / f"rank{rank}.pt")
 
 

@@ -27,7 +27,8 @@ def _env():
     root = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRUNEKIT_DEVICE"):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRUNEKIT_DEVICE",
+                "PRUNEKIT_PRECISION", "PRUNEKIT_CHANNELS_LAST", "PRUNEKIT_COMPILE"):
         env.pop(key, None)
     return env
 
@@ -42,6 +43,9 @@ def _run(cmd, out: Path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
+    from test_files import make_folder
+
+    make_folder(base / "images", per_class=12)  # 24 JPEGs a split, read by FileLoader
     two, one = base / "two", base / "one"
     # --standalone: a free port of its own, so parallel jobs on the machine cannot collide.
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], two)
@@ -69,7 +73,8 @@ def test_two_ranks_really_ran(runs):
 
 @pytest.mark.parametrize("key", ["dense", "oneshot_mask", "finetuned", "gmp_mask", "gmp_model", "ste_mask",
                                  "ste_model", "resumed", "straight", "fit_hist", "ft_hist", "gmp_hist",
-                                 "resumed_hist", "cli_exit"])
+                                 "resumed_hist", "cli_exit", "ltp_hist", "ltp_state", "ltp_mask",
+                                 "ltp_model", "odd_batch", "files_hist", "files_model"])
 def test_ranks_bit_identical(runs, key):
     # Different initial weights per rank (seed 100 + rank): fit must start from rank 0's.
     assert _equal(runs["r0"][key], runs["r1"][key]), key
@@ -132,3 +137,34 @@ def test_only_rank0_writes(runs):
     _, d2 = load_model(oneshot[0] / "model.pt")
     _, d1 = load_model(one / "proj" / "runs" / oneshot[0].name / "model.pt")
     assert _equal(dict(d2["mask"]), dict(d1["mask"]))
+
+
+def test_training_goes_through_distributed_data_parallel(runs):
+    """Every fit of the two-process run (library and `prunekit run`) wraps the user's module in DDP;
+    one process never does."""
+    assert len(runs["r0"]["wraps"]) >= 7 and "Sequential" in runs["r0"]["wraps"]
+    assert runs["r0"]["wraps"] == runs["r1"]["wraps"]
+    assert runs["single"]["wraps"] == []
+
+
+def test_world_size_not_dividing_the_batch_is_one_clear_error(runs):
+    assert "batch size 63 cannot be split over 2 processes" in runs["r0"]["odd_batch"]
+    assert runs["single"]["odd_batch"] == "trained"
+
+
+def test_ltp_thresholds_and_fp16_scaler_agree_across_ranks(runs):
+    # Equal on both ranks (parametrized test above); and they moved from the start.
+    r0 = runs["r0"]
+    assert r0["ltp_hist"][-1]["skipped_steps"] >= 0 and r0["ltp_state"]["steps"] == 8
+
+
+def test_file_loader_shards_under_ddp_and_matches_one_process(runs):
+    """Each rank decodes half of every global batch (DistributedSampler); the 2-process training
+    is the 1-process one up to float rounding (no BatchNorm), with the same augmentation."""
+    r0, single = runs["r0"], runs["single"]
+    assert r0["files_sharded"] and not single["files_sharded"]
+    for name, value in r0["files_model"].items():
+        assert torch.allclose(value, single["files_model"][name], atol=1e-5, rtol=0), name
+    for a, b in zip(r0["files_hist"], single["files_hist"]):
+        assert a["step"] == b["step"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test_top1"] == b["test_top1"]

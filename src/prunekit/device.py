@@ -41,3 +41,55 @@ def resolve(device: Optional[Union[str, torch.device]] = None) -> torch.device:
     if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {choice!r} asked for, but MPS is not available here; use cpu or auto")
     return resolved
+
+
+# ------------------------------------------------------------------ execution settings
+# How a process computes, like the device not part of a run's id: ``fit(precision=None,
+# channels_last=None, compile=None)`` reads them here, so every pipeline and sweep worker
+# follows ``prunekit --precision bf16 --channels-last --compile ...`` or the environment.
+
+PRECISION_ENV = "PRUNEKIT_PRECISION"
+CHANNELS_LAST_ENV = "PRUNEKIT_CHANNELS_LAST"
+COMPILE_ENV = "PRUNEKIT_COMPILE"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_ALIASES = {"float32": "fp32", "32": "fp32", "bfloat16": "bf16", "float16": "fp16", "16": "fp16",
+            "half": "fp16"}
+
+
+def precision(value: Optional[str] = None) -> str:
+    """``value``, else ``$PRUNEKIT_PRECISION``, else ``fp32``, checked: fp32, bf16 or fp16."""
+    choice = str(value or os.environ.get(PRECISION_ENV) or "fp32").strip().lower()
+    choice = _ALIASES.get(choice, choice)
+    if choice not in PRECISIONS:
+        raise ValueError(f"unknown precision {value!r}; accepted: {', '.join(PRECISIONS)}")
+    return choice
+
+
+def _flag(value, env: str) -> bool:
+    if value is not None:
+        return bool(value)
+    raw = os.environ.get(env, "").strip().lower()
+    return raw not in ("", "0", "false", "no", "off")
+
+
+def channels_last(value: Optional[bool] = None) -> bool:
+    """``value``, else ``$PRUNEKIT_CHANNELS_LAST`` (1/true/yes), else False."""
+    return _flag(value, CHANNELS_LAST_ENV)
+
+
+def compile_backend(value=None) -> Optional[str]:
+    """The ``torch.compile`` backend asked for, or None (the default: no compilation).
+
+    ``value``: False/None/"" -> ``$PRUNEKIT_COMPILE``; True or "1" -> "inductor"; any other
+    string is a backend name ("inductor", "eager", "aot_eager", ...).
+    """
+    if value is None:
+        value = os.environ.get(COMPILE_ENV, "")
+    if value is True:
+        return "inductor"
+    if value is False:
+        return None
+    text = str(value).strip()
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return None
+    return "inductor" if text.lower() in ("1", "true", "yes", "on") else text

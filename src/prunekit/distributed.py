@@ -18,7 +18,9 @@ sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``)
 
 Who does what with N ranks (see :func:`prunekit.training.fit` for the training side):
 
-- every rank computes (each batch is split between the ranks; gradients are averaged);
+- every rank computes (each batch is split between the ranks, or a ``FileLoader`` reads each
+  rank's ``DistributedSampler`` share; ``fit`` trains through ``DistributedDataParallel``,
+  and :func:`average_gradients` averages the parameters a method keeps outside the model);
 - masks and thresholds are computed on every rank and then *broadcast from rank 0*, so they
   are identical even if floating-point differences ever crept in;
 - only rank 0 writes files (checkpoints, model files, run folders, ``metrics.json``) and

@@ -69,8 +69,11 @@ def cmd_sweep(args) -> int:
             raise ValueError(str(err)) from None  # one line, exit code 2
     elif args.ray_address is not None:
         raise ValueError("--ray-address needs --executor ray")
+    elif args.ray_gpus:
+        raise ValueError("--ray-gpus needs --executor ray")
     summary = run_sweep(args.dir, spec, workers=args.workers, quiet=args.quiet, executor=args.executor,
-                        ray_address=args.ray_address, ray_num_cpus=args.ray_cpus, ray_max_retries=args.ray_retries)
+                        ray_address=args.ray_address, ray_num_cpus=args.ray_cpus, ray_max_retries=args.ray_retries,
+                        ray_num_gpus=args.ray_gpus)
     return _finish(summary, args.quiet)
 
 
@@ -139,6 +142,9 @@ def register(subparsers) -> None:
                    help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001); default: start a local Ray")
     p.add_argument("--ray-cpus", type=_positive_float, default=1.0,
                    help="CPUs each run's task reserves, and its torch threads (default: 1)")
+    p.add_argument("--ray-gpus", type=_nonnegative_float, default=0.0,
+                   help="GPUs each run's task reserves (e.g. 1 or 0.5; default 0); with prunekit --device auto "
+                        "each run trains on the GPU Ray gives it")
     p.add_argument("--ray-retries", type=_positive_int_or_zero, default=3,
                    help="times Ray re-runs a task whose worker died; it resumes from its checkpoint (default: 3)")
     p.add_argument("--dry-run", action="store_true", help="list the planned runs and which are done")
@@ -172,6 +178,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default=DEFAULT_DIR, help=f"project folder for runs and results (default: {DEFAULT_DIR})")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (not part of run ids)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:

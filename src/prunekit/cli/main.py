@@ -20,7 +20,8 @@ from ..artifacts import load_model, save_model
 from ..core import ALLOCATIONS, CALIBRATED_SCORES, SCORES
 from ..core.accounting import report
 from ..core.prune import prune
-from ..device import resolve
+from ..device import (CHANNELS_LAST_ENV, COMPILE_ENV, PRECISION_ENV, precision,  # noqa: F401
+                      resolve)
 from ..distributed import is_main, threads_per_rank
 from ..io import StorageError, atomic_write_json, check_writable
 from ..pipelines.finetune import finetune
@@ -203,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="where to train and evaluate: cpu (default), auto, cuda, cuda:N, mps "
                              "(also $PRUNEKIT_DEVICE; give it before the command)")
+    parser.add_argument("--precision", default=None,
+                        help="fp32 (default), bf16 (autocast) or fp16 (autocast + GradScaler); "
+                             "also $PRUNEKIT_PRECISION")
+    parser.add_argument("--channels-last", action="store_true", default=None,
+                        help="4-d weights and inputs in channels_last memory format "
+                             "(also $PRUNEKIT_CHANNELS_LAST=1)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="train through torch.compile (also $PRUNEKIT_COMPILE=1 or =BACKEND)")
+    parser.add_argument("--compile-backend", default=None, metavar="BACKEND",
+                        help="torch.compile backend of --compile (default: inductor)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a registered model on a dataset")
@@ -323,6 +334,13 @@ def _main(argv: Optional[List[str]] = None) -> int:
         if args.device is not None:
             resolve(args.device)  # a bad name fails here, with what is accepted
             os.environ["PRUNEKIT_DEVICE"] = args.device  # sweep workers and Ray tasks inherit it
+        # How to compute, like the device: read by fit() in this process and every worker.
+        if args.precision is not None:
+            os.environ[PRECISION_ENV] = precision(args.precision)  # a bad name fails here
+        if args.channels_last:
+            os.environ[CHANNELS_LAST_ENV] = "1"
+        if args.compile or args.compile_backend:
+            os.environ[COMPILE_ENV] = args.compile_backend or "inductor"
 
         if distributed.requested():  # launched by torchrun: one process group for the command
 

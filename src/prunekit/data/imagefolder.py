@@ -60,16 +60,22 @@ class ImageFolderDataset:
     def load_image(self, path: str) -> torch.Tensor:
         """Decode one file to uint8 (3, S, S): RGB, shorter side resized, center crop."""
         image_mod = _pillow()
-        with image_mod.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = self.resize_size / min(w, h)
-            new_w, new_h = max(self.resize_size, round(w * scale)), max(self.resize_size,
-                                                                         round(h * scale))
-            img = img.resize((new_w, new_h), image_mod.BILINEAR)
-            left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
-            img = img.crop((left, top, left + self.image_size, top + self.image_size))
-            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        try:
+            with image_mod.open(path) as img:
+                return self._crop(image_mod, img.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as err:  # what Pillow raises on a bad file
+            raise ValueError(f"{path}: cannot decode this image ({type(err).__name__}: {err}); remove it, or "
+                             "read the folder with DataLoader workers (data.workers / loaders(workers=N): "
+                             "prunekit.data.FileLoader), which skip and report unreadable files") from err
+
+    def _crop(self, image_mod, img) -> torch.Tensor:
+        w, h = img.size
+        scale = self.resize_size / min(w, h)
+        new_w, new_h = max(self.resize_size, round(w * scale)), max(self.resize_size, round(h * scale))
+        img = img.resize((new_w, new_h), image_mod.BILINEAR)
+        left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
+        img = img.crop((left, top, left + self.image_size, top + self.image_size))
+        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         return data.view(self.image_size, self.image_size, 3).permute(2, 0, 1)
 
     def images_at(self, indices: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ import torch
 
 from .. import data as datasets, models, training
 from ..core.accounting import count_parameters
-from ..data import Loader, augment_by_default
+from ..data import FileLoader, Loader
+from ..data import make_loaders as build_loaders
 from ..device import resolve as resolve_device
 from ..training import evaluate
 from ..pipelines.results import FinishedRun, PipelineResult, RunContext
@@ -47,12 +48,8 @@ def make_loaders(data: DataSpec, seed: int):
     train = splits.train
     if data.train_subset is not None:
         train = train.subset(data.train_subset, seed)
-    augment = data.augment if data.augment is not None else augment_by_default(data.name)
-    train_loader = Loader(train, splits.info, batch_size=data.batch_size, shuffle=True,
-                          augment=augment, seed=seed)
-    test_loader = Loader(splits.test, splits.info, batch_size=data.test_batch_size, shuffle=False,
-                         augment=False, seed=seed)
-    return train_loader, test_loader, splits.info
+    return build_loaders(train, splits.test, splits.info, data.batch_size, data.test_batch_size,
+                         seed=seed, augment=data.augment, workers=data.workers, name=data.name)
 
 
 class Context(RunContext):
@@ -97,6 +94,9 @@ class Context(RunContext):
         if subset is None or subset >= self.train.num_samples:
             return self.train
         base = self.train
+        if isinstance(base, FileLoader):
+            return FileLoader(base.dataset.subset(subset, self.seed), base.info, batch_size=base.batch_size,
+                              train=True, workers=base.workers, seed=self.seed, augment=base.augment)
         return Loader(base.dataset.subset(subset, self.seed), base.info, batch_size=base.batch_size,
                       shuffle=True, augment=base.augment, seed=self.seed)
 

@@ -49,7 +49,8 @@ from .sweep_plan import take_ready
 
 INSTALL_HINT = "pip install 'prunekit[ray]'"
 # Environment the driver hands to each task (a remote node does not inherit the driver's).
-FORWARDED_ENV = ("PRUNEKIT_DEVICE", "PRUNEKIT_DATA")
+FORWARDED_ENV = ("PRUNEKIT_DEVICE", "PRUNEKIT_DATA", "PRUNEKIT_PRECISION", "PRUNEKIT_CHANNELS_LAST",
+                 "PRUNEKIT_COMPILE")
 
 
 def import_ray():
@@ -93,25 +94,34 @@ def record_outcome(project: Project, store: Store, spec: RunSpec, outcome: Outco
     return outcome
 
 
-def _capacity(ray, num_cpus: float) -> int:
-    """How many tasks of ``num_cpus`` CPUs the cluster holds now (read each round: an
-    autoscaling cluster grows)."""
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    return max(1, int(cpus // num_cpus)) if num_cpus > 0 else max(1, int(cpus))
+def _capacity(ray, num_cpus: float, num_gpus: float = 0.0) -> int:
+    """How many tasks of ``num_cpus`` CPUs (and ``num_gpus`` GPUs) the cluster holds now (read
+    each round: an autoscaling cluster grows)."""
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 0.0))
+    slots = max(1, int(cpus // num_cpus)) if num_cpus > 0 else max(1, int(cpus))
+    if num_gpus > 0:
+        slots = min(slots, max(1, int(float(resources.get("GPU", 0.0)) // num_gpus)))
+    return slots
 
 
 def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Callable, settle: Callable,
-            address: Optional[str] = None, num_cpus: float = 1.0, max_retries: int = 3) -> None:
+            address: Optional[str] = None, num_cpus: float = 1.0, max_retries: int = 3,
+            num_gpus: float = 0.0) -> None:
     """Run the planned runs in ``queue`` as Ray tasks (see the module docstring).
 
     ``address``: the cluster to join (``ray.init(address=...)``: "auto", "HOST:PORT", or
     "ray://HOST:10001" with Ray Client); None starts a local Ray unless one is initialized
     already (then that one is used, and left running). ``num_cpus``: CPUs each task reserves
-    (and its torch threads). ``max_retries``: attempts after a worker died.
+    (and its torch threads). ``num_gpus``: GPUs each task reserves (Ray sets the task's
+    ``CUDA_VISIBLE_DEVICES``; run with ``--device auto`` or ``cuda`` so training uses it).
+    ``max_retries``: attempts after a worker died.
     ``done``, ``stuck``, ``block`` and ``settle`` are :func:`.sweep.run_sweep`'s bookkeeping.
     """
     if not num_cpus > 0:
         raise ValueError(f"num_cpus per Ray task must be positive, got {num_cpus!r}")
+    if not num_gpus >= 0:
+        raise ValueError(f"num_gpus per Ray task must be >= 0, got {num_gpus!r}")
     if not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
     ray = import_ray()
@@ -122,14 +132,15 @@ def run_ray(project: Project, queue: List, done: set, stuck: Callable, block: Ca
         else:
             ray.init(include_dashboard=False)
     try:
-        task = ray.remote(run_task).options(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)
+        task = ray.remote(run_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                                            retry_exceptions=False)
         threads = max(1, int(num_cpus))
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         root = str(project.root.resolve())  # workers do not run in the driver's directory
         running: Dict[Any, Any] = {}
         with project.store() as store, _interruptible(ray, store, running):
             while queue or running:
-                slots = _capacity(ray, num_cpus) - len(running)
+                slots = _capacity(ray, num_cpus, num_gpus) - len(running)
                 for item in take_ready(queue, slots, done, stuck, block):
                     store.start(item.spec)
                     running[task.remote(root, item.spec.to_dict(), threads, env)] = item

@@ -45,7 +45,8 @@ from .schema import dump_yaml
 
 
 def build_section(store, project: Project, name: str, spec: Dict[str, Any], out: Path,
-                  y: str = "accuracy", bench: Optional[Dict[str, Any]] = None) -> Section:
+                  y: str = "accuracy", bench: Optional[Dict[str, Any]] = None,
+                  paper: Optional[Dict[str, Any]] = None) -> Section:
     rows = store.runs(sweep=name)
     groups = aggregate(rows)
     setting = _setting(spec)
@@ -65,6 +66,9 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
         section.tables.append(("Top-1 accuracy (%) by method and requested sparsity", pivot_table(compared)))
     if groups:
         section.tables.append(("Details (mean ± std over seeds)", details_table(groups)))
+    if paper:
+        section.tables.append((f"Paper vs reproduced ({paper.get('source') or 'the paper'})",
+                               paper_table(paper, groups)))
     problems = [r for r in rows if r["status"] != "done"]
     if problems:
         section.tables.append(("Runs not finished", Table(
@@ -106,6 +110,31 @@ def pivot_table(groups: Sequence[Dict[str, Any]]) -> Table:
             row.append(mean_std(g, "top1") if g else "")
         rows.append(row)
     return Table(["method"] + [sparsity_name(s) for s in sparsities], rows)
+
+
+def paper_table(paper: Dict[str, Any], groups: Sequence[Dict[str, Any]]) -> Table:
+    """The paper's reported numbers next to this project's means over seeds, matched by
+    configuration label and requested sparsity ("-": not run here yet)."""
+    cells = {(g["label"], None if g["requested_sparsity"] is None else round(float(g["requested_sparsity"]), 9)): g
+             for g in groups}
+    rows = []
+    top5 = any(entry.get("top5") is not None for entry in paper["results"])
+    for entry in paper["results"]:
+        s = entry.get("sparsity")
+        g = cells.get((entry["label"], None if s is None else round(float(s), 9)))
+        paper_top1 = f"{entry['top1']:.2f}" if entry.get("top1") is not None else "-"
+        here = mean_std(g, "top1") if g else "-"
+        delta = (f"{g['mean']['top1'] - entry['top1']:+.2f}" if g and entry.get("top1") is not None
+                 and g["mean"].get("top1") is not None else "-")
+        row = [entry["label"], sparsity_name(s), paper_top1, here, delta]
+        if top5:
+            row += [f"{entry['top5']:.2f}" if entry.get("top5") is not None else "-",
+                    mean_std(g, "top5") if g else "-"]
+        rows.append(row + [str(g["n"]) if g else "0", entry.get("note") or ""])
+    headers = ["configuration", "sparsity", "paper top-1 (%)", "reproduced top-1 (%)", "difference"]
+    if top5:
+        headers += ["paper top-5 (%)", "reproduced top-5 (%)"]
+    return Table(headers + ["seeds", "paper's note"], rows)
 
 
 def details_table(groups: Sequence[Dict[str, Any]]) -> Table:
@@ -202,12 +231,15 @@ def write_report(root: Union[str, Path], out: Optional[Union[str, Path]] = None,
     out = Path(out) if out is not None else project.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     with project.store() as store:
-        known = OrderedDict((row["name"], json.loads(row["resolved"])) for row in store.sweeps())
+        rows = store.sweeps()
+        known = OrderedDict((row["name"], json.loads(row["resolved"])) for row in rows)
+        papers = {row["name"]: (json.loads(row["spec"]) if row.get("spec") else {}).get("paper") for row in rows}
         if sweep is not None and sweep not in known:
             raise KeyError(f"no sweep {sweep!r} in {root}; sweeps there: {', '.join(known) or '(none)'}")
         names = [sweep] if sweep is not None else list(known)
         speed = {"batch_sizes": tuple(bench_batch_sizes), "repeats": bench_repeats} if bench else None
-        sections = [build_section(store, project, name, known[name], out, y, speed) for name in names]
+        sections = [build_section(store, project, name, known[name], out, y, speed, papers.get(name))
+                    for name in names]
     title = f"prunekit report: {sweep or project.root.resolve().name}"
     md = atomic_write_text(out / "report.md", render_markdown(sections, title))
     page = atomic_write_text(out / "report.html", render_html(sections, title))

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .. import data, models
+from .. import device as device_settings
 from ..models import torchvision_models
 from ..training import OPTIMIZER_NAMES, SCHEDULE_NAMES
 from ..params import nonnegative, param, positive
@@ -68,6 +69,10 @@ def _schedule_names():
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _precision(value: Optional[str]) -> Optional[str]:
+    return None if value is None else device_settings.precision(value)
+
+
 def _check_name(value: str) -> None:
     if not _NAME_RE.match(value):
         raise ValueError(f"must be letters, digits, '_', '.' or '-' (it names files), got {value!r}")
@@ -85,6 +90,9 @@ class DataSpec:
     test_batch_size: int = param(1000, check=positive, hashed=False)  # evaluation only
     train_subset: Optional[int] = param(None, check=positive)
     augment: Optional[bool] = None  # None: the dataset's standard recipe
+    # File datasets (imagefolder): a DataLoader with this many worker processes (None: the
+    # in-process loader). How to read, not what: left out of the run id.
+    workers: Optional[int] = param(None, check=nonnegative, hashed=False)
     data_dir: Optional[str] = param(None, hashed=False)  # where the files are, not what they are
 
 
@@ -124,6 +132,12 @@ class TrainSpec:
     schedule: str = param("constant", choices=_schedule_names)
     schedule_kwargs: Dict[str, Any] = param({})
     optimizer_kwargs: Dict[str, Any] = param({})
+    # How to compute, not what: left out of the run id, like the device. None: the
+    # CLI's --precision / --channels-last / --compile or the environment decides.
+    precision: Optional[str] = param(None, check=_precision, hashed=False,
+                                     doc="fp32, bf16 (autocast) or fp16 (autocast + GradScaler)")
+    channels_last: Optional[bool] = param(None, hashed=False)
+    compile: Optional[str] = param(None, hashed=False, doc="a torch.compile backend, e.g. inductor")
 
     def fit_kwargs(self) -> Dict[str, Any]:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
@@ -376,6 +390,9 @@ class Sweep:
     base: Dict[str, Any]
     grid: Dict[str, List[Any]]
     points: List[ExperimentSpec]
+    # The paper's reported numbers (see :func:`parse_paper`): shown beside the reproduced
+    # ones by ``prunekit report``; not part of any run.
+    paper: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_dict(cls, data: Any) -> "Sweep":
@@ -384,6 +401,7 @@ class Sweep:
                             f"{describe(data)}")
         base = copy.deepcopy(data)
         grid = base.pop("grid", None) or {}
+        paper = parse_paper(base.pop("paper", None))
         if not isinstance(grid, dict):
             raise SpecError("grid", f"expected a mapping of dotted paths to lists, got {describe(grid)}")
         for axis, values in grid.items():
@@ -407,7 +425,7 @@ class Sweep:
                 where = ", ".join(f"{axis}[{i}]" for (axis, _), i in zip(axes, combo))
                 raise SpecError(err.path, f"{err.message} (in grid point {where})") from None
         name = points[0].name
-        return cls(name, base, grid, points)
+        return cls(name, base, grid, points, paper)
 
     @classmethod
     def from_yaml(cls, text_or_path: Union[str, Path]) -> "Sweep":
@@ -415,7 +433,8 @@ class Sweep:
 
     def to_dict(self) -> Dict[str, Any]:
         """The file as written (base + grid): loads back to the same points."""
-        return {**copy.deepcopy(self.base), **({"grid": copy.deepcopy(self.grid)} if self.grid else {})}
+        return {**copy.deepcopy(self.base), **({"grid": copy.deepcopy(self.grid)} if self.grid else {}),
+                **({"paper": copy.deepcopy(self.paper)} if self.paper else {})}
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
@@ -428,12 +447,50 @@ class Sweep:
         if isinstance(base.get("data"), dict):
             base["data"]["data_dir"] = data_dir
         points = [dataclasses.replace(p, data=dataclasses.replace(p.data, data_dir=data_dir)) for p in self.points]
-        return Sweep(self.name, base, self.grid, points)
+        return Sweep(self.name, base, self.grid, points, self.paper)
 
     @classmethod
     def of(cls, experiment: ExperimentSpec) -> "Sweep":
         """A one-point sweep of a spec built in code."""
         return cls(experiment.name, to_dict(experiment, minimal=True), {}, [experiment])
+
+
+PAPER_KEYS = ("label", "sparsity", "top1", "top5", "params", "flops", "note")
+
+
+def parse_paper(value: Any) -> Optional[Dict[str, Any]]:
+    """Check a ``paper:`` block: the numbers a paper reports for this experiment::
+
+        paper:
+          source: "seed 001, Liu et al. (ICLR 2019), Table 1"
+          results:
+            - {label: ResNet-56-A, sparsity: null, top1: 93.10, note: fine-tuned, 40 epochs}
+
+    ``label`` (and ``sparsity``, None for a structured or dense configuration) name the
+    report's configuration it is compared with; ``top1``/``top5`` in percent; ``params`` /
+    ``flops`` counts; ``note`` free text. Only ``source`` and ``results`` are accepted."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise SpecError("paper", f"expected a mapping with source and results, got {describe(value)}")
+    unknown = sorted(set(value) - {"source", "results"})
+    if unknown:
+        raise SpecError(f"paper.{unknown[0]}", "unknown key; accepted: source, results")
+    results = value.get("results") or []
+    if not isinstance(results, list) or not results:
+        raise SpecError("paper.results", "must be a non-empty list of {label, sparsity, top1, ...}")
+    for i, entry in enumerate(results):
+        where = f"paper.results[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("label"), str):
+            raise SpecError(where, f"expected a mapping with a label, got {describe(entry)}")
+        bad = sorted(set(entry) - set(PAPER_KEYS))
+        if bad:
+            raise SpecError(f"{where}.{bad[0]}", f"unknown key; accepted: {', '.join(PAPER_KEYS)}")
+        for key in ("sparsity", "top1", "top5", "params", "flops"):
+            v = entry.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise SpecError(f"{where}.{key}", f"expected a number, got {describe(v)}")
+    return {"source": str(value.get("source", "")), "results": copy.deepcopy(results)}
 
 
 def _assign(tree: Dict[str, Any], dotted: str, value: Any) -> None:

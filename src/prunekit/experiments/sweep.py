@@ -120,7 +120,7 @@ def _execute_in_worker(root: str, spec_dict: dict) -> Outcome:
 def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], workers: int = 1, quiet: bool = False,
               fit_progress: Optional[bool] = False, echo: Optional[Callable[[str], None]] = None,
               executor: str = "process", ray_address: Optional[str] = None, ray_num_cpus: float = 1.0,
-              ray_max_retries: int = 3) -> SweepSummary:
+              ray_max_retries: int = 3, ray_num_gpus: float = 0.0) -> SweepSummary:
     """Run every run of ``sweep`` (or of one spec) in project folder ``root`` not done yet.
 
     ``workers``: parallel processes (1: in this process). ``quiet``: no progress bar and no
@@ -128,8 +128,8 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     None for "when stderr is a terminal"; used with one worker).
     ``echo``: where per-run lines go (default: ``tqdm.write``).
     ``executor``: "process" (the above) or "ray": each run a Ray task (``workers`` unused;
-    ``ray_address``, ``ray_num_cpus`` per task and ``ray_max_retries`` after a lost worker go
-    to :func:`.ray_executor.run_ray`).
+    ``ray_address``, ``ray_num_cpus`` and ``ray_num_gpus`` per task and ``ray_max_retries``
+    after a lost worker go to :func:`.ray_executor.run_ray`).
     """
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
@@ -189,7 +189,7 @@ def run_sweep(root: Union[str, Path], sweep: Union[Sweep, ExperimentSpec], worke
     try:
         if executor == "ray":
             run_ray(project, queue, done, stuck, block, settle, address=ray_address, num_cpus=ray_num_cpus,
-                    max_retries=ray_max_retries)
+                    max_retries=ray_max_retries, num_gpus=ray_num_gpus)
         elif workers == 1:
             for item in queue:
                 dep = stuck(item)

@@ -18,6 +18,12 @@ config     p per stage      skipped convs
 110-B      0.5 / 0.4 / 0.3  36, 38, 74
 =========  ===============  =====================
 
+ResNet-34-A/B (ImageNet, torchvision's ``resnet34``; Liu et al.'s ImageNet L1-norm code):
+the same rule over the four stages of basic blocks (stem = conv 1, block b = convs 2b, 2b+1,
+b = 1..16), p per stage 0.3 / 0.3 / 0.3 / 0 (A) and 0.5 / 0.6 / 0.4 / 0 (B), convs 2, 8,
+14, 16, 26, 28, 30, 32 skipped. This removes 7.55% (A) and 10.68% (B) of the parameters;
+Liu et al.'s Table 1 reports 7.6% and 10.8% (tests/test_structured_imagenet_configs.py).
+
 ``predefined_ratios(name, model)`` gives ``{layer_name: p}``; ``kept_counts`` turns ratios into
 the exact channel counts. C is the model's own width, so a width-0.5 model gets the same
 ratios on its halved channels.
@@ -39,9 +45,14 @@ RESNET_CONFIGS: Dict[str, Tuple[int, Tuple[float, float, float], Tuple[int, ...]
     "resnet110-a": (110, (0.5, 0.0, 0.0), (36,)),
     "resnet110-b": (110, (0.5, 0.4, 0.3), (36, 38, 74)),
 }
+# ImageNet ResNet-34 (four stages of basic blocks): name -> (per-stage ratios, skipped convs)
+IMAGENET_RESNET_CONFIGS: Dict[str, Tuple[Tuple[float, float, float, float], Tuple[int, ...]]] = {
+    "resnet34-a": ((0.3, 0.3, 0.3, 0.0), (2, 8, 14, 16, 26, 28, 30, 32)),
+    "resnet34-b": ((0.5, 0.6, 0.4, 0.0), (2, 8, 14, 16, 26, 28, 30, 32)),
+}
 # VGG-16-A: conv indices (0-based, in the order of the features' Conv2d modules) -> ratio
 VGG16_A = {0: 0.5, **{i: 0.5 for i in range(7, 13)}}
-PREDEFINED = ("vgg16-a", *RESNET_CONFIGS)
+PREDEFINED = ("vgg16-a", *RESNET_CONFIGS, *IMAGENET_RESNET_CONFIGS)
 
 
 def _resnet_ratios(name: str, model: nn.Module) -> Dict[str, float]:
@@ -58,6 +69,24 @@ def _resnet_ratios(name: str, model: nn.Module) -> Dict[str, float]:
         stage = (number // 2 - 1) // per_stage
         if ratios[stage] > 0:
             out[layer] = ratios[stage]
+    return out
+
+
+def _imagenet_resnet_ratios(name: str, model: nn.Module) -> Dict[str, float]:
+    ratios, skipped = IMAGENET_RESNET_CONFIGS[name]
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if not all(isinstance(s, nn.Sequential) for s in stages) or [len(s) for s in stages] != [3, 4, 6, 3] \
+            or not all(hasattr(block, "conv1") and hasattr(block, "conv2") and not hasattr(block, "conv3")
+                       for s in stages for block in s):
+        raise ValueError(f"{name} needs an ImageNet ResNet-34 (torchvision resnet34: basic blocks 3, 4, 6, 3 in "
+                         f"layer1..layer4)")
+    out: Dict[str, float] = {}
+    b = 0
+    for stage, (layer, p) in enumerate(zip(stages, ratios), start=1):
+        for i in range(len(layer)):
+            b += 1
+            if p > 0 and 2 * b not in skipped:
+                out[f"layer{stage}.{i}.conv1"] = p
     return out
 
 
@@ -84,6 +113,8 @@ def predefined_ratios(name: str, model: nn.Module) -> Dict[str, float]:
         return _vgg16_ratios(model)
     if key in RESNET_CONFIGS:
         return _resnet_ratios(key, model)
+    if key in IMAGENET_RESNET_CONFIGS:
+        return _imagenet_resnet_ratios(key, model)
     raise KeyError(f"unknown predefined configuration {name!r}; known: {', '.join(PREDEFINED)}")
 
 

@@ -20,6 +20,9 @@ class TrainState:
     - ``scheduler``: the ``LambdaLR``; it is None during ``on_fit_start``, because it is built
       after that hook so that param groups a callback adds there get scheduled too.
     - ``loss``: the last step's training loss (task loss + penalties) as a float.
+    - ``skipped``: in ``on_step_end``, True when the optimizer step was skipped (fp16's
+      GradScaler found an inf/NaN gradient: no weight and no optimizer state changed);
+      ``skipped_steps`` counts them over the run.
     """
 
     model: nn.Module
@@ -33,6 +36,8 @@ class TrainState:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loss: float = float("nan")
     epochs: int = 0
+    skipped: bool = False
+    skipped_steps: int = 0
 
 
 class Callback:

@@ -1,15 +1,18 @@
-"""The hand-written data parallelism of ``fit`` under ``torchrun`` (see ``fit``'s docstring
-for the design and why it is not ``DistributedDataParallel``): each rank trains on its slice
-of every batch, gradients are averaged by ``distributed.average_gradients``, and at the end
-of an epoch the buffers are made equal again.
+"""The data parallelism of ``fit`` under ``torchrun`` (see ``fit``'s docstring): the model is
+wrapped in ``DistributedDataParallel`` for the forward and backward passes only (``fit``
+keeps handing the user's own module to callbacks, checkpoints and evaluation), each rank
+trains on its slice of every batch, the gradients of parameters a method added to the
+optimizer but not to the model are averaged by hand, and at the end of an epoch the buffers
+are made equal again.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
 
@@ -26,12 +29,56 @@ def my_slice(batch: Any) -> Any:
     return batch
 
 
-def average_gradients(optimizer: torch.optim.Optimizer, batch: int, full: int) -> None:
-    """Average the gradients of every parameter ``optimizer`` updates over the ranks, each
-    rank weighted by its share ``batch / full`` of the batch, so the update is that of the
-    whole batch's mean loss. Every rank must call it, even one whose slice was empty."""
-    distributed.average_gradients([p for g in optimizer.param_groups for p in g["params"]],
-                                  weight=batch / full if full else 0.0)
+def check_split(train: Any, world: int) -> None:
+    """Refuse, before any step and identically on every rank, a loader whose batches cannot be
+    split over ``world`` processes: a batch size that ``world`` does not divide, or a last
+    batch with fewer samples than processes. A loader that shards itself (``train.sharded``,
+    e.g. :class:`prunekit.data.files.FileLoader` with a ``DistributedSampler``) already gives
+    each rank its part and is not split again."""
+    if world <= 1 or getattr(train, "sharded", False):
+        return
+    size = getattr(train, "batch_size", None)
+    if not isinstance(size, int):
+        return  # a plain list of batches: checked batch by batch in fit
+    if size % world:
+        raise ValueError(f"batch size {size} cannot be split over {world} processes (WORLD_SIZE): "
+                         f"use a batch size that is a multiple of {world}")
+    n = getattr(train, "num_samples", None)
+    tail = n % size if isinstance(n, int) and not getattr(train, "drop_last", False) else 0
+    if tail and tail < world:
+        raise ValueError(f"the last batch of each epoch holds {tail} of {n} samples, fewer than the "
+                         f"{world} processes: change the batch size or the number of samples "
+                         f"(train_subset), or drop the last batch")
+
+
+def check_batch(full: int, world: int) -> None:
+    if world > 1 and full < world:
+        raise ValueError(f"a batch of {full} samples cannot be split over {world} processes")
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)``: gradients all-reduced in buckets while ``backward``
+    runs. ``find_unused_parameters`` because a method may leave some parameters without a
+    gradient in a step; ``broadcast_buffers=False`` because BatchNorm statistics are averaged
+    once per epoch by :func:`sync_buffers` instead of copied from rank 0 every step."""
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
+                                   find_unused_parameters=True)
+
+
+def extra_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> List[nn.Parameter]:
+    """Parameters the optimizer updates that are not the model's (a method's thresholds):
+    DDP does not see them, :func:`average_extra_gradients` averages them."""
+    own = {id(p) for p in model.parameters()}
+    return [p for g in optimizer.param_groups for p in g["params"] if id(p) not in own]
+
+
+def average_extra_gradients(params: List[nn.Parameter]) -> None:
+    """The plain mean over ranks, as DDP takes for the model's own gradients (``fit`` scales
+    each rank's loss by its share of the batch, so the mean is the whole batch's gradient)."""
+    if params:
+        distributed.average_gradients(params, weight=1.0 / distributed.world_size())
 
 
 def sync_buffers(model: nn.Module) -> None:

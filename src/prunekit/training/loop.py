@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -17,10 +18,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from prunekit import device as devices
 from prunekit import distributed
+from prunekit.training.amp import MixedPrecision
 from prunekit.training.callbacks import Callback, TrainState
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
-from prunekit.training.data_parallel import average_gradients, my_slice, sync_buffers
+from prunekit.training import data_parallel
+from prunekit.training.data_parallel import my_slice, sync_buffers
 from prunekit.training.metrics import History, evaluate, to_device, topk_correct
 from prunekit.training.optim import make_optimizer
 # The checkpoint layout and resume guards have their own module; its names stay importable here.
@@ -38,7 +42,8 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
         momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 5e-4,
         optimizer_kwargs: Optional[Dict[str, Any]] = None,
         schedule_kwargs: Optional[Dict[str, Any]] = None,
-        recipe: Optional[Dict[str, Any]] = None) -> History:
+        recipe: Optional[Dict[str, Any]] = None, precision: Optional[str] = None,
+        channels_last: Optional[bool] = None, compile: Any = None) -> History:
     """Train ``model`` for ``epochs`` epochs over ``train`` (batches of ``(x, y)``).
 
     ``train`` must have ``len()`` (batches per epoch), which lays out the per-iteration lr
@@ -65,6 +70,23 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     weight_decay, optimizer_kwargs, schedule, schedule_kwargs, epochs, steps_per_epoch,
     total_steps, eta_max, eta_min, seed) updated with the ``recipe`` argument.
 
+    How it computes (not part of the recipe; ``None`` reads ``prunekit.device``'s settings,
+    i.e. the CLI's ``--precision`` / ``--channels-last`` / ``--compile`` or
+    ``$PRUNEKIT_PRECISION`` / ``$PRUNEKIT_CHANNELS_LAST`` / ``$PRUNEKIT_COMPILE``):
+
+    - ``precision``: "fp32" (default), "bf16" (autocast) or "fp16" (autocast +
+      ``torch.amp.GradScaler``; its scale is checkpointed), see :mod:`.amp`. The forward
+      pass, the task loss and the evaluation run under autocast; penalties, weights,
+      gradients and optimizer state stay fp32, and masks stay exact (a step GradScaler skips
+      touches no weight and no optimizer state; ``TrainState.skipped`` is set for it and the
+      history gets ``skipped_steps``);
+    - ``channels_last``: the model's 4-d weights and every 4-d input batch in
+      ``torch.channels_last`` memory format (done before ``on_fit_start``, so a mask enforcer
+      created there views the converted weights);
+    - ``compile``: True or a backend name: the training forward pass goes through
+      ``torch.compile(model, backend=...)``; callbacks, evaluation and checkpoints keep
+      the plain module.
+
     Several processes (``torchrun --nproc_per_node N``, see :mod:`prunekit.distributed`):
     fit initialises the process group if needed and then trains data-parallel:
 
@@ -75,17 +97,20 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
       still one batch of ``batch_size`` samples: the number of steps, the lr schedule, a
       method's step counts and the checkpoint's recipe are those of a one-process run, which
       can resume a checkpoint written by N processes and vice versa;
-    - after ``backward`` the gradients of every parameter the optimizer updates are averaged
-      by one all-reduce of a flat buffer, each rank weighted by its share of the batch, so
-      the update is that of the whole batch's mean loss (up to float rounding). We average
-      the gradients ourselves rather than wrap the model in ``DistributedDataParallel``:
-      the model object stays the user's (no ``module.`` prefix in any state_dict, no wrapper
-      for methods' forward pre-hooks and parametrizations to see through), parameters a
-      method adds to the optimizer but not to the model (thresholds) are averaged too, a
-      method may change which parameters get gradients at any step (DDP fixes that at
-      construction), and MaskEnforcer's optimizer hooks see the averaged gradients. The
-      cost is no overlap of communication with the backward pass, which on a CPU with
-      small models is noise (see benchmarks/bench_ddp.py);
+      A loader with ``sharded = True`` (:class:`prunekit.data.files.FileLoader` under a
+      ``DistributedSampler``) already yields this rank's part and is not sliced. A batch
+      size the world size does not divide (or a last batch smaller than the world) is
+      refused with one ValueError before the first step, on every rank;
+    - the forward and backward passes run through ``DistributedDataParallel`` (built after
+      ``on_fit_start``, so it sees the parameters and hooks a method attached), which
+      all-reduces the gradients in buckets while ``backward`` still runs. Each rank's loss
+      is scaled by ``N * its samples / batch samples``, so DDP's plain mean is the gradient
+      of the whole batch's mean loss even when the last batch splits unevenly. The model
+      object stays the user's (no ``module.`` prefix in any state_dict; callbacks, methods
+      and evaluation see the plain module); parameters a method adds to the optimizer but
+      not to the model (thresholds) are averaged by hand after ``backward``, and
+      MaskEnforcer's optimizer hooks see the averaged gradients. A parameter set is fixed
+      when DDP is built: a method must not start training new model parameters mid-fit;
     - BatchNorm normalises each rank's slice with that slice's statistics (no
       SyncBatchNorm, as with DDP); its running statistics are per rank during an epoch and
       averaged over the ranks at the end of every epoch, before evaluation and checkpoint,
@@ -102,10 +127,16 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = torch.device(device)
+    amp = MixedPrecision(devices.precision(precision), device)
+    to_channels_last = devices.channels_last(channels_last)
+    backend = devices.compile_backend(compile)
     model.to(device)
+    if to_channels_last:
+        model.to(memory_format=torch.channels_last)
     if distributed.setup(device):
         # Same start everywhere, whatever each process's seed or construction did.
         distributed.broadcast_(list(model.parameters()) + list(model.buffers()))
+    data_parallel.check_split(train, distributed.world_size())
     loss_fn = loss_fn or F.cross_entropy
     callbacks = list(callbacks)
     for cb in callbacks:
@@ -144,6 +175,14 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     start_epoch = 0
     if payload is not None:
         start_epoch = restore(payload, state, callbacks, path)
+        amp.load_state_dict(payload.get("amp"))
+    forward: Callable = model
+    if distributed.world_size() > 1:
+        forward = data_parallel.wrap(model, device)
+    if backend is not None:
+        forward = torch.compile(forward, backend=backend)
+    run = _Runner(forward, amp, to_channels_last,
+                  data_parallel.extra_parameters(opt, model) if distributed.world_size() > 1 else [])
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -153,13 +192,16 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     try:
         for epoch in range(start_epoch, epochs):
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            metrics = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar)
+            metrics = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar, run)
             # before a NaN model is checkpointed; the lr named is the configured (peak) one
             check_finite(model, metrics, epoch, opt.param_groups[0].get("initial_lr", metrics.get("lr")))
             state.history.append(metrics)
             if path is not None:
                 if distributed.is_main():
-                    save_checkpoint(path, checkpoint_payload(state, callbacks, run_recipe))
+                    payload = checkpoint_payload(state, callbacks, run_recipe)
+                    if amp.scaler is not None:
+                        payload["amp"] = amp.state_dict()
+                    save_checkpoint(path, payload)
                 distributed.barrier()  # nobody reads or races past a half-written epoch
     finally:
         bar.close()
@@ -192,8 +234,21 @@ def check_finite(model: nn.Module, metrics: Dict[str, Any], epoch: int, lr: Opti
                             f"values; {hint}")
 
 
+class _Runner:
+    """How a step computes: the forward callable (the model, DDP or compiled), mixed
+    precision, memory format, and the optimizer's parameters DDP does not reduce."""
+
+    def __init__(self, forward: Callable, amp: MixedPrecision, channels_last: bool, extras: list):
+        self.forward, self.amp, self.channels_last, self.extras = forward, amp, channels_last, extras
+
+    def inputs(self, x: Any) -> Any:
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
 def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[Iterable],
-               loss_fn: Callable, callbacks: List[Callback], bar) -> Dict[str, Any]:
+               loss_fn: Callable, callbacks: List[Callback], bar, run: _Runner) -> Dict[str, Any]:
     model, opt = state.model, state.optimizer
     state.epoch = epoch
     if hasattr(train, "set_epoch"):
@@ -206,31 +261,40 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
     has_penalty, classification = False, True
     lr = opt.param_groups[0]["lr"]
     world = distributed.world_size()
+    sharded = world > 1 and getattr(train, "sharded", False)
+    skipped_before = state.skipped_steps
     for x, y in train:
-        full = len(y)
-        if world > 1:
+        full = len(y) * world if sharded else len(y)
+        if world > 1 and not sharded:
+            data_parallel.check_batch(full, world)
             x, y = my_slice(x), my_slice(y)
-        x, y = to_device(x, state.device), to_device(y, state.device)
+        x, y = run.inputs(to_device(x, state.device)), to_device(y, state.device)
         opt.zero_grad(set_to_none=True)
         batch = len(y)
-        if batch or world == 1:
-            out = model(x)
+        with run.amp.autocast():
+            out = run.forward(x)
             task = loss_fn(out, y)
-            loss = task
-            for cb in callbacks:
-                extra = cb.penalty(state)
-                if extra is not None:
-                    loss = loss + extra
-                    penalty_sum += float(extra.detach() if torch.is_tensor(extra) else extra)
-                    has_penalty = True
-            loss.backward()
-            state.loss = float(loss.detach())
+        task = task.float()
+        loss = task
+        for cb in callbacks:
+            extra = cb.penalty(state)
+            if extra is not None:
+                loss = loss + extra
+                penalty_sum += float(extra.detach() if torch.is_tensor(extra) else extra)
+                has_penalty = True
+        # Under DDP (a plain mean over ranks): this rank's share of the whole batch's mean loss.
+        run.amp.backward(loss * (batch * world / full) if world > 1 else loss)
+        state.loss = float(loss.detach())
         if world > 1:
-            # Every rank joins, even one whose slice was empty (a batch smaller than N).
-            average_gradients(opt, batch, full)
+            data_parallel.average_extra_gradients(run.extras)
         lr = opt.param_groups[0]["lr"]  # the lr this step uses
-        opt.step()
-        state.scheduler.step()
+        state.skipped = not run.amp.step(opt)
+        state.skipped_steps += int(state.skipped)
+        with warnings.catch_warnings():
+            # A step GradScaler skipped still advances the schedule (it counts iterations);
+            # torch warns about that order only when the very first step was skipped.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            state.scheduler.step()
         state.step += 1
 
         seen += batch
@@ -261,12 +325,15 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         "test_loss": None, "test_top1": None, "test_top5": None,
     }
     if test is not None:
-        result = evaluate(model, test, device=state.device, loss_fn=loss_fn, sharded=True)
+        with run.amp.autocast():
+            result = evaluate(model, test, device=state.device, loss_fn=loss_fn, sharded=True)
         metrics.update(test_loss=result["loss"], test_top1=result["top1"],
                        test_top5=result["top5"])
     metrics.update(lr=float(lr), seconds=time.perf_counter() - start, step=state.step)
     if has_penalty:
         metrics["train_penalty"] = penalty_sum / steps
+    if run.amp.scaler is not None:
+        metrics["skipped_steps"] = state.skipped_steps - skipped_before
     for cb in callbacks:
         cb.on_epoch_end(state, metrics)
     if metrics.get("test_top1") is not None:

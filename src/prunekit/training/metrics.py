@@ -81,6 +81,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
     """
     world = distributed.world_size() if sharded else 1
     me = distributed.rank() if world > 1 else 0
+    # A loader that shards itself (FileLoader under torchrun) already holds only this rank's
+    # samples: evaluate all of them, then sum over the ranks as usual.
+    stride, mine = (1, 0) if getattr(loader, "sharded", False) else (world, me)
+    if getattr(loader, "sharded", False) and world == 1 and distributed.world_size() > 1:
+        raise ValueError("this loader holds only this rank's share of the samples: evaluate it "
+                         "with sharded=True on every rank")
     loss_fn = loss_fn or F.cross_entropy
     device = torch.device(device)
     # Restore per module: a caller may keep e.g. frozen BatchNorm layers in eval mode.
@@ -91,7 +97,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
     try:
         with torch.no_grad():
             for i, (x, y) in enumerate(loader):
-                if i % world != me:
+                if i % stride != mine:
                     continue
                 x, y = to_device(x, device), to_device(y, device)
                 out = model(x)
