@@ -12,7 +12,12 @@ Channel scores (``CHANNEL_SCORES``): l1_filter, bn_scale, random. Selections: pe
 ratios (``by_ratios``, the predefined ``PREDEFINED`` configurations, ``uniform_ratios``), one
 global threshold (``global_fraction``, network slimming), ``uniform_for_flops``; data-driven
 ThiNet / LASSO with least-squares refit of the next layer (``prune_with_reconstruction``).
+
+At a budget: ``prune_to_budget(model, x, flops_ratio=0.5, method=...)`` takes every channel
+method (``channel_methods()``) to a FLOPs or parameter target within one channel step, with
+per-layer floors, streamed reconstruction and a bounded memory (structured/budget.py).
 """
+from .budget import RECONSTRUCTIONS, BudgetResult, channel_methods, find_consumer, layer_floor, prune_to_budget
 from .configs import PREDEFINED, kept_counts, predefined_ratios
 from .latency import compare, latency
 from .plan import apply_plan, load_plan, load_shrunk, save_plan
@@ -24,4 +29,5 @@ from .shrink import out_channels, prunable_layers, shrink, zero_channels
 __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
            "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
            "uniform_for_flops", "latency", "compare", "apply_plan", "load_plan", "load_shrunk", "save_plan",
-           "prune_with_reconstruction", "reconstruction_error", "select_channels"]
+           "prune_with_reconstruction", "reconstruction_error", "select_channels", "prune_to_budget", "BudgetResult",
+           "RECONSTRUCTIONS", "channel_methods", "find_consumer", "layer_floor"]
