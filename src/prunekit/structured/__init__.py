@@ -17,7 +17,7 @@ At a budget: ``prune_to_budget(model, x, flops_ratio=0.5, method=...)`` takes ev
 method (``channel_methods()``) to a FLOPs or parameter target within one channel step, with
 per-layer floors, streamed reconstruction and a bounded memory (structured/budget.py).
 """
-from .budget import RECONSTRUCTIONS, BudgetResult, channel_methods, find_consumer, layer_floor, prune_to_budget
+from .budget import RECONSTRUCTIONS, BudgetResult, calibration_images, channel_methods, find_consumer, layer_floor, prune_to_budget
 from .configs import PREDEFINED, kept_counts, predefined_ratios
 from .latency import compare, latency
 from .plan import apply_plan, load_plan, load_shrunk, save_plan
@@ -30,4 +30,4 @@ __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNE
            "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
            "uniform_for_flops", "latency", "compare", "apply_plan", "load_plan", "load_shrunk", "save_plan",
            "prune_with_reconstruction", "reconstruction_error", "select_channels", "prune_to_budget", "BudgetResult",
-           "RECONSTRUCTIONS", "channel_methods", "find_consumer", "layer_floor"]
+           "RECONSTRUCTIONS", "calibration_images", "channel_methods", "find_consumer", "layer_floor"]

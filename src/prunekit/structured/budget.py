@@ -77,7 +77,7 @@ from .scores import CHANNEL_SCORES
 from .shrink import out_channels, prunable_layers, shrink
 
 __all__ = ["prune_to_budget", "BudgetResult", "RECONSTRUCTIONS", "ALLOCATIONS", "channel_methods",
-           "find_consumer", "layer_floor"]
+           "find_consumer", "layer_floor", "calibration_images"]
 
 RECONSTRUCTIONS: Registry = Registry("reconstruction selection")
 ALLOCATIONS = ("uniform", "global")
@@ -116,6 +116,26 @@ class BudgetResult:
                 "step": self.step, "dense": self.dense, "pruned": self.pruned, "speedup": self.speedup,
                 "widths": {k: list(v) for k, v in self.widths.items()}, "memory": dict(self.memory),
                 "fallbacks": list(self.fallbacks)}
+
+
+def calibration_images(batches, per_class: int = 10, classes: Optional[int] = None) -> torch.Tensor:
+    """The first ``per_class`` images of every class in ``batches`` (``(x, y)`` pairs, e.g. a
+    seeded training loader): ThiNet's calibration set (Luo et al. 2017 section 4.1: 10 images
+    per class, 10 sampled locations each). Stops as soon as every class seen is complete and
+    ``classes`` (if given) have been seen."""
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
+    taken: Dict[int, List[torch.Tensor]] = {}
+    for x, y in batches:
+        for xi, yi in zip(x, y.tolist()):
+            if len(taken.setdefault(int(yi), [])) < per_class:
+                taken[int(yi)].append(xi)
+        full = all(len(v) == per_class for v in taken.values())
+        if full and (classes is None or len(taken) >= classes):
+            break
+    if not taken:
+        raise ValueError("calibration_images: no batches")
+    return torch.stack([xi for c in sorted(taken) for xi in taken[c]])
 
 
 def layer_floor(channels: int, min_channels: int = 1, max_ratio: float = 1.0) -> int:
