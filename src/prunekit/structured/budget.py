@@ -216,6 +216,9 @@ def prune_to_budget(model: nn.Module, example_input: torch.Tensor, *, flops_rati
     allocation = allocation or ("global" if method == "bn_scale" else "uniform")
     modules = dict(model.named_modules())
     layers = list(layers) if layers is not None else _applicable_layers(model, method, example_input)
+    if not layers:
+        raise ValueError(f"method {method!r} applies to no prunable layer of this model"
+                         f"{' (bn_scale needs a BatchNorm right after the layer)' if method == 'bn_scale' else ''}")
     unknown = [n for n in layers if n not in set(prunable_layers(model))]
     if unknown:
         raise ValueError(f"layers {unknown} are not prunable; prunable: {prunable_layers(model)}")
