@@ -59,7 +59,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset of the calibration images (thinet, lasso)")
     p.add_argument("--data-dir", default=None, help="where --data is")
     p.add_argument("--calib-per-class", type=int, default=10, help="calibration images per class (ThiNet: 10)")
-    p.add_argument("--scale", default="channel", help="thinet/lasso refit: channel (ThiNet) or full")
+    p.add_argument("--scale", default=None, help="thinet/lasso refit: channel (ThiNet's default) or full (LASSO's default)")
     p.add_argument("--memory-mb", type=float, default=256.0, help="bound on the reconstruction's memory (MB)")
     p.add_argument("--latency-repeats", type=int, default=5, help="timed forwards per latency figure (0: skip)")
     p.add_argument("--seed", type=int, default=0)

@@ -59,7 +59,8 @@ class BudgetParams:
     max_ratio: float = param(1.0, check=_unit_closed, doc="largest share of a layer's channels removed")
     calib_per_class: int = param(10, check=_at_least_one, doc="calibration images per class (ThiNet: 10)")
     locations: int = param(10, check=_at_least_one, doc="sampled positions per calibration image (ThiNet: 10)")
-    scale: str = param("channel", choices=SCALES, doc="channel: ThiNet's per-channel scaling; full: refit filters")
+    scale: Optional[str] = param(None, choices=SCALES,
+                                 doc="channel: ThiNet's per-channel scaling; full: refit filters (default: each paper's)")
     target: str = param("dense", choices=TARGETS, doc="reconstruct towards the dense (He et al.) or pruned output")
     memory_mb: float = param(256.0, check=positive, doc="bound on the reconstruction's statistics + one chunk (MB)")
     layer_finetune_batches: int = param(100, check=nonnegative,

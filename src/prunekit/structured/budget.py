@@ -47,10 +47,11 @@ flattened channels: each channel owns ``H*W`` of its input columns). Statistics 
 
 ``target="dense"`` (default) reconstructs towards the **unpruned** model's consumer output, as
 He et al. 2017 (section 3.1, the accumulated error is reduced); ``target="pruned"`` towards the
-pruned-so-far model's own output (the former behaviour). ``scale="channel"`` (default) is
-ThiNet's per-channel scaling (Luo et al. 2017, Eq. 6: one scalar per kept channel, least
-squares on the contributions); ``scale="full"`` refits the whole consumer filter on the kept
-channels (He et al.'s reconstruction). ``after_layer(model, name)`` is called after each
+pruned-so-far model's own output (the former behaviour). ``scale="channel"`` (ThiNet's default)
+is ThiNet's per-channel scaling (Luo et al. 2017, Eq. 6: one scalar per kept channel, least
+squares on the contributions); ``scale="full"`` (LASSO's default) refits the whole consumer
+filter on the kept channels (He et al.'s reconstruction, section 3.1); either is available to
+both by name. ``after_layer(model, name)`` is called after each
 layer is pruned (ThiNet's layer-wise fine-tuning; the ``budget`` pipeline passes a few
 minibatches of SGD at a small lr).
 
@@ -77,11 +78,12 @@ from .scores import CHANNEL_SCORES
 from .shrink import out_channels, prunable_layers, shrink
 
 __all__ = ["prune_to_budget", "BudgetResult", "RECONSTRUCTIONS", "ALLOCATIONS", "channel_methods",
-           "find_consumer", "layer_floor", "calibration_images"]
+           "find_consumer", "layer_floor", "calibration_images", "reconstruct"]
 
 RECONSTRUCTIONS: Registry = Registry("reconstruction selection")
 ALLOCATIONS = ("uniform", "global")
 SCALES = ("channel", "full")
+DEFAULT_SCALE = {"thinet": "channel", "lasso": "full"}  # each paper's own reconstruction
 TARGETS = ("dense", "pruned")
 
 
@@ -204,7 +206,7 @@ def prune_to_budget(model: nn.Module, example_input: torch.Tensor, *, flops_rati
                     params_ratio: Optional[float] = None, method: str = "l1_filter",
                     allocation: Optional[str] = None, min_channels: int = 1, max_ratio: float = 1.0,
                     layers: Optional[Sequence[str]] = None, images: Optional[torch.Tensor] = None,
-                    locations: int = 10, scale: str = "channel", target: str = "dense",
+                    locations: int = 10, scale: Optional[str] = None, target: str = "dense",
                     memory_bytes: int = 256 * 2 ** 20, ridge: float = 1e-6, seed: int = 0,
                     after_layer: Optional[Callable[[nn.Module, str], None]] = None) -> BudgetResult:
     """Shrink ``model`` to ``flops_ratio`` of its FLOPs or ``params_ratio`` of its parameters
@@ -213,6 +215,7 @@ def prune_to_budget(model: nn.Module, example_input: torch.Tensor, *, flops_rati
     _check_arguments(flops_ratio, params_ratio, method, allocation, min_channels, max_ratio, images,
                      locations, scale, target, memory_bytes)
     metric, requested = ("flops", flops_ratio) if flops_ratio is not None else ("params", params_ratio)
+    scale = scale or DEFAULT_SCALE.get(method, "channel")
     allocation = allocation or ("global" if method == "bn_scale" else "uniform")
     modules = dict(model.named_modules())
     layers = list(layers) if layers is not None else _applicable_layers(model, method, example_input)
@@ -290,7 +293,7 @@ def _check_arguments(flops_ratio, params_ratio, method, allocation, min_channels
     if not isinstance(max_ratio, (int, float)) or not 0.0 <= max_ratio <= 1.0:
         raise ValueError(f"max_ratio (the largest share of a layer's channels removed) must be in [0, 1], "
                          f"got {max_ratio!r}")
-    if scale not in SCALES:
+    if scale is not None and scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
@@ -461,6 +464,21 @@ def lasso_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int, iters: int = 30)
                 break
     order = torch.sort(beta.abs(), descending=True, stable=True).indices
     return sorted(order[keep:].tolist())
+
+
+def reconstruct(model: nn.Module, example_input: torch.Tensor, removes: Dict[str, int], images: torch.Tensor,
+                method: str = "thinet", locations: int = 10, scale: Optional[str] = None, target: str = "dense",
+                memory_bytes: int = 256 * 2 ** 20, ridge: float = 1e-6, seed: int = 0,
+                after_layer: Optional[Callable[[nn.Module, str], None]] = None):
+    """Remove ``removes[layer]`` channels of each layer by ``method`` (thinet / lasso) with the
+    streamed reconstruction above, for per-layer counts chosen elsewhere (e.g. Li et al.'s
+    configurations). Returns ``(model, plan, memory, fallbacks)``; ``model`` is left untouched."""
+    if method not in RECONSTRUCTIONS.names():
+        raise KeyError(f"unknown reconstruction {method!r}; known: {', '.join(RECONSTRUCTIONS.names())}")
+    scale = scale or DEFAULT_SCALE[method]
+    _check_arguments(1.0, None, method, None, 1, 1.0, images, locations, scale, target, memory_bytes)
+    return _reconstruct(model, example_input, removes, images, method, locations, scale, target, memory_bytes,
+                        ridge, seed, after_layer)
 
 
 def _reconstruct(model, x0, removes, images, method, locations, scale, target, memory_bytes, ridge, seed,
