@@ -233,7 +233,22 @@ def render(bench, seeds):
                       f" (n={len(rows)})",
                       f"{statistics.mean(r['speedup_b64'] for r in rows):.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Command: `{command_line()}`; machine: {machine()}."]
+    for sp in SPEEDUPS:
+        def ft(label):
+            rows = data["rows"].get(f"{label}|{sp}") or []
+            return statistics.mean(r["finetuned"] for r in rows) if rows else None
+        tp = ft("tp_magnitude")
+        done = {label: ft(label) for label in METHODS if ft(label) is not None}
+        if tp is not None and done:
+            best = max(done, key=done.get)
+            lines.append(f"- {sp}x: best prunekit row {names[best]} {done[best]:.2f} vs torch-pruning {tp:.2f} "
+                         f"({done[best] - tp:+.2f} pt; dense {mean_std(dense)}).")
+    lines += ["", "Budget caveats: the dense model had only the epochs stated above (the issue's dense CNN "
+              "reaches 92.75%), so the issue's absolute targets (>= 92.4 / 91.7) cannot be read off this "
+              "table, only the differences to torch-pruning on the same weights. The speedups were timed on "
+              "2 cores shared with other jobs: l1_filter, ThiNet and LASSO build identical widths at each "
+              "budget, so the spread between their speedups is the timing noise.",
+              "", f"Command: `{command_line()}`; machine: {machine()}."]
     write_section("structured_budget", "\n".join(lines), data)
 
 
