@@ -229,3 +229,28 @@ def test_bad_input_one_clear_error(kwargs, error, match):
 def test_registries_cover_every_method():
     assert set(channel_methods()) == set(CHANNEL_SCORES.names()) | set(RECONSTRUCTIONS.names())
     assert {"l1_filter", "bn_scale", "random", "thinet", "lasso"} <= set(channel_methods())
+
+
+def test_calibration_images_take_per_class_images_in_loader_order():
+    batches = [(torch.arange(8.0).view(8, 1), torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])),
+               (torch.arange(8.0, 16.0).view(8, 1), torch.tensor([2, 2, 2, 0, 1, 0, 1, 0]))]
+    got = pk.structured.calibration_images(batches, per_class=2, classes=3)
+    assert got.flatten().tolist() == [0.0, 2.0, 1.0, 3.0, 4.0, 5.0]
+    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+        pk.structured.calibration_images(batches, per_class=0)
+
+
+def test_distillation_loss_is_cross_entropy_at_alpha_0_and_zero_against_itself():
+    from prunekit.training.distill import Distillation
+
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    kd = Distillation(net, net, temperature=4.0, alpha=1.0)
+    assert float(kd(net(x), y).detach()) == pytest.approx(0.0, abs=1e-6)  # the student is its teacher
+    kd.close()
+    ce = Distillation(net, net, alpha=0.0)
+    out = net(x)
+    assert float(ce(out, y).detach()) == pytest.approx(float(nn.functional.cross_entropy(out, y).detach()))
+    with pytest.raises(ValueError, match="temperature > 0 and alpha in"):
+        Distillation(net, net, temperature=0.0)
