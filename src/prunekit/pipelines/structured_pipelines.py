@@ -13,8 +13,10 @@ CIFAR) keeping the pruned weights. Exactly one selection:
 - ``flops_ratio``: the uniform ratio keeping this fraction of the FLOPs.
 
 With ``selection: thinet`` or ``lasso`` (and ``config`` or ``ratio``) the channels of each
-layer are chosen from activations of one seeded training batch and the next conv is refitted
-by least squares, layer by layer (structured/reconstruct.py) instead of by ``score``.
+layer are chosen from activations of 10 training images per class at sampled positions and
+the next layer is reconstructed towards the unpruned model's output (ThiNet: per-channel
+scaling; LASSO: full least-squares refit), layer by layer (structured/budget.py's
+``reconstruct``) instead of by ``score``. At a FLOPs target: pipeline ``structured_budget``.
 
 ``sss``: sparse structure selection (Huang & Wang 2018; methods/sss.py): train from scratch
 with a scaling factor on every residual block (or BN channel) under a proximal L1 step, drop
@@ -47,9 +49,9 @@ from ..structured import select
 from ..structured.configs import PREDEFINED, predefined_ratios
 from ..structured.latency import compare
 from ..structured.plan import example_input, save_plan
-from ..structured.reconstruct import reconstruct_layers
+from ..structured.budget import calibration_images, reconstruct
 from ..structured.scores import CHANNEL_SCORES
-from ..structured.shrink import shrink
+from ..structured.shrink import out_channels, shrink
 from ..training import SCHEDULE_NAMES
 from .registry import register_pipeline
 from .results import PipelineResult, RunContext
@@ -132,12 +134,18 @@ def _reconstructed(ctx: RunContext, model, p: StructuredParams):
         ratios = select.uniform_ratios(model, p.ratio)
     else:
         raise ValueError(f"structured: selection {p.selection!r} needs config or ratio (per-layer ratios)")
+    # -- issue #15 point 4 (structured/budget.py): the papers' recipe -- 10 calibration images
+    # per class at sampled positions, reconstruction towards the unpruned model's output (He et
+    # al.), ThiNet's per-channel scaling / LASSO's full refit, streamed statistics.
     loader = ctx.train_loader()
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(0)
-    images = next(iter(loader))[0][:64]
+    images = calibration_images(loader, 10, classes=ctx.info.num_classes)
     torch.manual_seed(ctx.seed)
-    return reconstruct_layers(model, ratios, images, p.selection, seed=ctx.seed)
+    widths = {n: out_channels(dict(model.named_modules())[n]) for n in ratios}
+    removes = {n: widths[n] - max(1, int(widths[n] * (1.0 - r) + 1e-9)) for n, r in ratios.items()}
+    small, plan, _, _ = reconstruct(model, example_input(model), removes, images, p.selection, seed=ctx.seed)
+    return small, plan
 
 
 @register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target)

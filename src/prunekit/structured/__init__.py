@@ -19,7 +19,12 @@ ffn={layer: [c]})``; ``mask_transformer`` zeroes the same weights in the dense m
 Head / FFN-channel importance (``head_importance``, ``ffn_importance``: weight norms or
 calibration activations); ``select_for_flops`` / ``shrink_for_flops`` pick them for a FLOPs
 budget and report requested vs achieved.
+
+At a budget: ``prune_to_budget(model, x, flops_ratio=0.5, method=...)`` takes every channel
+method (``channel_methods()``) to a FLOPs or parameter target within one channel step, with
+per-layer floors, streamed reconstruction and a bounded memory (structured/budget.py).
 """
+from .budget import RECONSTRUCTIONS, BudgetResult, calibration_images, channel_methods, find_consumer, layer_floor, prune_to_budget
 from .configs import PREDEFINED, kept_counts, predefined_ratios
 from .latency import compare, latency
 from .plan import apply_plan, load_plan, load_shrunk, save_plan
@@ -42,4 +47,7 @@ __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNE
            "shrink_transformer", "mask_transformer", "transformer_layers", "HeadAttention",
            "head_importance", "ffn_importance", "HEAD_SCORES", "FFN_SCORES", "select_for_flops",
            "shrink_for_flops", "TransformerPlan", "unit_costs", "load_pretrained_shrunk",
-           "load_sentence_transformer_shrunk", "recorded_removals"]
+           "load_sentence_transformer_shrunk", "recorded_removals",
+           # channel methods at a budget
+           "prune_to_budget", "BudgetResult", "RECONSTRUCTIONS", "calibration_images", "channel_methods",
+           "find_consumer", "layer_floor"]
