@@ -107,3 +107,23 @@ def test_vgg16_5x_keeps_a_fifth_of_the_flops_with_conv5_intact():
     assert widths[10:] == [512, 512, 512] and widths[0] < 32
     flops_kept = flops_per_module(small, (3, 224, 224))[1] / flops_per_module(model, (3, 224, 224))[1]
     assert abs(flops_kept - 0.2) < 0.01, flops_kept
+
+
+def test_structured_pipeline_takes_the_flops_targets_and_thinet_as_config():
+    import torchvision
+    from prunekit.core.accounting import flops_per_module
+    from prunekit.pipelines.structured_pipelines import StructuredParams, structured_plan
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    x = torch.randn(1, 3, 64, 64)
+    plan = structured_plan(model, x, StructuredParams(config="resnet50-2x"))
+    small = shrink(model, x, plan)
+    assert abs(flops_per_module(small, (3, 64, 64))[1] / flops_per_module(model, (3, 64, 64))[1] - 0.5) < 0.01
+    plan = structured_plan(model, x, StructuredParams(config="resnet50-thinet-50"))
+    assert len(plan["layer1.0.conv1"]) == 32
+    from prunekit.params import validate
+
+    validate(StructuredParams(config="VGG16-5x"))
+    with pytest.raises(ValueError, match="unknown predefined configuration"):
+        validate(StructuredParams(config="resnet50-3x"))
