@@ -127,3 +127,19 @@ def test_structured_pipeline_takes_the_flops_targets_and_thinet_as_config():
     validate(StructuredParams(config="VGG16-5x"))
     with pytest.raises(ValueError, match="unknown predefined configuration"):
         validate(StructuredParams(config="resnet50-3x"))
+
+
+def test_resnet50_2x_ratios_run_he_et_als_lasso_selection():
+    import torchvision
+    from prunekit.structured.reconstruct import reconstruct_layers
+    from prunekit.structured.select import flops_target_ratios
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    images = torch.randn(4, 3, 64, 64)
+    ratios = flops_target_ratios("resnet50-2x", model, images[:1], iters=6)
+    first = {k: v for k, v in ratios.items() if k.startswith("layer1.0.")}  # two layers keep it quick
+    small, plan = reconstruct_layers(model, first, images, "lasso", samples=200)
+    kept = 64 - len(plan["layer1.0.conv1"])
+    assert small.layer1[0].conv1.out_channels == small.layer1[0].conv2.out_channels == kept < 64
+    assert small(images).shape == (4, 1000)
