@@ -114,7 +114,8 @@ class SSS(Method):
         super().attach(model, optimizer)
         blocks = residual_blocks(model)
         if self.structure == "blocks" and not blocks:
-            raise ValueError("sss: structure='blocks' needs ResNet/PreResNet blocks; use 'channels'")
+            raise ValueError("sss: structure='blocks' needs residual blocks (prunekit ResNet/PreResNet, "
+                             "torchvision BasicBlock/Bottleneck with an identity shortcut); use 'channels'")
         self.kind = "blocks" if blocks and self.structure != "channels" else "channels"
         if self.kind == "blocks":
             for name, block in blocks:
