@@ -1,6 +1,8 @@
-"""Li et al.'s ImageNet targets ResNet-34-A/B (Liu et al. 2019, Table 1): on torchvision's
-resnet34 the predefined ratios shrink the model by the parameter fractions the paper reports
-(7.6% and 10.8%), and the configurations refuse other models."""
+"""The ImageNet predefined targets of seed 001 on torchvision's models: Li et al.'s ResNet-34-A/B
+shrink resnet34 by the parameter fractions Liu et al. report (7.6% and 10.8%); ThiNet's
+ResNet-50-70/50/30% (fraction of conv1/conv2 filters kept) match ThiNet's parameter counts and
+FLOPs; He et al.'s FLOPs targets ResNet-50-2x and VGG-16-5x keep 1/2 and 1/5 of the FLOPs on
+the layers they prune; the configurations refuse other models."""
 import pytest
 import torch
 
@@ -33,3 +35,111 @@ def test_resnet34_configs_refuse_other_models():
 
     with pytest.raises(ValueError, match="needs an ImageNet ResNet-34"):
         predefined_ratios("resnet34-a", pk.models.get("resnet56"))
+
+
+# ThiNet's Table (Luo et al. 2017): parameters and GFLOPs of ResNet-50 and ThiNet-70/50/30
+# (not in seed 001, which gives only the accuracies); the percentage is the fraction KEPT.
+THINET_PAPER = {"resnet50-thinet-70": (16.94e6, 4.88), "resnet50-thinet-50": (12.38e6, 3.41),
+                "resnet50-thinet-30": (8.66e6, 2.20)}
+
+
+@pytest.mark.parametrize("name, kept_width", [("resnet50-thinet-70", 44), ("resnet50-thinet-50", 32),
+                                              ("resnet50-thinet-30", 19)])
+def test_thinet_resnet50_matches_the_papers_parameters_and_flops(name, kept_width):
+    import torchvision
+    from prunekit.core.accounting import flops_per_module
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    ratios = predefined_ratios(name, model)
+    assert len(ratios) == 32 and all(k.endswith((".conv1", ".conv2")) for k in ratios)
+    x = torch.randn(1, 3, 224, 224)
+    small = shrink(model, x, by_ratios(model, ratios))
+    assert small.layer1[1].conv1.out_channels == small.layer1[1].conv2.out_channels == kept_width
+    assert small.layer4[2].conv3.out_channels == 2048 and small.layer4[0].downsample[0].out_channels == 2048
+    params = sum(p.numel() for p in small.parameters())
+    paper_params, paper_gflops = THINET_PAPER[name]
+    assert abs(params - paper_params) < 0.015e6, params
+    flops_kept = flops_per_module(small, (3, 224, 224))[1] / flops_per_module(model, (3, 224, 224))[1]
+    assert abs(flops_kept - paper_gflops / 7.72) < 0.005, flops_kept   # ThiNet: ResNet-50 = 7.72 GFLOPs
+    assert small(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_thinet_configs_refuse_other_models():
+    import torchvision
+
+    with pytest.raises(ValueError, match="needs an ImageNet ResNet-50"):
+        predefined_ratios("resnet50-thinet-50", torchvision.models.resnet34())
+
+
+def test_resnet50_2x_halves_the_flops_on_the_inner_convs():
+    import torchvision
+    from prunekit.core.accounting import flops_per_module
+    from prunekit.structured.select import flops_target_ratios
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    x = torch.randn(1, 3, 224, 224)
+    ratios = flops_target_ratios("resnet50-2x", model, x)
+    assert len(ratios) == 32 and all(k.endswith((".conv1", ".conv2")) for k in ratios)
+    assert len(set(ratios.values())) == 1 and 0.40 < next(iter(ratios.values())) < 0.48
+    small = shrink(model, x, by_ratios(model, ratios))
+    flops_kept = flops_per_module(small, (3, 224, 224))[1] / flops_per_module(model, (3, 224, 224))[1]
+    assert abs(flops_kept - 0.5) < 0.01, flops_kept
+    assert small.layer1[1].conv1.out_channels == 36 and small.layer1[1].conv3.out_channels == 256
+    with pytest.raises(KeyError, match="FLOPs target"):
+        predefined_ratios("resnet50-2x", model)
+
+
+def test_vgg16_5x_keeps_a_fifth_of_the_flops_with_conv5_intact():
+    import torchvision
+    from prunekit.core.accounting import flops_per_module
+    from prunekit.structured.select import flops_target_ratios
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16()
+    x = torch.randn(1, 3, 224, 224)   # the classifier's FLOPs are fixed: measure at the papers' size
+    ratios = flops_target_ratios("vgg16-5x", model, x, iters=10)
+    convs = [n for n, m in model.features.named_children() if isinstance(m, torch.nn.Conv2d)]
+    assert sorted(ratios, key=lambda k: int(k.split(".")[1])) == [f"features.{n}" for n in convs[:10]]
+    small = shrink(model, x, by_ratios(model, ratios))
+    widths = [m.out_channels for m in small.features if isinstance(m, torch.nn.Conv2d)]
+    assert widths[10:] == [512, 512, 512] and widths[0] < 32
+    flops_kept = flops_per_module(small, (3, 224, 224))[1] / flops_per_module(model, (3, 224, 224))[1]
+    assert abs(flops_kept - 0.2) < 0.01, flops_kept
+
+
+def test_structured_pipeline_takes_the_flops_targets_and_thinet_as_config():
+    import torchvision
+    from prunekit.core.accounting import flops_per_module
+    from prunekit.pipelines.structured_pipelines import StructuredParams, structured_plan
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    x = torch.randn(1, 3, 64, 64)
+    plan = structured_plan(model, x, StructuredParams(config="resnet50-2x"))
+    small = shrink(model, x, plan)
+    assert abs(flops_per_module(small, (3, 64, 64))[1] / flops_per_module(model, (3, 64, 64))[1] - 0.5) < 0.01
+    plan = structured_plan(model, x, StructuredParams(config="resnet50-thinet-50"))
+    assert len(plan["layer1.0.conv1"]) == 32
+    from prunekit.params import validate
+
+    validate(StructuredParams(config="VGG16-5x"))
+    with pytest.raises(ValueError, match="unknown predefined configuration"):
+        validate(StructuredParams(config="resnet50-3x"))
+
+
+def test_resnet50_2x_ratios_run_he_et_als_lasso_selection():
+    import torchvision
+    from prunekit.structured.reconstruct import reconstruct_layers
+    from prunekit.structured.select import flops_target_ratios
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    images = torch.randn(4, 3, 64, 64)
+    ratios = flops_target_ratios("resnet50-2x", model, images[:1], iters=6)
+    first = {k: v for k, v in ratios.items() if k.startswith("layer1.0.")}  # two layers keep it quick
+    small, plan = reconstruct_layers(model, first, images, "lasso", samples=200)
+    kept = 64 - len(plan["layer1.0.conv1"])
+    assert small.layer1[0].conv1.out_channels == small.layer1[0].conv2.out_channels == kept < 64
+    assert small(images).shape == (4, 1000)

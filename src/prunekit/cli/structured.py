@@ -45,7 +45,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (with --model)")
     p.add_argument("--num-classes", type=int, default=10, help="classes (with --model)")
     sel = p.add_mutually_exclusive_group(required=True)
-    sel.add_argument("--config", help="predefined configuration: vgg16-a, resnet56-a, resnet56-b, resnet110-a, resnet110-b")
+    sel.add_argument("--config", help="predefined configuration: vgg16-a, resnet56-a/b, resnet110-a/b, resnet34-a/b, "
+                          "resnet50-thinet-30/50/70, or a FLOPs target: vgg16-5x, resnet50-2x")
     sel.add_argument("--ratio", type=float, help="fraction of channels removed in every prunable layer")
     sel.add_argument("--fraction", type=float, help="fraction of all channels removed by one global threshold")
     sel.add_argument("--flops-ratio", type=float, help="keep this fraction of the FLOPs (within one channel step)")

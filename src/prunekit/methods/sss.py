@@ -32,6 +32,11 @@ network-slimming variant with exact zeros.
 conv of a pre-activation block), zeroes the branches / channels whose factor is 0, removes the
 hooks and returns the Mask; ``shrunk()`` then returns a physically smaller model: blocks whose
 factor is 0 are replaced by their shortcut (``RemovedBlock``), channels removed by ``shrink``.
+
+Blocks: prunekit's ResNet / PreResNet blocks and torchvision's BasicBlock / Bottleneck whose
+shortcut is the identity (``structured.blocks``): on torchvision's resnet50 that is 12 of the 16
+bottlenecks, so removing 3 / 6 / 8 of them gives the paper's ResNet-41 / 32 / 26
+(tests/test_sss_torchvision.py).
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ from ..core.targets import prunable_parameters
 from ..params import param
 # The block surgery lives in structured/ (it also rebuilds saved shrunk models); its names
 # stay importable from here.
-from ..structured.blocks import RESIDUAL_BLOCKS, RemovedBlock, remove_blocks, residual_relu  # noqa: F401
+from ..structured.blocks import (RESIDUAL_BLOCKS, RemovedBlock, block_spec, remove_blocks,  # noqa: F401
+                                residual_blocks, residual_relu, shortcut_prefix)
 from ..structured.scores import following_bn
 from ..structured.shrink import prunable_layers, shrink, zero_channels
 from .base import METHODS, Method
@@ -106,14 +112,14 @@ class SSS(Method):
     # ------------------------------------------------------------------ protocol
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> "SSS":
         super().attach(model, optimizer)
-        types = RESIDUAL_BLOCKS
-        blocks = [(n, m) for n, m in model.named_modules() if type(m) in types]
+        blocks = residual_blocks(model)
         if self.structure == "blocks" and not blocks:
-            raise ValueError("sss: structure='blocks' needs ResNet/PreResNet blocks; use 'channels'")
+            raise ValueError("sss: structure='blocks' needs residual blocks (prunekit ResNet/PreResNet, "
+                             "torchvision BasicBlock/Bottleneck with an identity shortcut); use 'channels'")
         self.kind = "blocks" if blocks and self.structure != "channels" else "channels"
         if self.kind == "blocks":
             for name, block in blocks:
-                last, relu = types[type(block)]
+                last, relu = block_spec(block)
                 self.targets.append((name, getattr(block, last), relu))
                 self.factors.append(nn.Parameter(torch.ones(())))
         else:
@@ -202,7 +208,7 @@ class SSS(Method):
                     if name in self.zeroed():
                         block = dict(self.model.named_modules())[name]
                         for pname, p in block.named_parameters():
-                            if not pname.startswith("shortcut"):
+                            if not pname.startswith(shortcut_prefix(block)):
                                 p.zero_()
         if self.kind == "channels":
             zero_channels(self.model, self._example_input(), self._channel_plan(self.model))

@@ -5,8 +5,11 @@
 the model (a physically smaller network), fine-tune it (Li et al.: 40 epochs at lr 1e-3 on
 CIFAR) keeping the pruned weights. Exactly one selection:
 
-- ``config``: a predefined configuration (vgg16-a, resnet56-a/b, resnet110-a/b) with ``score``
-  (default l1_filter) choosing the channels inside each layer;
+- ``config``: a predefined configuration (vgg16-a, resnet56-a/b, resnet110-a/b, resnet34-a/b,
+  resnet50-thinet-30/50/70) with ``score`` (default l1_filter) choosing the channels inside
+  each layer; or one of He et al.'s FLOPs targets (vgg16-5x, resnet50-2x: one ratio over the
+  layers they prune, found for the model's input size; with ``selection: lasso`` that is their
+  method);
 - ``ratio``: the same ratio for every prunable layer (uniform);
 - ``fraction``: one global threshold over the scores removes this share of the channels
   (with ``score: bn_scale`` that is network slimming's rule);
@@ -46,7 +49,7 @@ from ..methods.slimming import Slimming
 from ..methods.sss import SSS
 from ..params import fraction_removed, nonnegative, param, positive
 from ..structured import select
-from ..structured.configs import PREDEFINED, predefined_ratios
+from ..structured.configs import FLOPS_TARGETS, PREDEFINED, predefined_ratios
 from ..structured.latency import compare
 from ..structured.plan import example_input, save_plan
 from ..structured.budget import calibration_images, reconstruct
@@ -57,9 +60,19 @@ from .registry import register_pipeline
 from .results import PipelineResult, RunContext
 
 
+CONFIGS = (*PREDEFINED, *FLOPS_TARGETS)
+
+
 def _predefined(value) -> None:
-    if value is not None and value not in PREDEFINED:
-        raise ValueError(f"unknown predefined configuration {value!r}; known: {', '.join(PREDEFINED)}")
+    if value is not None and value.lower() not in CONFIGS:
+        raise ValueError(f"unknown predefined configuration {value!r}; known: {', '.join(CONFIGS)}")
+
+
+def config_ratios(name: str, model, x) -> Dict[str, float]:
+    """``{layer: ratio}`` of a predefined configuration or of a FLOPs target (at ``x``'s size)."""
+    if name.lower() in FLOPS_TARGETS:
+        return select.flops_target_ratios(name, model, x)
+    return predefined_ratios(name, model)
 
 
 def _score_names():
@@ -93,7 +106,7 @@ def finetune_shrunk(ctx: RunContext, model, epochs: int, lr: float, schedule: st
 
 @dataclass
 class StructuredParams:
-    config: Optional[str] = param(None, check=_predefined, doc="predefined configuration (vgg16-a, resnet56-a, ...)")
+    config: Optional[str] = param(None, check=_predefined, doc="predefined configuration (vgg16-a, ..., vgg16-5x)")
     ratio: Optional[float] = param(None, check=fraction_removed, doc="the same pruning ratio in every prunable layer")
     fraction: Optional[float] = param(None, check=fraction_removed, doc="share of channels removed by one global threshold")
     flops_ratio: Optional[float] = param(None, check=positive, doc="uniform ratio keeping this fraction of FLOPs")
@@ -118,7 +131,7 @@ def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
     if len(chosen) != 1:
         raise ValueError(f"structured: set exactly one of config, ratio, fraction, flops_ratio (got {chosen or 'none'})")
     if p.config is not None:
-        return select.by_ratios(model, predefined_ratios(p.config, model), p.score)
+        return select.by_ratios(model, config_ratios(p.config, model, x), p.score)
     if p.ratio is not None:
         return select.by_ratios(model, select.uniform_ratios(model, p.ratio), p.score)
     if p.fraction is not None:
@@ -129,7 +142,7 @@ def structured_plan(model, x, p: StructuredParams) -> Dict[str, List[int]]:
 def _reconstructed(ctx: RunContext, model, p: StructuredParams):
     """ThiNet / LASSO layer by layer on one seeded training batch (structured/reconstruct.py)."""
     if p.config is not None:
-        ratios = predefined_ratios(p.config, model)
+        ratios = config_ratios(p.config, model, example_input(model))
     elif p.ratio is not None:
         ratios = select.uniform_ratios(model, p.ratio)
     else:

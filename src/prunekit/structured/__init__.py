@@ -10,7 +10,8 @@ of channels (torch-pruning's dependency graph does the surgery). SPEC section 5,
 
 Channel scores (``CHANNEL_SCORES``): l1_filter, bn_scale, random. Selections: per-layer
 ratios (``by_ratios``, the predefined ``PREDEFINED`` configurations, ``uniform_ratios``), one
-global threshold (``global_fraction``, network slimming), ``uniform_for_flops``; data-driven
+global threshold (``global_fraction``, network slimming), ``uniform_for_flops``, He et al.'s
+FLOPs targets VGG-16-5x / ResNet-50-2x (``flops_target_ratios``); data-driven
 ThiNet / LASSO with least-squares refit of the next layer (``prune_with_reconstruction``).
 
 Transformers (Hugging Face BERT / sentence-transformers, torchvision ViT): whole attention
@@ -30,7 +31,7 @@ from .latency import compare, latency
 from .plan import apply_plan, load_plan, load_shrunk, save_plan
 from .reconstruct import prune_with_reconstruction, reconstruction_error, select_channels
 from .scores import CHANNEL_SCORES
-from .select import by_ratios, global_fraction, per_layer, uniform_for_flops, uniform_ratios
+from .select import by_ratios, flops_target_ratios, global_fraction, per_layer, uniform_for_flops, uniform_ratios
 from .shrink import out_channels, prunable_layers, shrink, zero_channels
 from .head_attention import HeadAttention
 from .transformer_layers import transformer_layers
@@ -41,7 +42,8 @@ from .transformer_budget import TransformerPlan, select_for_flops, shrink_for_fl
 
 __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
            "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
-           "uniform_for_flops", "latency", "compare", "apply_plan", "load_plan", "load_shrunk", "save_plan",
+           "uniform_for_flops", "flops_target_ratios", "latency", "compare", "apply_plan", "load_plan",
+           "load_shrunk", "save_plan",
            "prune_with_reconstruction", "reconstruction_error", "select_channels",
            # transformers: heads and FFN channels
            "shrink_transformer", "mask_transformer", "transformer_layers", "HeadAttention",

@@ -9,20 +9,23 @@
 - ``uniform_for_flops(model, x, flops_ratio)``: the uniform ratio whose shrunk model has
   FLOPs closest to ``flops_ratio`` of the original (either side: channel counts are integers),
   by bisection (the "uniform at the same
-  budget" baseline of Liu et al. 2019 section 5).
+  budget" baseline of Liu et al. 2019 section 5); ``layers`` restricts it to some layers.
+- ``flops_target_ratios(name, model, x)``: He et al.'s VGG-16-5x / ResNet-50-2x as per-layer
+  ratios: the uniform ratio over the layers they prune that meets their FLOPs target
+  (``configs.FLOPS_TARGETS``).
 
 Ties are broken by the lower channel index being removed first (a stable sort).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..core.accounting import flops_per_module
 from .. import params as valid
-from .configs import kept_counts
+from .configs import flops_target_layers, kept_counts
 from .scores import CHANNEL_SCORES
 from .shrink import prunable_layers, shrink
 
@@ -84,23 +87,42 @@ def global_fraction(model: nn.Module, fraction: float, score: str = "bn_scale",
 
 
 def uniform_for_flops(model: nn.Module, example_input: torch.Tensor, flops_ratio: float,
-                      score: str = "l1_filter", iters: int = 12) -> Dict[str, List[int]]:
-    """channels_to_remove of the uniform ratio whose shrunk model keeps about ``flops_ratio``
-    of the FLOPs (bisection over the ratio; FLOPs fall monotonically as the ratio grows)."""
+                      score: str = "l1_filter", iters: int = 12,
+                      layers: Optional[Sequence[str]] = None) -> Dict[str, List[int]]:
+    """channels_to_remove of the uniform ratio (over ``layers``, default every prunable layer)
+    whose shrunk model keeps about ``flops_ratio`` of the FLOPs (bisection over the ratio;
+    FLOPs fall monotonically as the ratio grows)."""
+    return _bisect_uniform(model, example_input, flops_ratio, score, iters, layers)[1]
+
+
+def _bisect_uniform(model: nn.Module, example_input: torch.Tensor, flops_ratio: float, score: str,
+                    iters: int, layers: Optional[Sequence[str]]) -> Tuple[float, Dict[str, List[int]]]:
     valid.check(valid.fraction_kept, flops_ratio, "flops_ratio")
     shape = tuple(example_input.shape[1:])
     base = flops_per_module(model, shape)[1]
     lo, hi = 0.0, 0.99
-    best, best_gap = {}, float("inf")
+    best, best_ratio, best_gap = {}, 0.0, float("inf")
     for _ in range(iters):
         mid = (lo + hi) / 2
-        plan = by_ratios(model, uniform_ratios(model, mid), score)
+        plan = by_ratios(model, uniform_ratios(model, mid, layers), score)
         kept = flops_per_module(shrink(model, example_input, plan), shape)[1] / base
         # Channel counts move in integer steps, so keep the plan closest to the budget.
         if abs(kept - flops_ratio) < best_gap:
-            best, best_gap = plan, abs(kept - flops_ratio)
+            best, best_ratio, best_gap = plan, mid, abs(kept - flops_ratio)
         if kept > flops_ratio:
             lo = mid
         else:
             hi = mid
-    return best
+    return best_ratio, best
+
+
+def flops_target_ratios(name: str, model: nn.Module, example_input: torch.Tensor,
+                        iters: int = 12) -> Dict[str, float]:
+    """``{layer: ratio}`` of He et al.'s FLOPs target ``name`` (vgg16-5x, resnet50-2x; see
+    ``configs``): one ratio over the layers they prune, found by bisection so that the shrunk
+    model keeps the target's fraction of the FLOPs at ``example_input``'s size (224x224 for
+    the papers' figures). Which channels go is then up to ``by_ratios``' score or ThiNet /
+    LASSO selection (``prune_with_reconstruction``)."""
+    flops_ratio, layers = flops_target_layers(name, model)
+    ratio = _bisect_uniform(model, example_input, flops_ratio, "l1_filter", iters, layers)[0]
+    return uniform_ratios(model, ratio, layers)
