@@ -122,29 +122,11 @@ def test_method_is_deterministic_for_a_seed(name):
     assert_identical(uninterrupted(name), uninterrupted(name))
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_method_resumes_bit_identically_from_a_mid_training_state_dict(name):
-    reference = uninterrupted(name)
-
-    model, optimizer, method = build(name)
-    method.attach(model, optimizer)
-    train(model, optimizer, method, range(INTERRUPT_AT))
-    saved = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "method": method.state_dict()})
-
-    # fresh objects from another seed: everything that matters must come from the state
-    model, optimizer, method = build(name, seed=123)
-    model.load_state_dict(saved["model"])          # the order of prunekit.training.fit
-    method.attach(model, optimizer)
-    optimizer.load_state_dict(saved["optimizer"])
-    method.load_state_dict(saved["method"])
-    train(model, optimizer, method, range(INTERRUPT_AT, STEPS))
-    assert_identical(outcome(model, method), reference)
-
-
-@pytest.mark.parametrize("name", METHODS.names())
-def test_method_state_dict_loaded_before_attach_is_applied_at_attach(name):
-    reference = uninterrupted(name)
+def resumed(name: str, method_state_first: bool):
+    """Train to INTERRUPT_AT, save model / optimizer / method state, restore them into fresh
+    objects built from another seed (everything that matters must come from the state) and
+    train to the end. ``method_state_first``: the method's state is loaded before ``attach``
+    (a plain loop may do that) instead of after (the order of prunekit.training.fit)."""
     model, optimizer, method = build(name)
     method.attach(model, optimizer)
     train(model, optimizer, method, range(INTERRUPT_AT))
@@ -153,11 +135,24 @@ def test_method_state_dict_loaded_before_attach_is_applied_at_attach(name):
 
     model, optimizer, method = build(name, seed=123)
     model.load_state_dict(saved["model"])
-    method.load_state_dict(saved["method"])         # a plain loop may load first
+    if method_state_first:
+        method.load_state_dict(saved["method"])
     method.attach(model, optimizer)
     optimizer.load_state_dict(saved["optimizer"])
+    if not method_state_first:
+        method.load_state_dict(saved["method"])
     train(model, optimizer, method, range(INTERRUPT_AT, STEPS))
-    assert_identical(outcome(model, method), reference)
+    return outcome(model, method)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_resumes_bit_identically_from_a_mid_training_state_dict(name):
+    assert_identical(resumed(name, method_state_first=False), uninterrupted(name))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_state_dict_loaded_before_attach_is_applied_at_attach(name):
+    assert_identical(resumed(name, method_state_first=True), uninterrupted(name))
 
 
 def _bad_values(params_class):

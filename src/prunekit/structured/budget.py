@@ -73,7 +73,7 @@ from torch import nn
 from .. import params as valid
 from ..core.accounting import flops_per_module
 from ..registry import Registry
-from .reconstruct import thinet_select
+from .reconstruct import capture
 from .scores import CHANNEL_SCORES
 from .shrink import out_channels, prunable_layers, shrink
 
@@ -329,24 +329,6 @@ def find_consumer(model: nn.Module, name: str) -> Optional[Tuple[str, int]]:
     return None
 
 
-def _capture(model: nn.Module, layer_name: str, x: torch.Tensor, output: bool) -> torch.Tensor:
-    layer = dict(model.named_modules())[layer_name]
-    store = {}
-    if output:
-        h = layer.register_forward_hook(lambda m, a, out: store.__setitem__("v", out.detach()))
-    else:
-        h = layer.register_forward_pre_hook(lambda m, a: store.__setitem__("v", a[0].detach()))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        h.remove()
-        model.train(was)
-    return store["v"]
-
-
 def _rows(consumer: nn.Module, k: int, x: torch.Tensor, locations: int, g: torch.Generator):
     """Input patches ``P`` (R, C, K) at sampled output positions and their (image, h, w) indices.
     A Linear consumer has one position per image (its input row, C channels x K columns)."""
@@ -510,7 +492,7 @@ def _reconstruct(model, x0, removes, images, method, locations, scale, target, m
         full = scale == "full"
         stats_bytes = _Stats.nbytes(c, k, o, full)
         # one image's share: the consumer's input (float32) and, in float64, its sampled rows
-        x1 = _capture(current, cname, images[:1], output=False)
+        x1 = capture(current, cname, images[:1], output=False)
         rows_per_image = 1 if isinstance(consumer, nn.Linear) else locations
         per_image = 4 * x1.numel() + 8 * rows_per_image * (c * k + o + c) + 4 * o * max(1, x1[0, 0].numel())
         if stats_bytes + per_image > memory_bytes:
@@ -522,8 +504,8 @@ def _reconstruct(model, x0, removes, images, method, locations, scale, target, m
         w = _weight3(consumer, c, k)
         for start in range(0, images.shape[0], chunk):
             batch = images[start:start + chunk]
-            xin = _capture(current, cname, batch, output=False)
-            yout = _capture(dense if target == "dense" else current, cname, batch, output=True)
+            xin = capture(current, cname, batch, output=False)
+            yout = capture(dense if target == "dense" else current, cname, batch, output=True)
             p, idx = _rows(consumer, k, xin, locations, g)
             stats.add(p, _targets(yout, consumer, idx), w, g)
             del xin, yout, p

@@ -43,20 +43,24 @@ from .shrink import shrink
 SELECTIONS: Registry = Registry("selection")
 
 
-def _next_input(model: nn.Module, next_name: str, images: torch.Tensor) -> torch.Tensor:
-    """The input of layer ``next_name`` on ``images`` (eval mode, no grad)."""
-    layer = dict(model.named_modules())[next_name]
+def capture(model: nn.Module, layer_name: str, x: torch.Tensor, output: bool = False) -> torch.Tensor:
+    """The input (or, with ``output``, the output) of layer ``layer_name`` when ``model`` runs
+    on ``x`` (eval mode, no grad; the model's mode is restored)."""
+    layer = dict(model.named_modules())[layer_name]
     captured = {}
-    handle = layer.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0].detach()))
+    if output:
+        handle = layer.register_forward_hook(lambda m, args, out: captured.__setitem__("v", out.detach()))
+    else:
+        handle = layer.register_forward_pre_hook(lambda m, args: captured.__setitem__("v", args[0].detach()))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(images)
+            model(x)
     finally:
         handle.remove()
         model.train(was_training)
-    return captured["x"]
+    return captured["v"]
 
 
 def _check_pair(model: nn.Module, name: str, next_name: str) -> nn.Conv2d:
@@ -162,7 +166,7 @@ def select_channels(model: nn.Module, name: str, next_name: str, images: torch.T
         return sorted(order[:remove].tolist()), None
     if method not in SELECTIONS:
         raise KeyError(f"unknown selection {method!r}; known: l1_filter, {', '.join(SELECTIONS.names())}")
-    x = _next_input(model, next_name, images)
+    x = capture(model, next_name, images)
     removed = SELECTIONS.get(method)(contributions(conv, x, samples, g).double(), remove)
     kept = [i for i in range(c) if i not in set(removed)]
     weight = least_squares_weight(conv, x.double(), kept, max(samples, 4 * len(kept) * conv.weight[0, 0].numel()), g)
