@@ -17,6 +17,8 @@ from prunekit.core.allocation import kept_total
 from prunekit.structured import CHANNEL_SCORES, by_ratios, select_channels
 from prunekit.structured.reconstruct import SELECTIONS
 
+from test_data import write_fake_cifar, write_fake_idx_dataset
+
 from conftest import TinyNet
 
 
@@ -34,6 +36,12 @@ def _image_folder(tmp_path):
 
 
 # registry kind -> name -> example arguments. A new entry needs one here.
+def _fake_mnist(tmp_path):
+    folder = tmp_path / "mnist"
+    write_fake_idx_dataset(folder, label=3)
+    return folder
+
+
 EXAMPLES = {
     # The TinyNet layer to score (bn_scale needs a layer followed by a BatchNorm).
     "channel score": {"l1_filter": "conv", "bn_scale": "depthwise", "random": "conv"},
@@ -41,9 +49,10 @@ EXAMPLES = {
     "dataset": {
         "synthetic": lambda tmp_path: {},
         "fashion_mnist": lambda tmp_path: {},
-        "mnist": lambda tmp_path: {},
-        "cifar10": lambda tmp_path: {},
-        "cifar100": lambda tmp_path: {},
+        # tiny files in the real formats (the loaders are the same as for the full datasets)
+        "mnist": lambda tmp_path: {"data_dir": str(_fake_mnist(tmp_path))},
+        "cifar10": lambda tmp_path: {"data_dir": str(write_fake_cifar(tmp_path, n=8))},
+        "cifar100": lambda tmp_path: {"data_dir": str(write_fake_cifar(tmp_path, n=8, hundred=True))},
         "imagefolder": _image_folder,
     },
     # Keyword arguments for prunekit.models.get: narrow, so that a forward pass is cheap.
