@@ -339,8 +339,8 @@ def test_polar_defaults_leave_the_loss_and_training_unchanged(variant):
         model = MLP()
         method = SparsityLoss(budget=budget, variant=variant, min_weights=0, r_lr=0.01, **extra)
         _train(method, model, 20)
-        runs.append((float(method.penalty()), {k: v.detach().clone() for k, v in model.state_dict().items()},
-                     [float(r) for r in method.r.values()]))
+        runs.append((float(method.penalty().detach()), {k: v.detach().clone() for k, v in model.state_dict().items()},
+                     [float(r.detach()) for r in method.r.values()]))
     (p0, w0, r0), (p1, w1, r1) = runs
     assert p0 == p1 and r0 == r1
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
