@@ -115,7 +115,8 @@ def main():
         return (f"logit error {rb['logits_rel_error']:.3f} -> {ra['logits_rel_error']:.3f}, top-1 "
                 f"{rb['oneshot_top1']:.2f} -> {ra['oneshot_top1']:.2f} ({ra['oneshot_top1'] - rb['oneshot_top1']:+.2f} pt)")
     n_eval = len(y)
-    lines = [f"Fashion-MNIST CNN (5 conv + BN, widths {args.widths}, {macs(dense) / 2e6:.2f}M MACs), "
+    lines = ["## ThiNet / LASSO reconstruction before/after (issue #15 point 4) vs l1_filter, one-shot", "",
+             f"Fashion-MNIST CNN (5 conv + BN, widths {args.widths}, {macs(dense) / 2e6:.2f}M MACs), "
              f"{args.epochs} dense epoch(s), dense top-1 {dense_top1:.2f}. Each row prunes the same dense "
              f"weights with `prune_to_budget(flops_ratio={args.flops_ratio})` (uniform allocation), "
              f"one-shot: no fine-tuning and no layer-wise fine-tuning. Calibration: {len(images)} training "
