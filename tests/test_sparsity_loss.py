@@ -269,3 +269,101 @@ def test_a_budget_below_the_skipped_layers_share_warns_and_a_reachable_one_does_
         warnings.simplefilter("error")
         SparsityLoss(budget=0.5, c_layers="all").attach(TinyNet(), torch.optim.SGD(TinyNet().parameters(), lr=0.1))
         SparsityLoss(budget=0.1).attach(TinyNet(), torch.optim.SGD(TinyNet().parameters(), lr=0.1))  # c over fc1 only
+
+
+# ----------------------------------------------------------------- polarisation (seed 002, 3.4.4)
+
+
+def _polar(s_l=0.2, s_u=0.8, lam_polar=1.0, **kw):
+    model = MLP().double()
+    method = SparsityLoss(budget=0.5, min_weights=0, polar_low=s_l, polar_high=s_u, lam_polar=lam_polar, **kw)
+    return method.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _set_sparsities(method, sparsities):
+    with torch.no_grad():
+        for r, s in zip(method.r.values(), sparsities):
+            r.fill_(math.sqrt(2) * float(torch.erfinv(torch.tensor(s, dtype=torch.float64))))
+
+
+@pytest.mark.parametrize("s", [0.0, 0.05, 0.2, 0.8, 0.9, 0.999])
+def test_polar_penalty_is_zero_outside_the_band(s):
+    method = _polar()
+    _set_sparsities(method, [s] * 3)
+    assert float(method.polar_penalty().detach()) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("s", [0.25, 0.5, 0.7])
+def test_polar_penalty_is_positive_inside_the_band_and_matches_the_formula(s):
+    method = _polar(lam_polar=3.0)
+    _set_sparsities(method, [0.1, s, 0.95])   # only the middle layer is inside (0.2, 0.8)
+    expected = 3.0 * min(s - 0.2, 0.8 - s) ** 2 / 3
+    assert float(method.polar_penalty().detach()) == pytest.approx(expected, rel=1e-6)
+    assert float(method.polar_penalty().detach()) > 0
+
+
+@pytest.mark.parametrize("s,direction", [(0.3, -1), (0.45, -1), (0.55, 1), (0.7, 1)])
+def test_polar_gradient_pushes_the_sparsity_towards_the_nearer_bound(s, direction):
+    method = _polar()
+    _set_sparsities(method, [s] * 3)
+    method.polar_penalty().backward()
+    for r in method.r.values():
+        # gradient descent moves r (and s = erf(r / sqrt 2), increasing in r) by -grad
+        assert float(r.grad) != 0.0 and math.copysign(1, -float(r.grad)) == direction
+    # and a few plain descent steps on the penalty alone reach the nearer bound
+    opt = torch.optim.SGD(list(method.r.values()), lr=1.0)
+    for _ in range(500):
+        opt.zero_grad()
+        method.polar_penalty().backward()
+        opt.step()
+    nearer = 0.2 if direction < 0 else 0.8
+    for got in method.predicted_sparsities().detach():
+        assert float(got) == pytest.approx(nearer, abs=0.02)
+
+
+def test_polar_penalty_is_added_to_the_budget_penalty():
+    method = _polar(lam_polar=2.0)
+    _set_sparsities(method, [0.3, 0.5, 0.9])
+    base = SparsityLoss(budget=0.5, min_weights=0).attach(method.model, torch.optim.SGD(method.model.parameters(), lr=0.1))
+    _set_sparsities(base, [0.3, 0.5, 0.9])
+    assert float(method.penalty().detach()) == pytest.approx(float(base.penalty().detach()) + float(method.polar_penalty().detach()), rel=1e-9)
+    assert float(method.polar_penalty().detach()) > 0
+
+
+@pytest.mark.parametrize("variant", ["unconstrained", "budget", "hinge"])
+def test_polar_defaults_leave_the_loss_and_training_unchanged(variant):
+    budget = None if variant == "unconstrained" else 0.3
+    runs = []
+    for extra in ({}, {"polar_low": None, "polar_high": None, "lam_polar": 10.0}):
+        torch.manual_seed(0)
+        model = MLP()
+        method = SparsityLoss(budget=budget, variant=variant, min_weights=0, r_lr=0.01, **extra)
+        _train(method, model, 20)
+        runs.append((float(method.penalty().detach()), {k: v.detach().clone() for k, v in model.state_dict().items()},
+                     [float(r.detach()) for r in method.r.values()]))
+    (p0, w0, r0), (p1, w1, r1) = runs
+    assert p0 == p1 and r0 == r1
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # off by default: the penalty term is exactly zero and penalty() is the variant's alone
+    assert float(method.polar_penalty().detach()) == 0.0
+    assert torch.equal(method.penalty(), method._budget_penalty())
+
+
+def test_polar_params_default_off():
+    p = SparsityLoss.Params()
+    assert p.polar_low is None and p.polar_high is None
+    assert SparsityLoss.from_params(p).polar_low is None
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"polar_low": 0.8, "polar_high": 0.2}, "polar_low must be < polar_high"),
+    ({"polar_low": 0.5, "polar_high": 0.5}, "polar_low must be < polar_high"),
+    ({"polar_low": -0.1, "polar_high": 0.5}, "polar_low: must be a sparsity in \\[0, 1\\]"),
+    ({"polar_low": 0.1, "polar_high": 1.5}, "polar_high: must be a sparsity in \\[0, 1\\]"),
+    ({"polar_low": 0.1}, "polar_low and polar_high go together"),
+    ({"polar_high": 0.9}, "polar_low and polar_high go together"),
+    ({"polar_low": 0.1, "polar_high": 0.9, "lam_polar": -1.0}, "lam_polar"),
+])
+def test_polar_bad_values_are_rejected(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SparsityLoss(budget=0.5, **kw)

@@ -25,6 +25,19 @@ c_p uses ``weights``, c_f always the FLOPs weights; ``budget`` = B_p, ``budget_f
 r_0 = sqrt(2) erfinv(0.6 s_target), s_target = 1 - B_p (else 1 - B_f, else 0.5); r trained
 at lr/100 (of the optimizer's first group) with no weight decay; layers with fewer than 1000
 weights skipped. ``finalize()`` hard-prunes at b_i (the re-centred weights are what is kept).
+
+Polarisation (opt-in, off by default): seed 002, section 3.4.4 ("Possible Extensions"), suggests
+requiring "either very sparse or very dense layers, while approximating an overall target
+sparsity s_t ... while s_i < s_l or s_i > s_u". The paper only states this constraint; the
+penalty form is ours. With ``polar_low`` = s_l and ``polar_high`` = s_u (both, 0 <= s_l < s_u <= 1)
+the variant's penalty above (which approximates the overall target) gets the extra term
+
+    lambda_polar * (1/N) sum_i min(s_i - s_l, s_u - s_i)_+ ^2        (N = the trained layers)
+
+on each trained layer's Gaussian-predicted sparsity s_i = erf(r_i / sqrt 2): zero for
+s_i <= s_l or s_i >= s_u, positive in between, and its gradient pushes s_i towards the nearer
+bound (down to s_l below the midpoint (s_l + s_u) / 2, up to s_u above it). Skipped layers
+(s_i = 0, not trainable) are left out. ``lam_polar`` defaults to 10 (the paper's lambda).
 """
 from __future__ import annotations
 
@@ -47,6 +60,14 @@ from .base import METHODS, Method
 VARIANTS = ("unconstrained", "budget", "hinge")
 WEIGHTS = ("avg", "wavg", "flops")
 R_MAX = 5.0
+
+
+def unit_interval(value: Any) -> None:
+    """A sparsity threshold in [0, 1]."""
+    if value is not None and not (not isinstance(value, bool) and isinstance(value, (int, float))
+                                  and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"must be a sparsity in [0, 1], got {value!r}")
+
 _R_MIN = 1e-6  # keeps the bound > 0 (division by b in the gradient)
 
 
@@ -76,6 +97,11 @@ class SparsityLoss(Method):
         c_layers: str = param("pruned", legacy="all", choices=("pruned", "all"),
                               doc="layers c_i runs over: pruned (authors' code) or all (skipped ones with s_i = 0)")
         recenter: bool = param(True, doc="re-centre each weight tensor to zero mean every forward")
+        polar_low: Optional[float] = param(None, check=unit_interval,
+                                           doc="s_l: layers pushed to sparsity <= s_l or >= s_u (with polar_high; off: None)")
+        polar_high: Optional[float] = param(None, check=unit_interval,
+                                            doc="s_u: the upper threshold of the polarisation penalty (with polar_low)")
+        lam_polar: float = param(10.0, check=valid.nonnegative, doc="lambda of the polarisation penalty")
         include: Optional[List[str]] = param(None, doc="name patterns of the tensors to prune")
         exclude: Optional[List[str]] = param(None, doc="name patterns of tensors left dense")
 
@@ -89,11 +115,23 @@ class SparsityLoss(Method):
                  lam_p: Optional[float] = None, lam_f: Optional[float] = None,
                  r_init: Optional[float] = None, r_lr: Optional[float] = None, r_lr_factor: float = 0.01,
                  min_weights: int = 1000, recenter: bool = True, input_shape: Optional[Sequence[int]] = None,
-                 c_layers: str = "pruned", include: Optional[Sequence[str]] = None, exclude: Optional[Sequence[str]] = None):
+                 c_layers: str = "pruned", polar_low: Optional[float] = None, polar_high: Optional[float] = None,
+                 lam_polar: float = 10.0, include: Optional[Sequence[str]] = None,
+                 exclude: Optional[Sequence[str]] = None):
         super().__init__()
         valid.check_arguments(self.Params, "sparsity_loss", budget=budget, budget_flops=budget_flops, variant=variant,
                               weights=weights, lam=lam, lam_p=lam_p, lam_f=lam_f, r_init=r_init,
-                              r_lr_factor=r_lr_factor, min_weights=min_weights, c_layers=c_layers)
+                              r_lr_factor=r_lr_factor, min_weights=min_weights, c_layers=c_layers,
+                              polar_low=polar_low, polar_high=polar_high, lam_polar=lam_polar)
+        if (polar_low is None) != (polar_high is None):
+            raise ValueError("sparsity_loss: polar_low and polar_high go together (layers sparser than polar_high "
+                             f"or denser than polar_low), got polar_low={polar_low!r}, polar_high={polar_high!r}")
+        if polar_low is not None and not float(polar_low) < float(polar_high):
+            raise ValueError(f"sparsity_loss: polar_low must be < polar_high, got polar_low={polar_low!r}, "
+                             f"polar_high={polar_high!r}")
+        self.polar_low = float(polar_low) if polar_low is not None else None
+        self.polar_high = float(polar_high) if polar_high is not None else None
+        self.lam_polar = float(lam_polar)
         valid.check(valid.nonnegative, r_lr, "sparsity_loss: r_lr")
         if r_init is not None and not float(r_init) <= R_MAX:
             raise ValueError(f"sparsity_loss: r_init must be in [0, {R_MAX}], got {r_init!r}")
@@ -228,8 +266,26 @@ class SparsityLoss(Method):
         """L_s(c) = 1 - sum_i c_i s_i."""
         return 1.0 - (self._c[weights or self.weights] * self.predicted_sparsities()).sum()
 
+    def polar_penalty(self) -> torch.Tensor:
+        """lambda_polar * mean over the trained layers of min(s_i - s_l, s_u - s_i)_+ ^2 (see the
+        module docstring; zero when polarisation is off)."""
+        self._require_attached()
+        s = self.predicted_sparsities()
+        if self.polar_low is None:
+            return torch.zeros((), device=s.device, dtype=s.dtype)
+        trained = torch.tensor([n in self.trained for n in self.names], device=s.device)
+        s = s[trained]
+        inside = torch.minimum(s - self.polar_low, self.polar_high - s).clamp(min=0)
+        return self.lam_polar * (inside ** 2).mean()
+
     def penalty(self) -> torch.Tensor:
         self._require_attached()
+        total = self._budget_penalty()
+        if self.polar_low is not None:
+            total = total + self.polar_penalty()
+        return total
+
+    def _budget_penalty(self) -> torch.Tensor:
         if self.variant == "unconstrained":
             return self.lam * self.predicted_density()
         s = self.predicted_sparsities()
