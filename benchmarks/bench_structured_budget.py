@@ -208,7 +208,8 @@ def render(bench, seeds):
              "thinet": "prunekit ThiNet (per-channel scaling, dense target)",
              "lasso": "prunekit LASSO (full refit, dense target)"}
     dense = [bench.cache.get(f"dense|{s}|e{a.epochs}", {}).get("top1") for s in seeds]
-    lines = [f"Fashion-MNIST CNN (5 conv + BN, {macs(FashionCNN()) / 2e6:.1f}M MACs), dense top-1 "
+    lines = ["## Structured pruning at a FLOPs budget vs torch-pruning (issue #19)", "",
+             f"Fashion-MNIST CNN (5 conv + BN, {macs(FashionCNN()) / 2e6:.1f}M MACs), dense top-1 "
              f"{mean_std(dense)} ({a.epochs} dense epochs). Each method prunes the same dense model to 1/2 and "
              f"1/4.26 of its MACs (`prune_to_budget(flops_ratio=...)`; torch-pruning: ratio bisected), then "
              f"{a.ft_epochs} fine-tune epochs (SGD lr {a.ft_lr}, cosine, on {a.ft_subset or 60000} training images"
