@@ -36,7 +36,7 @@ def _write_json(path: Path, obj) -> None:
     atomic_write_json(path, obj, indent=2)
 
 
-def run_demo(out="demo_out", epochs=8, finetune_epochs=2, finetune_subset=30000, data_dir=None, seed=0,
+def run_demo(out="demo_out", epochs=4, finetune_epochs=1, finetune_subset=10000, data_dir=None, seed=0,
              quiet=False, dataset="fashion_mnist", model_name="lenet5", sparsities=SPARSITIES, variants=VARIANTS,
              batch_size=128):
     """Run the demo and return the list of result rows."""
