@@ -73,7 +73,7 @@ from torch import nn
 from .. import params as valid
 from ..core.accounting import flops_per_module
 from ..registry import Registry
-from .reconstruct import capture
+from .reconstruct import capture, ista
 from .scores import CHANNEL_SCORES
 from .shrink import out_channels, prunable_layers, shrink
 
@@ -416,15 +416,6 @@ def thinet_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int) -> List[int]:
     return sorted(removed)
 
 
-def _ista(gram, b, lam, iters=300):
-    step = 1.0 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
-    beta = torch.ones_like(b)
-    for _ in range(iters):
-        beta = beta - step * (gram @ beta - b)
-        beta = torch.sign(beta) * (beta.abs() - step * lam).clamp_min(0.0)
-    return beta
-
-
 @RECONSTRUCTIONS.register("lasso")
 def lasso_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
     """He et al.'s LASSO selection (Eq. 3) on the normal equations: ``min ||y - Z beta||^2 +
@@ -433,10 +424,10 @@ def lasso_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int, iters: int = 30)
     model's output with ``target="dense"``)."""
     keep = zz.shape[0] - remove
     lo, hi = 0.0, float(zy.abs().max()) * 2 + 1e-12
-    beta = _ista(zz, zy, lo)
+    beta = ista(zz, zy, lo)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        trial = _ista(zz, zy, mid)
+        trial = ista(zz, zy, mid)
         nz = int((trial != 0).sum())
         if nz > keep:
             lo = mid

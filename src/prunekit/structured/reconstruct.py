@@ -106,7 +106,9 @@ def thinet_select(z: torch.Tensor, remove: int) -> List[int]:
     return sorted(removed)
 
 
-def _ista(gram: torch.Tensor, b: torch.Tensor, lam: float, iters: int = 300) -> torch.Tensor:
+def ista(gram: torch.Tensor, b: torch.Tensor, lam: float, iters: int = 300) -> torch.Tensor:
+    """argmin_beta 1/2 beta^T G beta - b^T beta + lam |beta|_1 by iterative soft thresholding
+    (the LASSO of He et al. on its normal equations G = Z^T Z, b = Z^T y), from beta = 1."""
     step = 1.0 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
     beta = torch.ones_like(b)
     for _ in range(iters):
@@ -123,10 +125,10 @@ def lasso_select(z: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
     y = z.sum(dim=1)
     gram, b = z.T @ z, z.T @ y
     lo, hi = 0.0, float(b.abs().max()) * 2 + 1e-12  # at hi every beta is 0
-    beta = _ista(gram, b, lo)
+    beta = ista(gram, b, lo)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        trial = _ista(gram, b, mid)
+        trial = ista(gram, b, mid)
         if int((trial != 0).sum()) > keep:
             lo = mid
         else:
