@@ -29,6 +29,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.core.accounting import flops_per_module
 from prunekit.io import atomic_write_json
+from prunekit.pipelines.structured_budget import layerwise_finetune
 from prunekit.structured import calibration_images, prune_to_budget
 from prunekit.training import evaluate, fit
 from prunekit.training.distill import Distillation
@@ -149,22 +150,10 @@ class Bench:
         return row
 
     def layer_finetune(self, seed):
-        """ThiNet's layer-wise fine-tuning, shortened: a few SGD minibatches at a small lr after
-        each pruned layer."""
+        """ThiNet's layer-wise fine-tuning, shortened: a few SGD minibatches at lr 1e-3 after
+        each pruned layer (the structured_budget pipeline's own callback)."""
         train, _, _ = self.finetune_loaders(seed)
-
-        def after(model, name):
-            train.set_epoch(0)
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-            model.train()
-            for i, (xb, yb) in enumerate(train):
-                if i >= self.args.layer_ft_batches:
-                    break
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xb), yb).backward()
-                opt.step()
-            model.eval()
-        return after
+        return layerwise_finetune(train, self.args.layer_ft_batches, lr=1e-3)
 
 
 def tp_magnitude_at_macs(model, target, iters=12):

@@ -75,24 +75,29 @@ class BudgetParams:
                                  hashed=False)
 
 
-def _layer_finetune(ctx: RunContext, p: BudgetParams):
-    if p.layer_finetune_batches == 0:
-        return None
-    loader = ctx.train_loader()
-
+def layerwise_finetune(loader, batches: int, lr: float):
+    """ThiNet's layer-wise fine-tuning, shortened: an ``after_layer(model, name)`` callback for
+    :func:`prunekit.structured.prune_to_budget` that runs ``batches`` SGD minibatches of
+    ``loader`` at ``lr`` after each pruned layer (the same batches each time)."""
     def after(model: nn.Module, name: str) -> None:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(0)
-        opt = torch.optim.SGD(model.parameters(), lr=p.layer_finetune_lr, momentum=0.9, weight_decay=5e-4)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         model.train()
         for i, (x, y) in enumerate(loader):
-            if i >= p.layer_finetune_batches:
+            if i >= batches:
                 break
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         model.eval()
     return after
+
+
+def _layer_finetune(ctx: RunContext, p: BudgetParams):
+    if p.layer_finetune_batches == 0:
+        return None
+    return layerwise_finetune(ctx.train_loader(), p.layer_finetune_batches, p.layer_finetune_lr)
 
 
 def _target(p: BudgetParams):
