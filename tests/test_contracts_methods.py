@@ -5,8 +5,8 @@ Parametrized over the registries, so a new entry is tested by being registered:
 - a method builds from its ``Params`` (defaults plus the required fields' ``example``), trains
   a few steps in a plain loop (attach / penalty / step), resumes *bit-identically* from a
   state_dict taken mid-training (model, optimizer and method state loaded into fresh objects in
-  the order ``prunekit.training.fit`` uses), is deterministic for a seed, and ``finalize()``
-  returns a Mask on a plain model; bad parameters raise a ValueError naming the parameter and
+  the order ``prunekit.training.fit`` uses) and is deterministic for a seed (that
+  ``finalize()`` returns a Mask on a plain model is test_registries.py's check); bad parameters raise a ValueError naming the parameter and
   what is accepted;
 - a pipeline / baseline params class parses from YAML-like data with its examples, rejects a
   bad value with the key path, and gives every required field an ``example``.
@@ -21,7 +21,6 @@ from torch import nn
 
 import prunekit as pk
 from prunekit import params as valid
-from prunekit.core import Mask
 from prunekit.experiments.schema import SpecError, parse
 from prunekit.methods import METHODS
 from prunekit.pipelines import BASELINES, PIPELINES
@@ -90,24 +89,16 @@ def uninterrupted(name, seed=0):
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_builds_from_its_params_and_finalizes_to_a_plain_model(name):
+def test_method_builds_from_its_params(name):
+    # finalize() leaving a plain model is checked for every method in test_registries.py
     cls = METHODS.get(name)
     assert dataclasses.is_dataclass(cls.Params), f"{name}: Method.Params must be a dataclass"
     for f in dataclasses.fields(cls.Params):
         if valid.is_required(f):
             assert f.metadata.get("example", valid.NO_EXAMPLE) is not valid.NO_EXAMPLE, \
                 f"{name}: required field {f.name!r} needs an example"
-    model, optimizer, method = build(name)
-    dense_keys = set(model.state_dict())
-    method.attach(model, optimizer)
-    train(model, optimizer, method, range(STEPS))
-    mask = method.finalize()
-    assert isinstance(mask, Mask)
-    assert set(model.state_dict()) == dense_keys, "finalize leaves the dense model's state_dict keys"
-    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules()), "no hooks left"
-    params = dict(model.named_parameters())
-    for pname, keep in mask.items():
-        assert bool((params[pname][~keep] == 0).all()), f"{pname}: pruned weights are exact zeros"
+    _, _, method = build(name)
+    assert type(method) is cls
 
 
 @pytest.mark.parametrize("name", METHODS.names())
