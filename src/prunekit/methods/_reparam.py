@@ -76,7 +76,7 @@ class WeightSubstitution:
     """Substitute ``fn(name, reader, weight)`` for each named Parameter during every forward
     of the modules that read it (see :func:`sites_of`), in ``model``.
 
-    While attached, torch's fused transformer fast paths are switched off for the duration
+    While attached to a model with attention layers, torch's fused transformer fast paths are switched off for the duration
     of each forward of ``model`` (``torch.backends.mha.set_fastpath_enabled``): in eval mode
     without grad, ``nn.TransformerEncoderLayer`` may call one fused kernel with the
     Parameters of its attention and feed-forward layers, bypassing the forwards (and so the
@@ -98,8 +98,11 @@ class WeightSubstitution:
         for reader, entries in by_reader.values():
             self._handles.append(reader.register_forward_pre_hook(self._pre(entries)))
             self._handles.append(reader.register_forward_hook(self._post(entries), always_call=True))
-        self._handles.append(model.register_forward_pre_hook(self._fastpath_off))
-        self._handles.append(model.register_forward_hook(self._fastpath_restore, always_call=True))
+        # only models with fused-attention layers pay for the switch (two hooks per forward)
+        if any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+               for m in model.modules()):
+            self._handles.append(model.register_forward_pre_hook(self._fastpath_off))
+            self._handles.append(model.register_forward_hook(self._fastpath_restore, always_call=True))
 
     def _pre(self, entries: List[Tuple[str, "Site"]]):
         def hook(reader: nn.Module, args):
