@@ -290,10 +290,13 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         lr = opt.param_groups[0]["lr"]  # the lr this step uses
         state.skipped = not run.amp.step(opt)
         state.skipped_steps += int(state.skipped)
-        with warnings.catch_warnings():
+        if state.skipped:
             # A step GradScaler skipped still advances the schedule (it counts iterations);
             # torch warns about that order only when the very first step was skipped.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                state.scheduler.step()
+        else:
             state.scheduler.step()
         state.step += 1
 
