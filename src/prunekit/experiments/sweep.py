@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..io import StorageError, check_writable
-from .project import Project, atomic_write_text
+from .project import METRICS, Project, atomic_write_text
 from .ray_executor import import_ray, run_ray
 from .runner import FAILED, Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
@@ -284,7 +284,8 @@ def _reconcile(project: Project, sweep: Sweep, planned: List[PlannedRun]) -> set
             if why is not None and project.set_aside(run_id) is not None:
                 store.fail(run_id, f"its metrics.json was damaged ({why}); moved to metrics.json.corrupt "
                                    "and run again", status="interrupted")
-            if project.is_done(run_id):
+            # corrupt_record just parsed the file: a readable record is there or none is
+            if why is None and (project.run_folder(run_id) / METRICS).is_file():
                 done.add(run_id)
                 if status.get(run_id) != "done":
                     store.finish(item.spec, project.read_record(run_id))

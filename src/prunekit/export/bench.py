@@ -123,10 +123,11 @@ def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence
 
 
 def sparse_flops_ratio(model: nn.Module, exported: nn.Module, input_shape: Sequence[int],
-                       dense_flops: Optional[int] = None) -> float:
+                       dense_flops: Optional[int] = None, counted=None) -> float:
     """``dense_flops`` (default: ``model``'s own FLOPs) over the FLOPs of ``exported``
-    (``sparse(model)``), in which only the CSR layers skip their zeros."""
-    per, total = flops_per_module(model, input_shape)
+    (``sparse(model)``), in which only the CSR layers skip their zeros. ``counted``:
+    ``flops_per_module(model, input_shape)`` when the caller has it already."""
+    per, total = counted if counted is not None else flops_per_module(model, input_shape)
     saved = sum(per.get(d["layer"], 0) * d["sparsity"] for d in decisions(exported) if d["form"] == "csr")
     return (dense_flops or total) / max(total - saved, 1)
 
@@ -184,11 +185,12 @@ def bench_model(path, *, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int
             files["torch-prune"] = saved_bytes(common["torch-prune"])
     forms_at: Dict[int, Dict[str, nn.Module]] = {}
     sparse_ratio: Dict[int, float] = {}
+    counted = flops_per_module(model, shape)   # per-module FLOPs do not depend on the batch size
     for b in batch_sizes:
         forms = dict(common)
         forms["sparse"] = sparse(model, batch_size=int(b), repeats=sparse_repeats,
                                  example_input=torch.randn(1, *shape))
-        sparse_ratio[int(b)] = sparse_flops_ratio(model, forms["sparse"], shape, dense_flops)
+        sparse_ratio[int(b)] = sparse_flops_ratio(model, forms["sparse"], shape, dense_flops, counted)
         forms_at[int(b)] = forms
     rows: List[dict] = []
     for b, forms in forms_at.items():

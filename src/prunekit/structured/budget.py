@@ -505,7 +505,8 @@ def _reconstruct(model, x0, removes, images, method, locations, scale, target, m
         memory["chunk_images"] = max(memory["chunk_images"], chunk)
         memory["peak_bytes"] = max(memory["peak_bytes"], stats.bytes() + chunk * per_image)
         removed = RECONSTRUCTIONS.get(method)(stats.zz, stats.zy, r)
-        kept = [i for i in range(c) if i not in set(removed)]
+        gone = set(removed)
+        kept = [i for i in range(c) if i not in gone]
         if full:
             cols = torch.tensor([ci * k + t for ci in kept for t in range(k)])
             sol = _ridge_solve(stats.pp[cols][:, cols], stats.py[cols], ridge)  # (kept*K, O)
