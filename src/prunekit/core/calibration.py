@@ -17,13 +17,14 @@ whose weight is stored transposed (in x out). Padding positions of HF batches
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .targets import stores_transposed
 
 
 @dataclass
@@ -46,17 +47,9 @@ class LayerStats:
         return 2.0 * self.xtx
 
 
-def hf_conv1d_type() -> Optional[type]:
-    """transformers' ``Conv1D`` class if transformers is loaded (a model using it must have
-    imported it), else None: prunekit itself never imports transformers."""
-    module = sys.modules.get("transformers.pytorch_utils")
-    return getattr(module, "Conv1D", None)
-
-
-def is_transposed(module: nn.Module) -> bool:
-    """True for layers whose weight is stored (in, out) instead of (out, in)."""
-    conv1d = hf_conv1d_type()
-    return conv1d is not None and isinstance(module, conv1d)
+# HF Conv1D stores its weight (in, out): the targets module knows that type (it never imports
+# transformers); kept under this name for the calibration code and its importers.
+is_transposed = stores_transposed
 
 
 def as_rows(tensor: torch.Tensor, transposed: bool = False) -> torch.Tensor:

@@ -204,8 +204,9 @@ class SSS(Method):
                     if t is not None:
                         t.mul_(scale.view(-1, *([1] * (t.dim() - 1))) if scale.dim() else scale)
             if self.kind == "blocks":
+                zeroed = set(self.zeroed())   # the factors do not change in this loop
                 for name, _, _ in self.targets:
-                    if name in self.zeroed():
+                    if name in zeroed:
                         block = dict(self.model.named_modules())[name]
                         for pname, p in block.named_parameters():
                             if not pname.startswith(shortcut_prefix(block)):
