@@ -270,11 +270,11 @@ class SparsityLoss(Method):
         """lambda_polar * mean over the trained layers of min(s_i - s_l, s_u - s_i)_+ ^2 (see the
         module docstring; zero when polarisation is off)."""
         self._require_attached()
-        s = self.predicted_sparsities()
         if self.polar_low is None:
-            return torch.zeros((), device=s.device, dtype=s.dtype)
-        trained = torch.tensor([n in self.trained for n in self.names], device=s.device)
-        s = s[trained]
+            first = next(iter(self.params.values()))
+            return torch.zeros((), device=first.device, dtype=first.dtype)
+        # s_i of the trained layers only, straight from their r_i (no mask, no device copy)
+        s = torch.stack([torch.erf(self._r(n) / math.sqrt(2.0)) for n in self.names if n in self.trained])
         inside = torch.minimum(s - self.polar_low, self.polar_high - s).clamp(min=0)
         return self.lam_polar * (inside ** 2).mean()
 
