@@ -114,7 +114,7 @@ class Bench:
         return evaluate(small, test)["top1"]
 
     def run(self, seed, method, speedup, dense):
-        key = f"{method}|{speedup}|{seed}|e{self.args.epochs}"
+        key = run_key(self.args, method, speedup, seed)
         if key in self.cache:
             return self.cache[key]
         a = self.args
@@ -154,6 +154,17 @@ class Bench:
         each pruned layer (the structured_budget pipeline's own callback)."""
         train, _, _ = self.finetune_loaders(seed)
         return layerwise_finetune(train, self.args.layer_ft_batches, lr=1e-3)
+
+
+def dense_seed(args, seed):
+    """The seed of the dense model a run prunes: its own, or the one shared model of --dense-seed
+    (the issue's grid: one trained CNN, pruned and fine-tuned under 3 seeds)."""
+    return seed if args.dense_seed is None else args.dense_seed
+
+
+def run_key(args, method, speedup, seed):
+    shared = "" if args.dense_seed is None else f"|d{args.dense_seed}"
+    return f"{method}|{speedup}|{seed}|e{args.epochs}{shared}"
 
 
 def tp_magnitude_at_macs(model, target, iters=12):
@@ -196,10 +207,13 @@ def render(bench, seeds):
              "l1_filter": "prunekit l1_filter, uniform", "bn_scale_global": "prunekit bn_scale, global, min_channels=8",
              "thinet": "prunekit ThiNet (per-channel scaling, dense target)",
              "lasso": "prunekit LASSO (full refit, dense target)"}
-    dense = [bench.cache.get(f"dense|{s}|e{a.epochs}", {}).get("top1") for s in seeds]
+    dense_seeds = sorted({dense_seed(a, s) for s in seeds})
+    dense = [bench.cache.get(f"dense|{s}|e{a.epochs}", {}).get("top1") for s in dense_seeds]
     lines = ["## Structured pruning at a FLOPs budget vs torch-pruning (issue #19)", "",
              f"Fashion-MNIST CNN (5 conv + BN, {macs(FashionCNN()) / 2e6:.1f}M MACs), dense top-1 "
-             f"{mean_std(dense)} ({a.epochs} dense epochs). Each method prunes the same dense model to 1/2 and "
+             f"{mean_std(dense)} ({a.epochs} dense epochs"
+             f"{'' if a.dense_seed is None else f', one dense model (seed {a.dense_seed}) shared by every seed'}). "
+             f"Each method prunes the same dense model to 1/2 and "
              f"1/4.26 of its MACs (`prune_to_budget(flops_ratio=...)`; torch-pruning: ratio bisected), then "
              f"{a.ft_epochs} fine-tune epochs (SGD lr {a.ft_lr}, cosine, on {a.ft_subset or 60000} training images"
              f"{'; prunekit rows distil from the dense logits, T=4, alpha=0.7' if a.distill else ''}). "
@@ -212,7 +226,7 @@ def render(bench, seeds):
     for label in labels:
         cells = [names[label]]
         for sp in SPEEDUPS:
-            rows = [bench.cache.get(f"{label}|{sp}|{s}|e{a.epochs}") for s in seeds]
+            rows = [bench.cache.get(run_key(a, label, sp, s)) for s in seeds]
             rows = [r for r in rows if r]
             data["rows"][f"{label}|{sp}"] = rows
             if not rows:
@@ -246,6 +260,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=2, help="dense epochs")
+    ap.add_argument("--dense-seed", type=int, default=None,
+                    help="train one dense model with this seed and prune it under every --seeds seed "
+                         "(default: one dense model per seed)")
     ap.add_argument("--train-subset", type=int, default=None, help="dense training images (default all 60k)")
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--ft-lr", type=float, default=0.01)
@@ -261,8 +278,12 @@ def main():
     torch.set_num_threads(args.threads)
     bench = Bench(args)
     if not args.render_only:
+        dense_models = {}
         for seed in args.seeds:
-            dense = bench.dense(seed).eval()
+            ds = dense_seed(args, seed)
+            if ds not in dense_models:
+                dense_models = {ds: bench.dense(ds).eval()}
+            dense = dense_models[ds]
             for sp in SPEEDUPS:
                 for method in args.methods:
                     bench.run(seed, method, sp, dense)
