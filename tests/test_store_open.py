@@ -81,3 +81,16 @@ def test_opening_is_refused_where_the_store_is_forbidden(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=NO_STORE_ENV):
         Store(tmp_path / "results.sqlite")
     assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_the_full_file_check_runs_only_when_asked(tmp_path, monkeypatch):
+    """quick_check reads the whole file: the sweep's reconcile and `prunekit runs` ask for it
+    (verify=True); a run recording its result must not pay it on every open."""
+    checked = []
+    monkeypatch.setattr(Store, "check", lambda self: checked.append(self.path))
+    with Store(tmp_path / "results.sqlite"):
+        pass
+    assert checked == []
+    with Store(tmp_path / "results.sqlite", verify=True):
+        pass
+    assert checked == [tmp_path / "results.sqlite"]

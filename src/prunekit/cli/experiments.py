@@ -85,7 +85,7 @@ def cmd_runs(args) -> int:
     if not project.db_path.is_file():
         raise FileNotFoundError(f"no results database in {args.dir} ({project.db_path} is missing); "
                                 "run `prunekit run` or `prunekit sweep` first")
-    with project.store() as store:
+    with project.store(verify=True) as store:
         rows = store.runs(sweep=args.sweep, status=None)
     for row in rows:  # "running" rows whose process is gone are really interrupted
         if row["status"] == "running" and project.is_locked(row["id"]) is False:

@@ -98,8 +98,10 @@ class Project:
             raise ValueError(f"{path} is damaged (not valid JSON: {err}); the next sweep moves it "
                              "aside and reruns the run") from None
 
-    def store(self):
-        return Store(self.db_path)
+    def store(self, verify: bool = False):
+        """The results store; ``verify`` runs SQLite's quick_check on opening (the sweep's
+        reconcile and ``prunekit runs`` do; a run recording its result does not)."""
+        return Store(self.db_path, verify=verify)
 
     @contextlib.contextmanager
     def lock(self, run_id: str) -> Iterator[None]:

@@ -24,7 +24,9 @@ the switch to WAL and the schema creation with backoff (the busy timeout does no
 first: see ``Store._setup``). A process with ``PRUNEKIT_NO_STORE`` set cannot open the store
 (Ray tasks: their sweep's driver writes it for them).
 
-Faults: opening runs ``PRAGMA quick_check``; a damaged file (truncated, overwritten) raises
+Faults: ``Store(path, verify=True)`` (a sweep's reconcile, ``prunekit runs``) runs ``PRAGMA
+quick_check``, O(file size), so it is not paid by every run that records its result; other
+accesses translate SQLite's "malformed" errors the same way. A damaged file (truncated, overwritten) raises
 ``StoreCorruptError`` with one line that names the file and the way out (``prunekit runs DIR
 --repair`` rebuilds the store from the run folders, which are the truth). A full disk or a
 read-only folder raises the one-line ``prunekit.io.StorageError`` instead of SQLite's
@@ -185,7 +187,7 @@ class Store:
     """The results database of one project folder. One connection per process: open a Store
     in each worker (connections must not cross ``fork``/``spawn``)."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: Union[str, Path], verify: bool = False):
         if os.environ.get(NO_STORE_ENV):
             # Set in processes that must leave the database to another one (Ray tasks: the
             # sweep's driver alone writes the store); opening it there is a bug, not a race.
@@ -201,7 +203,8 @@ class Store:
             with self._translated():
                 self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 _retry_locked(self._setup)
-                self.check()
+                if verify:
+                    self.check()
         except BaseException:
             self.conn.close()
             raise

@@ -46,7 +46,7 @@ from .runner import FAILED, Outcome, execute
 from .spec import ExperimentSpec, RunSpec, Sweep
 # The plan (and which planned runs can start) is shared with the Ray executor, so it lives
 # below both; its names stay importable from here.
-from .sweep_plan import ROLE_RANK, PlannedRun, as_sweep, plan, take_ready  # noqa: F401
+from .sweep_plan import PlannedRun, as_sweep, plan, take_ready  # noqa: F401 (plan is re-exported)
 
 EXECUTORS = ("process", "ray")
 
@@ -274,7 +274,7 @@ def _reconcile(project: Project, sweep: Sweep, planned: List[PlannedRun]) -> set
     "interrupted" (the run will resume from its checkpoint).
     """
     done = set()
-    with project.store() as store:
+    with project.store(verify=True) as store:
         store.register_sweep(sweep.name, sweep.to_dict(), sweep.points[0].to_dict(), planned)
         status = {row["id"]: row["status"] for row in store.runs(sweep=sweep.name)}
         stale = []
