@@ -41,7 +41,7 @@ from ..core.targets import prunable_parameters
 from ..params import param
 from ..structured.channel_selection import is_preactivation, preactivation_groups, select_inputs, zero_inputs
 from ..structured.scores import following_bn
-from ..structured.select import global_fraction
+from ..structured.select import global_fraction, lowest_fraction
 from ..structured.shrink import shrink, zero_channels
 from .base import METHODS, Method
 
@@ -131,15 +131,9 @@ class Slimming(Method):
             bn = modules[bn_name]
             if bn.weight is not None:
                 sets.append(("in", conv, bn.weight.detach().abs()))
-        entries = []
-        for i, (_, _, g) in enumerate(sets):
-            protected = int(torch.argmax(g))
-            entries += [(float(v), i, c) for c, v in enumerate(g.tolist()) if c != protected]
-        total = sum(g.numel() for _, _, g in sets)
-        entries.sort()
         plan: Dict[str, List[int]] = {}
         inputs: Dict[str, List[int]] = {}
-        for _, i, c in entries[:min(int(round(self.fraction * total)), len(entries))]:
+        for i, c in lowest_fraction([g for _, _, g in sets], self.fraction):
             kind, name, _ = sets[i]
             (plan if kind == "out" else inputs).setdefault(name, []).append(c)
         return {k: sorted(v) for k, v in plan.items()}, {k: sorted(v) for k, v in inputs.items()}

@@ -71,19 +71,24 @@ def global_fraction(model: nn.Module, fraction: float, score: str = "bn_scale",
                 layers.append(name)
             except ValueError:
                 continue  # e.g. bn_scale on a layer without its own BN
-    entries = []  # (score, layer position, channel)
     per = {name: _scores(model, name, score) for name in layers}
-    for li, name in enumerate(layers):
-        s = per[name]
-        protected = set(torch.sort(s, descending=True, stable=True).indices[:min_keep].tolist())
-        entries += [(float(v), li, c) for c, v in enumerate(s.tolist()) if c not in protected]
-    total = sum(s.numel() for s in per.values())
-    n_remove = min(int(round(fraction * total)), len(entries))
-    entries.sort()
     out: Dict[str, List[int]] = {}
-    for _, li, c in entries[:n_remove]:
+    for li, c in lowest_fraction(list(per.values()), fraction, min_keep):
         out.setdefault(layers[li], []).append(c)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def lowest_fraction(scores: Sequence[torch.Tensor], fraction: float, min_keep: int = 1) -> List[Tuple[int, int]]:
+    """One global threshold over several score vectors: the ``(vector index, channel)`` pairs
+    of the ``round(fraction * total)`` lowest scores, the ``min_keep`` highest of each vector
+    protected (ties: the lower channel index is protected; the lower score, then position, goes first)."""
+    entries = []  # (score, vector position, channel)
+    for i, s in enumerate(scores):
+        protected = set(torch.sort(s, descending=True, stable=True).indices[:min_keep].tolist())
+        entries += [(float(v), i, c) for c, v in enumerate(s.tolist()) if c not in protected]
+    total = sum(s.numel() for s in scores)
+    entries.sort()
+    return [(i, c) for _, i, c in entries[:min(int(round(fraction * total)), len(entries))]]
 
 
 def uniform_for_flops(model: nn.Module, example_input: torch.Tensor, flops_ratio: float,
