@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.core.accounting import flops_per_module
+from prunekit.core.accounting import flops_per_module, kept_fraction
 from prunekit.io import atomic_write_json
 from prunekit.methods.base import MethodCallback
 from prunekit.methods.slimming import Slimming
@@ -249,8 +249,10 @@ def render(b: Bench):
               "realised = speedup / FLOPs ratio (target >= 0.6).", "",
               "| model | FLOPs ratio | params ratio | speedup b=1 | speedup b=64 | realised b=64 |", "|---|---|---|---|---|---|"]
     for r in c.get("latency", []):
-        lines.append(f"| {r['model']} | {r['flops_ratio']:.2f}x | {r['params_ratio']:.2f}x | {r['speedup_b1']:.2f}x | "
-                     f"{r['speedup_b64']:.2f}x | {r['speedup_b64'] / r['flops_ratio']:.2f} |")
+        # "x fewer" = dense / shrunk; compare()'s *_ratio is the fraction kept (older cached rows: dense / shrunk)
+        fewer_f, fewer_p = 1 / kept_fraction(r["flops_ratio"]), 1 / kept_fraction(r["params_ratio"])
+        lines.append(f"| {r['model']} | {fewer_f:.2f}x | {fewer_p:.2f}x | {r['speedup_b1']:.2f}x | "
+                     f"{r['speedup_b64']:.2f}x | {r['speedup_b64'] / fewer_f:.2f} |")
     return "\n".join(lines)
 
 

@@ -44,3 +44,16 @@ def test_flops_need_an_input_shape():
     with pytest.raises(ValueError, match="input_shape"):
         report(nn.Linear(3, 3))
     assert report(nn.Linear(3, 3), flops=False).flops is None
+
+
+def test_kept_fraction_reads_both_conventions_of_stored_ratios():
+    """*_ratio metrics are fractions kept; records written before that stored dense / pruned
+    (> 1 for a pruned model): both read as the fraction kept."""
+    from prunekit.core.accounting import kept_fraction
+
+    assert kept_fraction(0.25) == 0.25
+    assert kept_fraction(4.0) == 0.25  # an old record: dense / pruned
+    assert kept_fraction(1.0) == 1.0
+    for bad in (0, -2.0, None, True, "0.5"):
+        with pytest.raises(ValueError, match="must be a positive number"):
+            kept_fraction(bad)

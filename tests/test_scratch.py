@@ -45,7 +45,9 @@ def test_structured_run_is_smaller_and_reports_flops_latency(finished):
     record = project.read_record(specs["structured"].id)
     m, extra = record["metrics"], record["extra"]
     assert m["params"] < extra["dense_params"] and m["flops"] < extra["dense_flops"]
-    assert extra["flops_ratio"] == pytest.approx(extra["dense_flops"] / m["flops"])
+    # *_ratio is the fraction kept, as the flops_ratio= targets; *_reduction the "x fewer"
+    assert extra["flops_ratio"] == pytest.approx(m["flops"] / extra["dense_flops"]) and extra["flops_ratio"] < 1
+    assert extra["flops_reduction"] == pytest.approx(extra["dense_flops"] / m["flops"])
     assert {"latency_b1", "latency_shrunk_b64", "speedup_b64"} <= set(extra)
     assert m["epochs"] == 2 + 1  # dense + fine-tune
     model, _ = load_shrunk(project.run_folder(specs["structured"].id))

@@ -198,3 +198,17 @@ def test_block_inner_ratios_prune_the_first_conv_of_every_block():
     assert small.layer1[0].conv1.out_channels == 4 and small.layer3[2].conv1.out_channels == 16
     with pytest.raises(ValueError):
         block_inner_ratios(model, 1.0)
+
+
+def test_compare_reports_the_fractions_kept_and_the_reductions():
+    """``*_ratio`` is the fraction kept (shrunk / original) as in every flops_ratio= target;
+    ``*_reduction`` the "x fewer" figure."""
+    torch.manual_seed(0)
+    model = pk.models.get("resnet20", width=0.25, shortcut="B").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    small = pk.structured.shrink(model, x, pk.structured.uniform_for_flops(model, x, 0.5))
+    got = pk.structured.compare(model, small, (3, 32, 32), batch_sizes=())
+    assert got["flops_ratio"] == pytest.approx(got["flops_shrunk"] / got["flops"]) and got["flops_ratio"] < 1
+    assert got["params_ratio"] == pytest.approx(got["params_shrunk"] / got["params"]) and got["params_ratio"] < 1
+    assert got["flops_reduction"] == pytest.approx(1 / got["flops_ratio"])
+    assert got["params_reduction"] == pytest.approx(1 / got["params_ratio"])

@@ -20,7 +20,9 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.core.accounting import flops_per_module
+from prunekit.models.resnet import CifarResNet
 from prunekit.structured import RECONSTRUCTIONS, channel_methods, layer_floor, prune_to_budget
+from prunekit.structured.reconstruct import capture
 from prunekit.structured.scores import CHANNEL_SCORES
 from prunekit.structured.shrink import shrink
 
@@ -203,6 +205,102 @@ def test_depthwise_convs_prune_through_their_group_and_grouped_ones_stay_whole()
         assert res.widths["0"][1] < 8 and res.widths["3"][1] == res.widths["0"][1]  # depthwise follows
         assert "6" not in res.widths and "9" not in res.widths  # groups=3: left whole
     assert "0" in res.fallbacks  # a depthwise consumer has no reconstruction: l1_filter, no refit
+
+
+def resnet(shortcut, seed=0):
+    """A held-out ResNet-8 (option A or B) with non-trivial BN statistics, at 16x16 inputs."""
+    torch.manual_seed(seed)
+    m = CifarResNet(8, width=0.5, shortcut=shortcut)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.uniform_(0.2, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+XR = torch.zeros(1, 3, 16, 16)
+
+
+def rimages(n, seed=0):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+STREAMS = [["conv1", "layer1.0.conv2"], ["layer2.0.conv2", "layer2.0.shortcut.0"],
+           ["layer3.0.conv2", "layer3.0.shortcut.0"]]  # the convs adding into each residual stream
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("method", channel_methods())
+def test_residual_streams_are_one_unit_for_every_method(method, allocation):
+    """Option B: the convs adding into one stream lose the same channels, counted once: the
+    target is met within one channel step, the plan names one layer per stream, and a
+    reconstruction (which has no single consumer to refit there) falls back on the streams."""
+    model = resnet("B")
+    res = prune_to_budget(model, XR, flops_ratio=0.5, method=method, allocation=allocation, images=rimages(20),
+                          min_channels=2)
+    dense = flops_per_module(model, example_input=XR)[1]
+    measured = flops_per_module(res.model, example_input=XR)[1]
+    assert res.met and res.achieved == pytest.approx(measured / dense)
+    step = max(dense - flops_per_module(shrink(model, XR, {n: [0]}), example_input=XR)[1]
+               for n in pk.structured.prunable_layers(model))
+    assert abs(measured - 0.5 * dense) <= step
+    assert res.model(rimages(2)).shape == (2, 10)
+    for stream in STREAMS:
+        assert len({res.widths[n][1] for n in stream}) == 1  # tied widths
+        assert len([n for n in stream if n in res.plan]) <= 1  # planned (and removed) once
+        if method in RECONSTRUCTIONS.names() and stream[0] in res.plan:
+            assert stream[0] in res.fallbacks
+    assert min(k for _, k in res.widths.values()) >= 2
+    if method in RECONSTRUCTIONS.names():  # the blocks' first convs have one consumer: reconstructed
+        assert not [n for n in res.fallbacks if n.endswith(".conv1") and "layer" in n]
+
+
+@pytest.mark.parametrize("method", channel_methods())
+def test_option_a_resnets_prune_every_block_inner_conv_without_fallback(method):
+    model = resnet("A")
+    res = prune_to_budget(model, XR, flops_ratio=0.5, method=method, images=rimages(20))
+    assert res.met and not res.fallbacks
+    assert sorted(res.widths) == ["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1"]
+    assert res.model(rimages(2)).shape == (2, 10)
+
+
+def test_a_consumer_in_a_pruned_stream_is_refit_towards_the_dense_output_it_kept():
+    """Option B: the stem's stream loses channels (no refit), then the first block's conv1 is
+    reconstructed; its consumer conv2 now outputs fewer channels than the dense one, and the
+    refit targets the dense conv2 output at the channels kept."""
+    model = resnet("B", seed=7)
+    calib = rimages(200, 1)
+    res = prune_to_budget(model, XR, flops_ratio=0.8, method="lasso", layers=["conv1", "layer1.0.conv1"],
+                          images=calib, locations=64, ridge=1e-10)
+    assert res.plan["conv1"] and res.plan["layer1.0.conv1"] and res.fallbacks == ["conv1"]
+    kept_stream = [c for c in range(8) if c not in set(res.plan["conv1"])]
+    kept_inner = [c for c in range(8) if c not in set(res.plan["layer1.0.conv1"])]
+    with torch.no_grad():
+        dense_y = capture(model, "layer1.0.conv2", calib, output=True)[:, kept_stream]
+        got = capture(res.model, "layer1.0.conv2", calib, output=True)
+        plain = shrink(model, XR, {"conv1": res.plan["conv1"], "layer1.0.conv1": res.plan["layer1.0.conv1"]})
+        assert plain.layer1[0].conv2.weight.shape == res.model.layer1[0].conv2.weight.shape
+        sliced = capture(plain, "layer1.0.conv2", calib, output=True)
+    assert got.shape == dense_y.shape == sliced.shape and len(kept_inner) < 8
+    err = float(((got - dense_y) ** 2).sum() / (dense_y ** 2).sum())
+    assert err < float(((sliced - dense_y) ** 2).sum() / (dense_y ** 2).sum())
+
+
+def test_reconstruct_refuses_two_layers_of_one_residual_stream():
+    with pytest.raises(ValueError, match="conv1 and layer1.0.conv2 share their channels"):
+        pk.structured.budget.reconstruct(resnet("B"), XR, {"conv1": 1, "layer1.0.conv2": 1}, rimages(4))
+
+
+def test_find_consumer_sees_residual_readers():
+    model = resnet("B")
+    assert pk.structured.find_consumer(model, "layer1.0.conv1", XR) == ("layer1.0.conv2", 9)
+    assert pk.structured.find_consumer(model, "conv1", XR) is None  # a stream: several producers and readers
+    assert pk.structured.find_consumer(held_out(0), "features.7", X) == ("fc", 16)
+    assert pk.structured.find_consumer(model, "layer3.0.conv1") == ("layer3.0.conv2", 9)  # traced at .input_shape
+    with pytest.raises(ValueError, match="pass example_input="):
+        pk.structured.find_consumer(held_out(0), "features.7")
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

@@ -38,6 +38,9 @@ def test_every_channel_method_runs_from_a_spec_at_a_flops_target(tmp_path):
         assert extra["budget_requested"] == 0.5 and extra["budget_met"]
         assert abs(extra["budget_achieved"] - 0.5) <= extra["budget_step"] + 1e-12
         assert m["flops"] == pytest.approx(extra["budget_achieved"] * extra["dense_flops"])
+        # one convention in one record: flops_ratio is the fraction kept, like the target
+        assert extra["flops_ratio"] == pytest.approx(extra["budget_achieved"])
+        assert extra["flops_reduction"] == pytest.approx(1 / extra["budget_achieved"])
         assert min(extra["widths"][k][1] for k in extra["widths"]) >= 2
         model, _ = load_shrunk(project.run_folder(spec.id))
         assert sum(p.numel() for p in model.parameters()) == m["params"]

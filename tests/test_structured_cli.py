@@ -21,7 +21,9 @@ def test_shrink_writes_a_rebuildable_smaller_model(tmp_path, capsys):
     assert _run(["shrink", "--model", "resnet56", "--width", "0.25", "--config", "resnet56-b",
                  "--latency-repeats", "1", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["params_shrunk"] < report["params"] and report["flops_ratio"] > 1
+    assert report["params_shrunk"] < report["params"] and 0 < report["flops_ratio"] < 1
+    assert report["flops_ratio"] == pytest.approx(report["flops_shrunk"] / report["flops"])  # kept
+    assert report["flops_reduction"] == pytest.approx(1 / report["flops_ratio"])
     assert {"speedup_b1", "speedup_b64"} <= set(report)
     model, _ = load_shrunk(out)
     assert sum(p.numel() for p in model.parameters()) == report["params_shrunk"]

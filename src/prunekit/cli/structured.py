@@ -99,8 +99,8 @@ def cmd_shrink(args) -> int:
     if budget is not None:
         stats["budget"] = {k: v for k, v in budget.summary().items()}
     atomic_write_json(out / "report.json", stats, indent=1)
-    print(f"{name}: params {stats['params']:,} -> {stats['params_shrunk']:,} ({stats['params_ratio']:.2f}x), "
-          f"FLOPs {stats['flops']:,} -> {stats['flops_shrunk']:,} ({stats['flops_ratio']:.2f}x)")
+    print(f"{name}: params {stats['params']:,} -> {stats['params_shrunk']:,} ({stats['params_reduction']:.2f}x fewer), "
+          f"FLOPs {stats['flops']:,} -> {stats['flops_shrunk']:,} ({stats['flops_reduction']:.2f}x fewer)")
     for b in (1, 64):
         if f"speedup_b{b}" in stats:
             print(f"  batch {b}: {1e3 * stats[f'latency_b{b}']:.2f} ms -> {1e3 * stats[f'latency_shrunk_b{b}']:.2f} ms "

@@ -29,6 +29,18 @@ def _example_input(model: nn.Module, input_shape: Optional[Sequence[int]], examp
     return torch.zeros((1, *shape), device=device)
 
 
+def kept_fraction(ratio: float) -> float:
+    """A stored ``flops_ratio`` / ``params_ratio`` as the fraction **kept** (pruned / dense), the
+    convention of every ``*_ratio`` target and metric (README, "Conventions of the public API").
+
+    Read-compatible with older records: the structured / slimming / scratch metrics and
+    ``structured.compare`` stored dense / pruned there, which is > 1 for any pruned model,
+    while a kept fraction never exceeds 1; so a value above 1 is an old record, inverted here."""
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0:
+        raise ValueError(f"a FLOPs / parameter ratio must be a positive number, got {ratio!r}")
+    return 1.0 / ratio if ratio > 1.0 else float(ratio)
+
+
 def flops_per_module(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
                      example_input: Optional[torch.Tensor] = None) -> Tuple[Dict[str, int], int]:
     """Dense FLOPs of one forward pass at batch 1: ``({module name: flops}, total)``.

@@ -154,7 +154,8 @@ def _train_ticket(ctx: RunContext, main: FinishedRun, weights, p, name: str) -> 
     epochs, overrides = budget_epochs(p, ctx.recipe, dense, effective)
     ctx.fit(model, name, epochs=epochs, callbacks=[EnforceMask(mask)], **overrides)
     return ctx.result(model, mask, metrics={"requested_sparsity": main.metrics.get("requested_sparsity"),
-                                            "own_epochs": epochs, "flops_ratio": dense / effective},
+                                            "own_epochs": epochs, "flops_ratio": effective / dense,
+                                            "flops_reduction": dense / effective},
                       built_on=[main])
 
 

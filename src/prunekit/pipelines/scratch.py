@@ -106,7 +106,7 @@ def run_scratch_b(ctx: RunContext, p: ScratchBParams, main: FinishedRun) -> Pipe
     epochs = scratch_b_epochs(e, info["dense_flops"], info["flops"], p.max_ratio)
     overrides = stretched_recipe(ctx.recipe, epochs) if p.stretch_schedule else {}
     return _train(ctx, main, _fresh_shrunk(ctx, main, p.init_seed), "scratch_b", epochs, overrides,
-                  flops_ratio=info["dense_flops"] / info["flops"])
+                  flops_ratio=info["flops"] / info["dense_flops"], flops_reduction=info["dense_flops"] / info["flops"])
 
 
 @register_baseline("structured_lottery", StructuredLotteryParams)
@@ -133,7 +133,7 @@ def run_uniform_channels(ctx: RunContext, p: UniformChannelsParams, main: Finish
         torch.manual_seed(seed)
         fresh = models.get(ctx.spec.model.name, **ctx.model_kwargs())
         fresh = shrink(fresh, example_input(fresh), plan)
-        epochs, overrides = budget_epochs(p, ctx.recipe, sizes["dense_flops"], sizes["dense_flops"] / sizes["flops_ratio"])
+        epochs, overrides = budget_epochs(p, ctx.recipe, sizes["dense_flops"], sizes["dense_flops"] * sizes["flops_ratio"])
         result = _train(ctx, main, fresh.to(ctx.device), "uniform_channels", epochs, overrides)
         result.metrics["trained_from"] = "scratch"
         return result

@@ -89,7 +89,10 @@ def save_structure(ctx: RunContext, dense, small, plan: Dict[str, List[int]], la
     info = {"dense_flops": f0, "flops": f1, "dense_params": p0, "params": p1}
     extra = {"removed_inputs": {k: [int(i) for i in v] for k, v in removed_inputs.items()}} if removed_inputs else {}
     save_plan(ctx.folder, plan, removed_blocks=list(removed_blocks), **extra, **info)
-    metrics = {"dense_flops": f0, "dense_params": p0, "flops_ratio": f0 / f1, "params_ratio": p0 / p1,
+    # *_ratio: the fraction kept (the convention of every *_ratio; records before it stored
+    # dense / shrunk here: read them with core.accounting.kept_fraction); *_reduction: "x fewer"
+    metrics = {"dense_flops": f0, "dense_params": p0, "flops_ratio": f1 / f0, "params_ratio": p1 / p0,
+               "flops_reduction": f0 / f1, "params_reduction": p0 / p1,
                "channels_removed": sum(len(v) for v in plan.values()), "blocks_removed": len(removed_blocks),
                **({"inputs_removed": sum(len(v) for v in removed_inputs.values())} if removed_inputs else {})}
     if latency_repeats:

@@ -31,6 +31,15 @@ channel and the Linear's input columns with the channel they read. A grouped con
 depthwise (1 < groups < channels) and its producer are left whole (their widths must stay
 multiples of the groups; removing whole groups is not implemented).
 
+**Residual streams.** The convs adding into one residual stream (a ResNet's stem, every
+block's last conv and the projection shortcut of a stage, option B) can only lose the same
+channels; so can a conv and the depthwise conv after it. ``shrink.channel_groups`` finds them
+in the dependency graph and the budget walks each such group as **one unit** (represented by
+its first layer in module order; its score per channel is the mean of its members' scores,
+torch-pruning's group importance with mean reduction), so a stream is counted and removed
+once. Option-A ResNets (zero-padding shortcut) only expose each block's first conv
+(``prunable_layers``), which every method prunes as He et al. / ThiNet do on ResNets.
+
 **Reconstruction** (``method`` thinet / lasso, structured/reconstruct.py's selections) prunes
 the layers one after another in module order, each on the activations of the model pruned so
 far, and refits the layer's consumer (the next ungrouped Conv2d, or the Linear that reads the
@@ -56,8 +65,11 @@ layer is pruned (ThiNet's layer-wise fine-tuning; the ``budget`` pipeline passes
 minibatches of SGD at a small lr).
 
 A consumer that is grouped (e.g. a depthwise conv), or a layer whose channels no single
-consumer reads, has no reconstruction: that layer falls back to the l1_filter choice without a
-refit and is listed in ``res.fallbacks``.
+consumer reads (a residual stream: several convs produce it, several layers and the identity
+path read it), has no reconstruction: that unit falls back to the l1_filter choice (mean over
+its members) without a refit and is listed in ``res.fallbacks``. A consumer whose own outputs
+lost channels with such a stream is reconstructed towards the dense output at the channels it
+kept.
 """
 from __future__ import annotations
 
@@ -75,7 +87,7 @@ from ..core.accounting import flops_per_module
 from ..registry import Registry
 from .reconstruct import capture, ista
 from .scores import CHANNEL_SCORES
-from .shrink import out_channels, prunable_layers, shrink
+from .shrink import ChannelGroup, channel_groups, out_channels, prunable_layers, shrink
 
 __all__ = ["prune_to_budget", "BudgetResult", "RECONSTRUCTIONS", "ALLOCATIONS", "channel_methods",
            "find_consumer", "layer_floor", "calibration_images", "reconstruct"]
@@ -159,6 +171,34 @@ def _order_scores(model: nn.Module, layers: Sequence[str], method: str) -> Dict[
     return {n: CHANNEL_SCORES.get(name)(model, n).float() for n in layers}
 
 
+def _units(layers: Sequence[str], groups: Dict[str, ChannelGroup]) -> Dict[str, List[str]]:
+    """Coupled layers as one unit: ``{representative: [its members among layers]}``, the first
+    layer of each group (in ``layers``' order) representing it. The convs adding into one
+    residual stream (or a conv and the depthwise conv after it) can only lose the same
+    channels: planning them separately would count (and, layer by layer, remove) them twice."""
+    units: Dict[str, List[str]] = {}
+    taken = set()
+    for name in layers:
+        if name in taken:
+            continue
+        members = [n for n in layers if n in groups[name].members]
+        units[name] = members
+        taken.update(members)
+    return units
+
+
+def _unit_scores(model: nn.Module, units: Dict[str, List[str]], groups: Dict[str, ChannelGroup],
+                 method: str) -> Dict[str, torch.Tensor]:
+    """A unit's score per channel: the mean of its members' scores of that channel
+    (torch-pruning's group importance with mean reduction), so that one global threshold
+    compares a residual stream with single layers on the same scale."""
+    out = {}
+    for rep, members in units.items():
+        per = _order_scores(model, members, method)
+        out[rep] = torch.stack([per[m][groups[rep].members[m]] for m in members]).mean(dim=0)
+    return out
+
+
 def _removal_order(layers, widths, floors, scores, allocation) -> List[Tuple[str, int]]:
     """The sequence of (layer, channel) removals the budget walks, one channel at a time."""
     entries = []
@@ -225,9 +265,12 @@ def prune_to_budget(model: nn.Module, example_input: torch.Tensor, *, flops_rati
     unknown = [n for n in layers if n not in set(prunable_layers(model))]
     if unknown:
         raise ValueError(f"layers {unknown} are not prunable; prunable: {prunable_layers(model)}")
+    layers = [n for n in modules if n in set(layers)]  # module order: a unit's representative comes first
     widths = {n: out_channels(modules[n]) for n in layers}
-    floors = {n: layer_floor(widths[n], min_channels, max_ratio) for n in layers}
-    order = _removal_order(layers, widths, floors, _order_scores(model, layers, method), allocation)
+    groups = channel_groups(model, example_input, layers)
+    units = _units(layers, groups)  # the budget walks units: a residual stream counts once
+    floors = {n: layer_floor(widths[n], min_channels, max_ratio) for n in units}
+    order = _removal_order(list(units), widths, floors, _unit_scores(model, units, groups, method), allocation)
 
     dense = _count(model, metric, example_input)
     goal = requested * dense
@@ -264,7 +307,7 @@ def prune_to_budget(model: nn.Module, example_input: torch.Tensor, *, flops_rati
     memory: Dict[str, int] = {}
     fallbacks: List[str] = []
     if method in RECONSTRUCTIONS.names():
-        removes = {n: len(counts_plan.get(n, [])) for n in layers}
+        removes = {n: len(counts_plan.get(n, [])) for n in units}
         small, plan, memory, fallbacks = _reconstruct(model, example_input, removes, images, method, locations,
                                                       scale, target, memory_bytes, ridge, seed, after_layer)
     else:
@@ -310,23 +353,38 @@ def _check_arguments(flops_ratio, params_ratio, method, allocation, min_channels
 # --------------------------------------------------------------------------- reconstruction
 
 
-def find_consumer(model: nn.Module, name: str) -> Optional[Tuple[str, int]]:
-    """``(consumer name, K)`` for the layer that reads ``name``'s channels: the next ungrouped
-    Conv2d with as many input channels (K = its kernel taps) or the next Linear whose input is
-    those channels flattened (K = in_features / channels); None otherwise (grouped consumer,
-    or the next layer reads something else)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+def find_consumer(model: nn.Module, name: str,
+                  example_input: Optional[torch.Tensor] = None) -> Optional[Tuple[str, int]]:
+    """``(consumer name, K)`` for the one layer that reads ``name``'s channels: an ungrouped
+    Conv2d with as many input channels (K = its kernel taps) or a Linear whose input is those
+    channels flattened (K = in_features / channels). None when there is no single consumer
+    to refit: the channels belong to a residual stream (other convs add into them and several
+    layers read them), a depthwise conv follows, or the reader is grouped. Traced through the
+    dependency graph with ``example_input`` (default: zeros of ``model.input_shape``)."""
+    if example_input is None:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise ValueError("find_consumer: pass example_input= (the model has no .input_shape to trace it with)")
+        example_input = torch.zeros(1, *shape)
+    return _consumer_of(model, name, channel_groups(model, example_input, [name])[name])
+
+
+def _consumer_of(model: nn.Module, name: str, group: ChannelGroup) -> Optional[Tuple[str, int]]:
+    if group.coupled or len(group.readers) != 1:
+        return None
     modules = dict(model.named_modules())
     c = out_channels(modules[name])
-    i = names.index(name)
-    if i + 1 >= len(names):
-        return None
-    nxt = modules[names[i + 1]]
-    if isinstance(nxt, nn.Conv2d) and nxt.groups == 1 and nxt.in_channels == c:
-        return names[i + 1], nxt.kernel_size[0] * nxt.kernel_size[1]
-    if isinstance(nxt, nn.Linear) and nxt.in_features % c == 0:
-        return names[i + 1], nxt.in_features // c
+    reader = modules[group.readers[0]]
+    if isinstance(reader, nn.Conv2d) and reader.groups == 1 and reader.in_channels == c:
+        return group.readers[0], reader.kernel_size[0] * reader.kernel_size[1]
+    if isinstance(reader, nn.Linear) and reader.in_features % c == 0:
+        return group.readers[0], reader.in_features // c
     return None
+
+
+def _group_l1(model: nn.Module, name: str, group: ChannelGroup) -> torch.Tensor:
+    """l1_filter of a unit: the mean over its members of each channel's filter L1 norm."""
+    return _unit_scores(model, {name: list(group.members)}, {name: group}, "l1_filter")[name]
 
 
 def _rows(consumer: nn.Module, k: int, x: torch.Tensor, locations: int, g: torch.Generator):
@@ -454,6 +512,18 @@ def reconstruct(model: nn.Module, example_input: torch.Tensor, removes: Dict[str
                         ridge, seed, after_layer)
 
 
+def _shrink_tracked(model, x0, name, removed, group: ChannelGroup, alive: Dict[str, List[int]]):
+    """``shrink`` one layer's channels and record which original output channels every member
+    of its group keeps (a later consumer in a pruned residual stream compares its output with
+    the dense model's at those channels)."""
+    modules = dict(model.named_modules())
+    for member, index in group.members.items():
+        have = alive.get(member, list(range(out_channels(modules[member]))))
+        gone = {index[i] for i in removed}
+        alive[member] = [o for j, o in enumerate(have) if j not in gone]
+    return shrink(model, x0, {name: removed})
+
+
 def _reconstruct(model, x0, removes, images, method, locations, scale, target, memory_bytes, ridge, seed,
                  after_layer):
     """Layer by layer in module order: stream statistics, select, shrink, refit the consumer."""
@@ -463,16 +533,22 @@ def _reconstruct(model, x0, removes, images, method, locations, scale, target, m
     plan: Dict[str, List[int]] = {}
     fallbacks: List[str] = []
     memory = {"memory_bytes": memory_bytes, "stats_bytes": 0, "chunk_bytes": 0, "peak_bytes": 0, "chunk_images": 0}
-    order = [n for n, _ in model.named_modules() if n in removes]
+    order = [n for n, _ in model.named_modules() if n in removes and removes[n] > 0]
+    tied = channel_groups(model, x0, order)
+    for i, name in enumerate(order):
+        clash = [o for o in order[:i] if name in tied[o].members]
+        if clash:  # removing both would take the stream's channels twice
+            raise ValueError(f"reconstruct: {clash[0]} and {name} share their channels (a residual stream or a "
+                             f"depthwise pair); request one layer per channel group")
+    alive: Dict[str, List[int]] = {}  # layer -> its original output channels still present
     for name in order:
         r = removes[name]
-        if r == 0:
-            continue
-        found = find_consumer(current, name)
+        group = channel_groups(current, x0, [name])[name]
+        found = _consumer_of(current, name, group)
         if found is None:
-            scores = CHANNEL_SCORES.get("l1_filter")(current, name)
+            scores = _group_l1(current, name, group)
             removed = sorted(torch.sort(scores, stable=True).indices[:r].tolist())
-            current = shrink(current, x0, {name: removed})
+            current = _shrink_tracked(current, x0, name, removed, group, alive)
             plan[name] = removed
             fallbacks.append(name)
             continue
@@ -496,7 +572,12 @@ def _reconstruct(model, x0, removes, images, method, locations, scale, target, m
         for start in range(0, images.shape[0], chunk):
             batch = images[start:start + chunk]
             xin = capture(current, cname, batch, output=False)
-            yout = capture(dense if target == "dense" else current, cname, batch, output=True)
+            if target == "dense":
+                yout = capture(dense, cname, batch, output=True)
+                if cname in alive:  # the consumer's outputs lost channels with a residual stream
+                    yout = yout[:, alive[cname]]
+            else:
+                yout = capture(current, cname, batch, output=True)
             p, idx = _rows(consumer, k, xin, locations, g)
             stats.add(p, _targets(yout, consumer, idx), w, g)
             del xin, yout, p
@@ -514,7 +595,7 @@ def _reconstruct(model, x0, removes, images, method, locations, scale, target, m
         else:
             s = _ridge_solve(stats.zz[kept][:, kept], stats.zy[kept], ridge)  # ThiNet Eq. 6
             new_w = w[:, kept] * s[None, :, None]
-        current = shrink(current, x0, {name: removed})
+        current = _shrink_tracked(current, x0, name, removed, group, alive)
         with torch.no_grad():
             target_w = dict(current.named_modules())[cname].weight
             target_w.copy_(new_w.reshape(target_w.shape).to(target_w.dtype))

@@ -25,7 +25,8 @@ model computes exactly what the shrunk one does (the tests check it), because ze
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Mapping
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -33,7 +34,7 @@ from torch import nn
 
 from ..models.resnet import PadShortcut
 
-__all__ = ["shrink", "zero_channels", "out_channels", "prunable_layers"]
+__all__ = ["shrink", "zero_channels", "out_channels", "prunable_layers", "ChannelGroup", "channel_groups"]
 
 
 def _tp():
@@ -141,6 +142,55 @@ def _groups_for(model: nn.Module, example_input: torch.Tensor, request: Dict[str
 
 def _is_out(dep) -> bool:
     return getattr(dep.handler, "__name__", "") == "prune_out_channels"
+
+
+@dataclass
+class ChannelGroup:
+    """What removing output channels of one layer touches (its torch-pruning dependency group).
+
+    ``members``: every Conv/Linear whose *output* channels go with the layer's (the layer
+    itself, the other convs adding into the same residual stream, a depthwise conv following
+    it), each with the member's channel index for each of the layer's channels (``[i]`` = the
+    member channel removed with the layer's channel ``i``). ``readers``: the Conv/Linear layers
+    whose *input* channels go (the consumers; a depthwise member is not a reader)."""
+
+    members: Dict[str, List[int]]
+    readers: List[str]
+
+    @property
+    def coupled(self) -> bool:
+        """True when other layers' outputs are tied to this one (a residual stream, depthwise)."""
+        return len(self.members) > 1
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor, layers: Sequence[str]) -> Dict[str, ChannelGroup]:
+    """The :class:`ChannelGroup` of each Conv/Linear in ``layers`` (one trace of the model).
+    Residual additions tie the convs that add into one stream: they can only lose the same
+    channels, so a budget treats them as one unit and a reconstruction has no single consumer."""
+    modules = dict(model.named_modules())
+    name_of = {m: n for n, m in modules.items()}
+    was_training = model.training
+    model.eval()  # tracing must not update BN running stats
+    try:
+        dg = _graph(model, example_input)
+    finally:
+        model.train(was_training)
+    out = {}
+    for name in layers:
+        module = modules[name]
+        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+        group = dg.get_pruning_group(module, fn, idxs=list(range(out_channels(module))))
+        members, readers = {name: list(range(out_channels(module)))}, []
+        for dep, idxs in group:
+            other = name_of.get(dep.target.module)
+            if other is None or not isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear)):
+                continue
+            if _is_out(dep):
+                members.setdefault(other, [int(i) for i in idxs])
+            elif other not in readers:
+                readers.append(other)
+        out[name] = ChannelGroup(members, [r for r in readers if r not in members])
+    return out
 
 
 def shrink(model: nn.Module, example_input: torch.Tensor, channels_to_remove: Mapping[str, Iterable[int]],
