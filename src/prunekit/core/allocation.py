@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..registry import Registry
-from .thresholds import global_selection, largest_remainder
+from .thresholds import SortedTop, global_selection, largest_remainder
 
 Allocation = Callable[[Sequence["PrunableTensor"], float], List[int]]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
@@ -25,11 +25,13 @@ ALLOCATIONS: Registry[Allocation] = Registry("allocation")
 @dataclass
 class PrunableTensor:
     """A prunable tensor as the allocations see it: its name, logical shape (out, in, ...;
-    HF Conv1D's stored (in, out) is reversed) and per-weight scores (in the stored shape)."""
+    HF Conv1D's stored (in, out) is reversed) and its scores ``source``: a tensor of
+    per-weight scores (in the stored shape), or a :class:`~prunekit.core.thresholds.SortedTop`
+    that yields them from the top down (LAMP), which only the global allocation reads as such."""
 
     name: str
     shape: Tuple[int, ...]
-    scores: torch.Tensor
+    source: Union[torch.Tensor, SortedTop]
     # Set by the global allocation: the score threshold it found, so that the selection
     # inside each tensor need not search for it again (a 25M-weight model saves ~0.4 s).
     threshold: Optional[float] = None
@@ -37,6 +39,12 @@ class PrunableTensor:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """The scores as one tensor (a :class:`SortedTop` source gives all of them, ascending)."""
+        s = self.source
+        return s if isinstance(s, torch.Tensor) else s.top(s.numel)
 
 
 def kept_total(tensors: Sequence[PrunableTensor], density: float) -> int:
@@ -47,7 +55,7 @@ def kept_total(tensors: Sequence[PrunableTensor], density: float) -> int:
 @ALLOCATIONS.register("global")
 def global_(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
     """One threshold over the scores of all tensors (global magnitude; LAMP with lamp scores)."""
-    counts, threshold = global_selection([t.scores for t in tensors], kept_total(tensors, density))
+    counts, threshold = global_selection([t.source for t in tensors], kept_total(tensors, density))
     for t in tensors:
         t.threshold = threshold
     return counts
