@@ -10,6 +10,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.core import arrays, thresholds
+from prunekit.core.allocation import apply_floors, clamp_exact
 from prunekit.core.scores import LampTop, ranking_keys
 from prunekit.core.thresholds import SortedTop, TensorTop, global_selection, sorted_top, topk_mask
 
@@ -154,6 +155,15 @@ def test_lamp_fast_path_equals_per_weight_lamp_on_large_uneven_layers(monkeypatc
     (f1, f2), (s1, s2) = masks
     for k in f1:
         assert torch.equal(f1[k], s1[k]) and torch.equal(f2[k], s2[k]), k
+
+
+def test_clamp_exact_ceiling_and_floor_by_hand():
+    # ceiling (pruning never regrows): 5 -> 3 and the 2 moved go to the one with room
+    assert clamp_exact([5, 1, 4], [3, 10, 4], ceiling=True) == [3, 3, 4]
+    # floor: the 10 needed come 50:10 from the two donors, in proportion to their margin
+    assert clamp_exact([0, 60, 20], [10, 10, 10], ceiling=False) == [10, 52, 18]
+    assert apply_floors([0, 60, 20], [10, 10, 10], 0.1) == [10, 52, 18]
+    assert clamp_exact([1, 2], [5, 5], ceiling=True) == [1, 2]
 
 
 def test_numpy_passes_mean_what_their_torch_forms_do():

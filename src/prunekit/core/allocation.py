@@ -185,13 +185,27 @@ def apply_floors(counts: Sequence[int], floors: Sequence[int], min_density: floa
             f"min_density={min_density:g} keeps at least {sum(floors)} weights over the {len(floors)} "
             f"prunable tensors, but the sparsity keeps only {total}: lower min_density or the sparsity"
         )
-    raised = [max(c, f) for c, f in zip(counts, floors)]
-    deficit = sum(raised) - total
-    if deficit == 0:
-        return raised
-    spare = [r - f for r, f in zip(raised, floors)]
-    taken = largest_remainder([deficit * s / sum(spare) for s in spare], deficit, spare)
-    return [r - t for r, t in zip(raised, taken)]
+    return clamp_exact(counts, floors, ceiling=False)
+
+
+def clamp_exact(counts: Sequence[int], bounds: Sequence[int], ceiling: bool) -> List[int]:
+    """Clamp every count to its bound (at most it if ``ceiling``, else at least it) keeping the
+    total exact: what the clamp moved is given to (ceiling) or taken from (floor) the counts on
+    the free side of their bounds, in proportion to their distance from it (largest
+    remainders, so none crosses its own bound). The bounds must admit the total.
+
+    Used for the floors of ``min_density`` and, in ``prune``, for the ceiling of the weights
+    a tensor still has (pruning never regrows).
+    """
+    if not ceiling:  # a floor is a ceiling on the negated counts
+        return [-c for c in clamp_exact([-c for c in counts], [-b for b in bounds], ceiling=True)]
+    clamped = [min(c, b) for c, b in zip(counts, bounds)]
+    moved = sum(counts) - sum(clamped)
+    if moved == 0:
+        return clamped
+    room = [b - c for c, b in zip(clamped, bounds)]
+    share = largest_remainder([moved * r / sum(room) for r in room], moved, room)
+    return [c + s for c, s in zip(clamped, share)]
 
 
 def get(name: str) -> Allocation:

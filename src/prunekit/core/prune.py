@@ -16,7 +16,6 @@ from . import oneshot, sparsegpt
 from . import scores as score_fns
 from .allocation import PrunableTensor
 from .mask import Mask, carried_keep, carries_mask
-from .thresholds import largest_remainder
 from .targets import prunable_targets
 
 
@@ -56,19 +55,6 @@ def warn_if_emptied(names: Sequence[str], counts: Sequence[int], sizes: Sequence
     warnings.warn(f"pruning empties {len(empty)} tensor(s), whose layers then output a constant: {listed}; "
                   "pass min_density=... (e.g. 0.01) to keep a fraction of every tensor",
                   EmptyTensorWarning, stacklevel=4)  # 4: prune's caller (past torch.no_grad's wrapper)
-
-
-def _fit_to_capacity(counts: list, capacity: Sequence[int]) -> list:
-    """Cap each layer at the weights it still has (pruning never regrows) and hand the excess
-    to the layers with room left, in proportion to their room, so the total stays exact."""
-    counts = list(counts)
-    excess = sum(max(0, c - cap) for c, cap in zip(counts, capacity))
-    if excess == 0:
-        return counts
-    counts = [min(c, cap) for c, cap in zip(counts, capacity)]
-    room = [cap - c for c, cap in zip(counts, capacity)]
-    share = largest_remainder([excess * r / sum(room) for r in room], excess, room)
-    return [c + s for c, s in zip(counts, share)]
 
 
 @torch.no_grad()
@@ -196,7 +182,7 @@ def prune(
     counts = allocate(tensors, 1.0 - sparsity)
     if sum(counts) != kept_target:  # an allocation bug, never a user error
         raise AssertionError(f"allocation {allocation!r} kept {sum(counts)} weights, expected {kept_target}")
-    fitted = _fit_to_capacity(counts, alive)
+    fitted = allocations.clamp_exact(counts, alive, ceiling=True)   # pruning never regrows
     if isinstance(select_fn, oneshot.NM) and fitted != counts:
         raise ValueError(f"pattern {select_fn} needs {select_fn.n} of every {select_fn.m} weights alive, but the "
                          "model is already pruned further than that; start from the dense model")
