@@ -187,3 +187,14 @@ def test_numpy_passes_mean_what_their_torch_forms_do():
     expected = t * keep
     arrays.keep_only_(t, keep)
     assert torch.equal(t, expected)
+
+
+def test_the_torch_paths_for_dtypes_numpy_lacks():
+    """float16 scores (and any off-CPU tensor) take the torch forms of the same selections."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.round(torch.rand(5000, generator=g) * 20) / 20).half()   # ties everywhere
+    for k in (1, 777, 2500, 4999):
+        assert torch.equal(topk_mask(x, k), reference([x.float()], k)[1][0])
+        assert float(thresholds.kth_largest(x, k)) == float(torch.sort(x.float(), descending=True).values[k - 1])
+    top = sorted_top(x, 300)
+    assert top.dtype == torch.float16 and torch.equal(top, torch.sort(x).values[-300:])
