@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..registry import Registry
-from .thresholds import global_selection, largest_remainder
+from .thresholds import SortedTop, global_selection, largest_remainder
 
 Allocation = Callable[[Sequence["PrunableTensor"], float], List[int]]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
@@ -25,11 +25,13 @@ ALLOCATIONS: Registry[Allocation] = Registry("allocation")
 @dataclass
 class PrunableTensor:
     """A prunable tensor as the allocations see it: its name, logical shape (out, in, ...;
-    HF Conv1D's stored (in, out) is reversed) and per-weight scores (in the stored shape)."""
+    HF Conv1D's stored (in, out) is reversed) and its scores ``source``: a tensor of
+    per-weight scores (in the stored shape), or a :class:`~prunekit.core.thresholds.SortedTop`
+    that yields them from the top down (LAMP), which only the global allocation reads as such."""
 
     name: str
     shape: Tuple[int, ...]
-    scores: torch.Tensor
+    source: Union[torch.Tensor, SortedTop]
     # Set by the global allocation: the score threshold it found, so that the selection
     # inside each tensor need not search for it again (a 25M-weight model saves ~0.4 s).
     threshold: Optional[float] = None
@@ -37,6 +39,12 @@ class PrunableTensor:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """The scores as one tensor (a :class:`SortedTop` source gives all of them, ascending)."""
+        s = self.source
+        return s if isinstance(s, torch.Tensor) else s.top(s.numel)
 
 
 def kept_total(tensors: Sequence[PrunableTensor], density: float) -> int:
@@ -47,7 +55,7 @@ def kept_total(tensors: Sequence[PrunableTensor], density: float) -> int:
 @ALLOCATIONS.register("global")
 def global_(tensors: Sequence[PrunableTensor], density: float) -> List[int]:
     """One threshold over the scores of all tensors (global magnitude; LAMP with lamp scores)."""
-    counts, threshold = global_selection([t.scores for t in tensors], kept_total(tensors, density))
+    counts, threshold = global_selection([t.source for t in tensors], kept_total(tensors, density))
     for t in tensors:
         t.threshold = threshold
     return counts
@@ -177,13 +185,27 @@ def apply_floors(counts: Sequence[int], floors: Sequence[int], min_density: floa
             f"min_density={min_density:g} keeps at least {sum(floors)} weights over the {len(floors)} "
             f"prunable tensors, but the sparsity keeps only {total}: lower min_density or the sparsity"
         )
-    raised = [max(c, f) for c, f in zip(counts, floors)]
-    deficit = sum(raised) - total
-    if deficit == 0:
-        return raised
-    spare = [r - f for r, f in zip(raised, floors)]
-    taken = largest_remainder([deficit * s / sum(spare) for s in spare], deficit, spare)
-    return [r - t for r, t in zip(raised, taken)]
+    return clamp_exact(counts, floors, ceiling=False)
+
+
+def clamp_exact(counts: Sequence[int], bounds: Sequence[int], ceiling: bool) -> List[int]:
+    """Clamp every count to its bound (at most it if ``ceiling``, else at least it) keeping the
+    total exact: what the clamp moved is given to (ceiling) or taken from (floor) the counts on
+    the free side of their bounds, in proportion to their distance from it (largest
+    remainders, so none crosses its own bound). The bounds must admit the total.
+
+    Used for the floors of ``min_density`` and, in ``prune``, for the ceiling of the weights
+    a tensor still has (pruning never regrows).
+    """
+    if not ceiling:  # a floor is a ceiling on the negated counts
+        return [-c for c in clamp_exact([-c for c in counts], [-b for b in bounds], ceiling=True)]
+    clamped = [min(c, b) for c, b in zip(counts, bounds)]
+    moved = sum(counts) - sum(clamped)
+    if moved == 0:
+        return clamped
+    room = [b - c for c, b in zip(clamped, bounds)]
+    share = largest_remainder([moved * r / sum(room) for r in room], moved, room)
+    return [c + s for c, s in zip(clamped, share)]
 
 
 def get(name: str) -> Allocation:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_torch_save
+from .arrays import keep_only_
 from .targets import prunable_parameters
 
 # Optimizer state entries that hold one value per weight and must not resurrect pruned ones.
@@ -128,7 +129,7 @@ class Mask(Mapping[str, torch.Tensor]):
         """Zero the pruned weights in place (and mark them as carrying a mask, see
         :func:`carried_keep`)."""
         for name, p in self.parameters(model).items():
-            p.mul_(self._masks[name].to(p.dtype))
+            keep_only_(p, self._masks[name])
             mark_masked(p)
 
     def __and__(self, other: "Mask") -> "Mask":

@@ -11,12 +11,12 @@ from torch import nn
 from .. import distributed
 from .. import params as valid
 from . import allocation as allocations
+from . import arrays
 from . import oneshot, sparsegpt
 from . import scores as score_fns
 from .allocation import PrunableTensor
-from .mask import Mask, carried_keep
+from .mask import Mask, carried_keep, carries_mask
 from .targets import prunable_targets
-from .thresholds import largest_remainder
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -55,19 +55,6 @@ def warn_if_emptied(names: Sequence[str], counts: Sequence[int], sizes: Sequence
     warnings.warn(f"pruning empties {len(empty)} tensor(s), whose layers then output a constant: {listed}; "
                   "pass min_density=... (e.g. 0.01) to keep a fraction of every tensor",
                   EmptyTensorWarning, stacklevel=4)  # 4: prune's caller (past torch.no_grad's wrapper)
-
-
-def _fit_to_capacity(counts: list, capacity: Sequence[int]) -> list:
-    """Cap each layer at the weights it still has (pruning never regrows) and hand the excess
-    to the layers with room left, in proportion to their room, so the total stays exact."""
-    counts = list(counts)
-    excess = sum(max(0, c - cap) for c, cap in zip(counts, capacity))
-    if excess == 0:
-        return counts
-    counts = [min(c, cap) for c, cap in zip(counts, capacity)]
-    room = [cap - c for c, cap in zip(counts, capacity)]
-    share = largest_remainder([excess * r / sum(room) for r in room], excess, room)
-    return [c + s for c, s in zip(counts, share)]
 
 
 @torch.no_grad()
@@ -134,8 +121,10 @@ def prune(
     logical_shapes = {t.name: t.shape for t in targets}
     transposed = oneshot.transposed_flags(model, params)
     oneshot.check_pattern(select_fn, params, transposed)
+    # previous[name]: the weights still alive, None when none was pruned yet (the common
+    # case, which then skips every masking pass over the weights and scores).
     if mask is None:
-        previous = {n: carried_keep(p) for n, p in params.items()}
+        previous = {n: carried_keep(p) if carries_mask(p) else None for n, p in params.items()}
     else:
         mask = Mask(dict(mask), model)   # re-keyed by canonical names, checked against the model
         missing = set(params) - set(mask)
@@ -143,44 +132,42 @@ def prune(
             raise ValueError(f"the previous mask does not cover {sorted(missing)[:3]}")
         previous = {n: mask[n].to(p.device) for n, p in params.items()}
     for name, p in params.items():
-        if not torch.isfinite(p).all():
+        if not arrays.all_finite(p):
             raise ValueError(f"{name} has NaN or infinite weights: prune a model whose training did not diverge")
 
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     stats = oneshot.gather(model, params, score_fn, calibration)
     # The LAMP fast path compares within a whole tensor, so only the unstructured pattern uses it.
-    sorted_scores = getattr(score_fn, "sorted_scores", None) if select_fn is oneshot.pattern_fns.unstructured else None
-    tensors, select_by, sorted_keys = [], [], []
-    minus_inf = torch.tensor(float("-inf"))
+    top_scores = getattr(score_fn, "top_scores", None) if select_fn is oneshot.pattern_fns.unstructured else None
+    tensors, select_by = [], []
     for name, p in params.items():
         alive = previous[name]
-        # Already-masked weights count as 0 (SPEC section 1), also when ``mask`` masks weights
-        # that are still non-zero: LAMP's denominators sum_{v >= u} w_v^2 (Lee et al. Eq. 2)
-        # run over the surviving weights only, as the authors' code scores the masked model.
-        weights = torch.where(alive, p.detach(), torch.zeros((), dtype=p.dtype, device=p.device))
-        if sorted_scores is not None:
+        if top_scores is not None:
             # Fast path for scores that rank like |w| inside a layer (LAMP): the allocation
-            # sees each layer's scores as a multiset, the selection keeps the top w^2, whose
-            # threshold for any count is read off the sorted keys.
-            s, keys = sorted_scores(weights)
-            n_pruned = p.numel() - int(torch.count_nonzero(alive))
-            s[:n_pruned] = float("-inf")   # pruned weights are zeros: they sort first
-            keys[:n_pruned] = float("-inf")
-            by = torch.where(alive, score_fns.ranking_keys(weights), minus_inf.to(p.device))
-            sorted_keys.append(keys)
+            # sees each layer's scores from the top down, the selection keeps the top w^2.
+            # Already-masked weights count as 0 (SPEC section 1), also when ``mask`` masks
+            # weights that are still non-zero: LAMP's denominators sum_{v >= u} w_v^2 (Lee et
+            # al. Eq. 2) run over the surviving weights only, as the authors' code scores the
+            # masked model; their keys are -inf, so they stay pruned.
+            by = score_fns.ranking_keys(p)
+            if alive is not None:
+                by.masked_fill_(~alive, float("-inf"))
+            s = top_scores(by)
         else:
+            weights = p.detach() if alive is None else \
+                torch.where(alive, p.detach(), torch.zeros((), dtype=p.dtype, device=p.device))
             extra = {"stats": stats[name]} if stats is not None else {}
             s = score_fn(weights, generator=generator, **extra)
-            # Already-pruned weights rank below everything, so they are the first to go again.
-            s = torch.where(alive, s, minus_inf.to(device=s.device, dtype=s.dtype))
+            if alive is not None:
+                # Already-pruned weights rank below everything, so they are the first to go again.
+                s = torch.where(alive, s, torch.tensor(float("-inf"), dtype=s.dtype, device=s.device))
             by = s
-            sorted_keys.append(None)
         # the logical (out, in, ...) shape: allocations that use fan-in see HF Conv1D right
         tensors.append(PrunableTensor(name, logical_shapes[name], s))
         select_by.append(by)
 
     total = sum(t.numel for t in tensors)
-    alive = [int(torch.count_nonzero(previous[t.name])) for t in tensors]
+    alive = [t.numel if previous[t.name] is None else int(torch.count_nonzero(previous[t.name])) for t in tensors]
     kept_target = int(round((1.0 - sparsity) * total))
     if kept_target == 0 and total > 0:  # like sparsity 1.0, which the check above rejects
         raise ValueError(
@@ -195,7 +182,7 @@ def prune(
     counts = allocate(tensors, 1.0 - sparsity)
     if sum(counts) != kept_target:  # an allocation bug, never a user error
         raise AssertionError(f"allocation {allocation!r} kept {sum(counts)} weights, expected {kept_target}")
-    fitted = _fit_to_capacity(counts, alive)
+    fitted = allocations.clamp_exact(counts, alive, ceiling=True)   # pruning never regrows
     if isinstance(select_fn, oneshot.NM) and fitted != counts:
         raise ValueError(f"pattern {select_fn} needs {select_fn.n} of every {select_fn.m} weights alive, but the "
                          "model is already pruned further than that; start from the dense model")
@@ -211,15 +198,13 @@ def prune(
         # SparseGPT: the counts are kept, the weights kept and their new values come from the
         # layer-wise reconstruction on calibration data.
         nm = select_fn if isinstance(select_fn, oneshot.NM) else None
+        alive_masks = {n: a if a is not None else carried_keep(params[n]) for n, a in previous.items()}
         new_masks = sparsegpt.reconstruct(model, params, {t.name: k for t, k in zip(tensors, counts)},
-                                          previous, calibration, nm)
-    for t, by, keys, k in zip(tensors, select_by, sorted_keys, counts):
+                                          alive_masks, calibration, nm)
+    for t, by, k in zip(tensors, select_by, counts):
         if t.name in new_masks:
             continue
-        if keys is not None:
-            hint = float(keys[keys.numel() - k]) if 0 < k < keys.numel() else None
-        else:
-            hint = t.threshold
+        hint = t.source.kth_key(k) if top_scores is not None else t.threshold
         new_masks[t.name] = oneshot.select(select_fn, by, k, transposed[t.name], threshold=hint)
     distributed.broadcast_(new_masks.values())  # no-op in one process
     result = Mask(new_masks, model)
