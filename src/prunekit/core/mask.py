@@ -1,8 +1,9 @@
 """The Mask: which weights of which tensors are kept, and how it is enforced in training.
 
 A :class:`Mask` is a ``{parameter name: bool tensor}`` mapping with validation. Enforcement
-uses an optimizer *step post-hook* that multiplies the pruned weights (and their momentum /
-Adam state) by zero after every step. There are no forward hooks and no ``weight_orig``: the
+(:class:`MaskEnforcer`) uses an optimizer *step pre-hook* that multiplies the pruned tensors'
+gradients by the mask, which keeps pruned weights and their momentum / Adam state at exactly
+zero through element-wise optimizers. There are no forward hooks and no ``weight_orig``: the
 pruned model is a plain model whose ``state_dict`` has the dense model's keys.
 """
 from __future__ import annotations
@@ -230,7 +231,12 @@ class MaskEnforcer:
       state re-zeroed after every step (a step post-hook).
 
     A step that ``GradScaler`` skips calls neither the optimizer nor its hooks, so it changes
-    nothing (see :mod:`prunekit.training.amp`).
+    nothing (see :mod:`prunekit.training.amp`). Zeroing is in place; torch's
+    ``load_state_dict`` keeps the tensors it is given when dtype and device match, so loading a
+    live optimizer's ``state_dict()`` zeroes that optimizer's buffers too (load a copy).
+
+    Cost per step: one Python list of the gradients and one multiply pass over them, measured
+    in ``benchmarks/results/enforcement.md`` beside the bare pass itself.
     """
 
     def __init__(self, mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None):
