@@ -222,3 +222,25 @@ def test_ray_gpus_flag_and_gpu_capacity(tmp_path, capsys):
         main(["sweep", str(spec), "--ray-gpus", "-1"])
     except SystemExit as exit_:
         assert exit_.code == 2
+
+
+def test_fp16_registers_its_step_hook_once_per_fit_and_removes_it():
+    """MixedPrecision learns whether GradScaler stepped from an optimizer step post-hook: one
+    registration for the whole run (not one per step), gone when fit returns."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    registered = []
+    original = opt.register_step_post_hook
+
+    def counting(hook):
+        registered.append(hook)
+        return original(hook)
+
+    opt.register_step_post_hook = counting
+    spy = Overflow()
+    hist = fit(model, batches(), epochs=2, lr=0.05, optimizer=opt, precision="fp16", progress=False,
+               seed=0, callbacks=[spy])
+    assert FORCED <= set(spy.skipped) and sum(r.get("skipped_steps", 0) for r in hist) == len(spy.skipped)
+    assert len(registered) == 1
+    assert not opt._optimizer_step_post_hooks  # removed when fit returned

@@ -1,8 +1,9 @@
 """The Mask: which weights of which tensors are kept, and how it is enforced in training.
 
 A :class:`Mask` is a ``{parameter name: bool tensor}`` mapping with validation. Enforcement
-uses an optimizer *step post-hook* that multiplies the pruned weights (and their momentum /
-Adam state) by zero after every step. There are no forward hooks and no ``weight_orig``: the
+(:class:`MaskEnforcer`) uses an optimizer *step pre-hook* that multiplies the pruned tensors'
+gradients by the mask, which keeps pruned weights and their momentum / Adam state at exactly
+zero through element-wise optimizers. There are no forward hooks and no ``weight_orig``: the
 pruned model is a plain model whose ``state_dict`` has the dense model's keys.
 """
 from __future__ import annotations
@@ -207,18 +208,36 @@ ELEMENTWISE_OPTIMIZERS = (
 class MaskEnforcer:
     """Keeps pruned weights and their optimizer state at exactly zero while training.
 
-    Created by :func:`enforce`; ``remove()`` detaches it. Two optimizer hooks:
+    Created by :func:`enforce`; ``remove()`` detaches it. Per ``optimizer.step()`` it does one
+    thing: a step *pre*-hook multiplies the gradients of the pruned tensors by the mask, one
+    ``torch._foreach_mul_`` over all of them with factors built once (0/1 in the parameters'
+    dtype and device). For the optimizers in :data:`ELEMENTWISE_OPTIMIZERS` that alone keeps
+    every pruned weight w = 0 and its state exactly 0: each update is a function of the weight's
+    own gradient and state, and with g = 0, w = 0, state = 0 it is 0, e.g. SGD with momentum m
+    and weight decay wd: ``buf = m buf + (g + wd w) = 0``, ``w -= lr buf``; AdamW:
+    ``w *= 1 - lr wd``, ``exp_avg = b1 exp_avg + (1 - b1) g = 0``, ``exp_avg_sq = 0``,
+    ``w -= lr exp_avg / (sqrt(exp_avg_sq) + eps) = 0``. One pass over the gradients is the
+    least any exact scheme costs: masking the weights after the step instead would leave the
+    moments nonzero, and masking weights *and* moments after it is two or three passes.
 
-    - a step *pre*-hook multiplies the gradients of the pruned tensors by the mask (one fused
-      ``_foreach_mul_`` over gradients still hot in cache). For the element-wise optimizers in
-      :data:`ELEMENTWISE_OPTIMIZERS` that alone keeps pruned weights and their momentum / Adam
-      state at exactly 0, since each update is a function of the weight's own gradient and state;
-    - a step *post*-hook re-zeroes weights and state whenever the optimizer's state buffers
-      were created or replaced (first steps, ``load_state_dict``), and after every step for any
-      other optimizer (whose update may mix weights, e.g. LBFGS).
+    The other entry points of nonzero values are handled where they happen, not checked
+    every step:
 
-    Measured on LeNet-300-100 (1.5 ms steps), zeroing weights and momentum after every step
-    cost ~4% of a step; the gradient mask alone costs about half of that.
+    - state that exists when the mask is enforced, or arrives through
+      ``optimizer.load_state_dict`` (a resumed run), is zeroed then (a load_state_dict
+      post-hook);
+    - a ``step(closure)`` computes its gradients inside the step, so the closure is wrapped to
+      mask them right after it runs;
+    - any other optimizer (whose update may mix weights, e.g. LBFGS) also gets its weights and
+      state re-zeroed after every step (a step post-hook).
+
+    A step that ``GradScaler`` skips calls neither the optimizer nor its hooks, so it changes
+    nothing (see :mod:`prunekit.training.amp`). Zeroing is in place; torch's
+    ``load_state_dict`` keeps the tensors it is given when dtype and device match, so loading a
+    live optimizer's ``state_dict()`` zeroes that optimizer's buffers too (load a copy).
+
+    Cost per step: one Python list of the gradients and one multiply pass over them, measured
+    in ``benchmarks/results/enforcement.md`` beside the bare pass itself.
     """
 
     def __init__(self, mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None):
@@ -238,38 +257,53 @@ class MaskEnforcer:
         # Detached views share the parameters' storage, so in-place zeroing needs no no_grad().
         self._weights = [params[n].detach() for n in pruned]
         self._factors = [mask[n].to(device=params[n].device, dtype=params[n].dtype) for n in pruned]
-        self._state_cache: list = []      # [(param, its state dict, key, buffer)] last zeroed
         for p in params.values():
             mark_masked(p)
         self._handles = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.mask_gradients()),
-            optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_load_state_dict_post_hook(self._after_load),
         ]
+        if self.every_step:
+            self._handles.append(optimizer.register_step_post_hook(self._after_step))
         self.zero()
 
     def mask_gradients(self) -> None:
-        grads, factors = [], []
-        for p, f in zip(self._params, self._factors):
-            if p.grad is not None:
-                grads.append(p.grad.detach())
-                factors.append(f)
-        if grads:
-            torch._foreach_mul_(grads, factors)
+        """Multiply the gradients of the pruned tensors by the mask, now."""
+        if not self._params:
+            return
+        grads = [p.grad for p in self._params]
+        try:
+            torch._foreach_mul_(grads, self._factors)
+        except TypeError:  # a tensor without a gradient this step (an unused layer)
+            present = [(g, f) for g, f in zip(grads, self._factors) if g is not None]
+            if present:
+                torch._foreach_mul_([g for g, _ in present], [f for _, f in present])
 
-    def after_step(self) -> None:
-        if self.every_step or not self._state_is_current():
-            self.zero()
+    def _before_step(self, optimizer, args, kwargs):
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if closure is None:
+            self.mask_gradients()
+            return None
 
-    def _state_is_current(self) -> bool:
-        state = self.optimizer.state
-        if not self._state_cache:
-            return not any(state.get(p) for p in self._params)
-        return all(state.get(p) is entry and entry.get(key) is buf for p, entry, key, buf in self._state_cache)
+        def masked_closure():
+            loss = closure()
+            self.mask_gradients()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": masked_closure}
+        return (args[0], masked_closure, *args[2:]), kwargs
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.zero()
+
+    def _after_load(self, optimizer) -> None:
+        self.zero()
 
     def zero(self) -> None:
         """Zero the pruned weights and every per-weight state buffer of them, now."""
         state = self.optimizer.state
-        tensors, factors, cache = list(self._weights), list(self._factors), []
+        tensors, factors = list(self._weights), list(self._factors)
         for p, f in zip(self._params, self._factors):
             entry = state.get(p)
             if not entry:
@@ -277,10 +311,8 @@ class MaskEnforcer:
             for key in _PER_WEIGHT_STATE:
                 buf = entry.get(key)
                 if isinstance(buf, torch.Tensor) and buf.shape == p.shape:
-                    cache.append((p, entry, key, buf))
                     tensors.append(buf.detach())
                     factors.append(f)
-        self._state_cache = cache
         if tensors:
             torch._foreach_mul_(tensors, factors)
 

@@ -38,6 +38,8 @@ class MixedPrecision:
         self.scaler: Optional[torch.amp.GradScaler] = (
             torch.amp.GradScaler(self.device_type) if precision == "fp16" else None)
         self._stepped = False
+        self._hooked: Optional[torch.optim.Optimizer] = None
+        self._handle = None
 
     def autocast(self):
         if self.dtype is None:
@@ -53,14 +55,24 @@ class MixedPrecision:
             optimizer.step()
             return True
         # A step post-hook tells whether the optimizer really stepped, without a device sync.
+        # Registered on the first fp16 step (and again only if the optimizer changes).
+        if self._hooked is not optimizer:
+            self.close()
+            self._handle = optimizer.register_step_post_hook(self._mark_stepped)
+            self._hooked = optimizer
         self._stepped = False
-        handle = optimizer.register_step_post_hook(lambda *a: setattr(self, "_stepped", True))
-        try:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        finally:
-            handle.remove()
+        self.scaler.step(optimizer)
+        self.scaler.update()
         return self._stepped
+
+    def _mark_stepped(self, optimizer, args, kwargs) -> None:
+        self._stepped = True
+
+    def close(self) -> None:
+        """Remove the step hook from the optimizer (``fit`` calls this when it ends)."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle, self._hooked = None, None
 
     def state_dict(self) -> Dict[str, Any]:
         return self.scaler.state_dict() if self.scaler is not None else {}

@@ -205,6 +205,7 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
                 distributed.barrier()  # nobody reads or races past a half-written epoch
     finally:
         bar.close()
+        amp.close()  # its step hook (fp16) leaves the optimizer with the run
     state.epoch = epochs
     for cb in callbacks:
         cb.on_fit_end(state)
