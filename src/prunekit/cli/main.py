@@ -119,7 +119,7 @@ def cmd_train(args) -> int:
 def cmd_prune(args) -> int:
     if (args.checkpoint is None) == (args.model is None):
         raise ValueError("give either a model file (prunekit prune FILE ...) or --model NAME "
-                         "(a torchvision name, timm:NAME or hf:PATH), not both or neither")
+                         "(a torchvision name, torchvision:NAME, timm:NAME or hf:PATH), not both or neither")
     if args.model is not None:
         return prune_pretrained(args)
     device = resolve_device()
@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a registered model on a dataset")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True,
+                   help="a prunekit model, a torchvision name or torchvision:NAME (torchvision:vgg16 is the "
+                        "ImageNet VGG-16; vgg16 prunekit's CIFAR one)")
     p.add_argument("--width", type=float, default=1.0)
     _add_data_args(p)
     _add_training_args(p, epochs=8, lr=0.05, schedule="cosine")
@@ -229,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", default=None, help="a prunekit model file (or use --model)")
     p.add_argument("--model", default=None,
                    help="prune a pretrained model instead: hf:PATH (transformers / sentence-transformers "
-                        "folder), timm:NAME or a torchvision name; --out is then a folder")
+                        "folder), timm:NAME, a torchvision name or torchvision:NAME (e.g. torchvision:vgg16, "
+                        "where prunekit's vgg16 is the CIFAR one); --out is then a folder")
     p.add_argument("--weights", default=None, help="torchvision weights for --model (DEFAULT, IMAGENET1K_V1, ...)")
     p.add_argument("--seq-len", type=int, default=128,
                    help="tokens of the example input of an hf: model without a tokenizer (FLOPs)")
