@@ -20,7 +20,7 @@ from ..artifacts import load_model, save_model
 from ..core import ALLOCATIONS, CALIBRATED_SCORES, SCORES
 from ..core.accounting import report
 from ..core.prune import prune
-from ..device import (CHANNELS_LAST_ENV, COMPILE_ENV, PRECISION_ENV, precision,  # noqa: F401
+from ..device import (CHANNELS_LAST_ENV, COMPILE_ENV, ENV as DEVICE_ENV, PRECISION_ENV, precision,  # noqa: F401
                       resolve)
 from ..distributed import is_main, threads_per_rank
 from ..io import StorageError, atomic_write_json, check_writable
@@ -339,6 +339,11 @@ def _main(argv: Optional[List[str]] = None) -> int:
         if args.device is not None:
             resolve(args.device)  # a bad name fails here, with what is accepted
             os.environ["PRUNEKIT_DEVICE"] = args.device  # sweep workers and Ray tasks inherit it
+        elif os.environ.get(DEVICE_ENV) and args.command not in ("list", "runs"):
+            try:  # $PRUNEKIT_DEVICE=cuda on a machine without CUDA: one line now, not a failed run later
+                resolve()
+            except ValueError as err:
+                raise ValueError(f"${DEVICE_ENV}: {err}") from None
         # How to compute, like the device: read by fit() in this process and every worker.
         if args.precision is not None:
             os.environ[PRECISION_ENV] = precision(args.precision)  # a bad name fails here
