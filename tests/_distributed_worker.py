@@ -8,6 +8,8 @@ test can compare ranks bit for bit, and the one-process run with the two-process
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -161,6 +163,15 @@ def main(out: Path) -> None:
     (out / "spec.yaml").write_text(SPEC) if rank == 0 else None
     distributed.barrier()
     res["cli_exit"] = cli(["run", str(out / "spec.yaml"), "--dir", str(out / "proj"), "--quiet"])
+    # The same spec with a batch size 2 processes cannot split: exit 2 with one line on every
+    # rank, before any run folder exists.
+    (out / "odd.yaml").write_text(SPEC.replace("batch_size: 64", "batch_size: 63")) if rank == 0 else None
+    distributed.barrier()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        res["cli_odd_exit"] = cli(["run", str(out / "odd.yaml"), "--dir", str(out / "odd_proj"), "--quiet"])
+    res["cli_odd_err"] = err.getvalue()
+    res["cli_odd_runs"] = (out / "odd_proj" / "runs").exists()
     res["wraps"] = wraps
     torch.save(res, out / f"rank{rank}.pt")
 

@@ -341,6 +341,91 @@ def test_normalisation(synth):
     assert abs(xs.mean().item()) < 0.01 and abs(xs.std().item() - 1) < 0.01
 
 
+def test_loader_on_device_copies_the_data_once_and_augments_there(synth, monkeypatch):
+    """Issue #14 B: an in-memory dataset crosses to the device once (``on_device``, called by
+    ``fit`` / ``evaluate``); gathering, pad-crop-flip and normalising run there. The "meta"
+    device stands in for a GPU on this CPU-only machine: every op it runs yields meta tensors,
+    so meta batches prove no step of the pipeline went back to the CPU images."""
+    copies = []
+    real_to = D.TensorDataset.to
+    monkeypatch.setattr(D.TensorDataset, "to", lambda self, d: copies.append(str(d)) or real_to(self, d))
+    loader = D.Loader(synth.train, synth.info, batch_size=100, augment=True, seed=3)
+    assert loader.device == torch.device("cpu") and loader.on_device("cpu") is loader
+    view = loader.on_device("meta")
+    for epoch in (0, 1):
+        view.set_epoch(epoch)
+        batches = list(view)
+        assert len(batches) == 21
+        assert all(x.device.type == y.device.type == "meta" and x.dtype == torch.float32 for x, y in batches)
+        assert batches[0][0].shape == (100, 1, 28, 28) and batches[-1][1].shape == (48,)
+    again = loader.on_device("meta")
+    assert again.dataset is view.dataset and copies == ["meta"]  # one copy, reused
+    # The caller's loader and the (cached) dataset it was given stay on the CPU.
+    assert loader.dataset is synth.train and synth.train.images.device.type == "cpu"
+    assert next(iter(loader))[0].device.type == "cpu"
+    built = D.Loader(synth.train, synth.info, batch_size=100, device="meta")
+    assert built.dataset.images.device.type == "meta" and next(iter(built))[0].device.type == "meta"
+
+
+def test_device_augmentation_draws_the_cpu_generators_numbers():
+    """The crop offsets and flips come from the (seed, epoch) CPU generator whatever the
+    images' device, so a batch is the same on a GPU as on the CPU (and as before #14 B)."""
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    on_cpu, on_meta = D.loader.epoch_generator(5, 2), D.loader.epoch_generator(5, 2)
+    out = random_crop_flip(images, 2, on_cpu)
+    meta = random_crop_flip(images.to("meta"), 2, on_meta)
+    assert meta.device.type == "meta" and meta.shape == out.shape and meta.dtype == out.dtype
+    assert torch.equal(on_cpu.get_state(), on_meta.get_state())  # the same numbers were drawn
+
+
+def test_fit_and_evaluate_iterate_the_loader_on_their_device(synth, monkeypatch):
+    from prunekit.training import evaluate, fit
+
+    seen = []
+    real = D.Loader.on_device
+    monkeypatch.setattr(D.Loader, "on_device", lambda self, d: seen.append((self.shuffle, str(d))) or real(self, d))
+    train = D.Loader(synth.train.subset(200, 0), synth.info, batch_size=50, seed=0)
+    test = D.Loader(synth.test, synth.info, batch_size=256, shuffle=False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    fit(model, train, test, epochs=1, lr=0.05, progress=False, device="cpu")
+    assert (True, "cpu") in seen and (False, "cpu") in seen
+    seen.clear()
+    evaluate(model, test, device="cpu")
+    assert seen == [(False, "cpu")]
+
+
+def test_fit_resumed_over_an_augmented_loader_matches_the_uninterrupted_run(synth, tmp_path):
+    """Resume equality through ``fit`` with the in-memory loader (crop + flip on): a run killed
+    after epoch 1 and resumed sees the same batches and ends with the same weights."""
+    from prunekit.training import Callback, fit
+
+    class Crash(Callback):  # dies in epoch 2, after epoch 1's checkpoint (5 steps per epoch)
+        def __init__(self, armed=False):
+            self.armed = armed
+
+        def on_step_end(self, state):
+            if self.armed and state.step == 7:
+                raise KeyboardInterrupt
+
+    def run(folder, armed=False):
+        train = D.Loader(synth.train.subset(300, 0), synth.info, batch_size=64, augment=True, seed=4)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+        fit(model, train, epochs=3, lr=0.05, schedule="cosine", progress=False, seed=4,
+            checkpoint_dir=folder, callbacks=[Crash(armed)])
+        return model
+
+    reference = run(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", armed=True)
+    from prunekit.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    resumed = run(tmp_path / "cut")
+    assert torch.equal(resumed[1].weight, reference[1].weight) and torch.equal(resumed[1].bias, reference[1].bias)
+
+
 def test_subset_is_stratified_seeded_and_bounded(synth):
     sub = synth.train.subset(100, seed=1)
     assert len(sub) == 100

@@ -56,3 +56,25 @@ seeds: [0]
     summary = run_sweep(tmp_path, sweep, quiet=True)
     assert not summary.failed, summary
     assert seen and all(d == resolve("auto") for d in seen), seen
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_without_cuda_is_one_clear_line_before_any_run(tmp_path, monkeypatch, capsys):
+    """Issue #14's bad input: `--device cuda` (or $PRUNEKIT_DEVICE=cuda) where there is no CUDA
+    ends in one line and exit 2 before a run folder or a database row exists, never a hang."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ndata: {name: synthetic, train_subset: 64}\nmodel: {name: lenet_300_100}\n"
+                    "method: {name: oneshot, params: {sparsity: 0.5}}\n")
+    monkeypatch.delenv("PRUNEKIT_DEVICE", raising=False)
+    for argv, env in ((["--device", "cuda", "run", str(spec), "--dir", str(tmp_path / "a")], None),
+                      (["--device", "cuda:1", "train", "--model", "lenet5", "--data", "synthetic",
+                        "--out", str(tmp_path / "b")], None),
+                      (["sweep", str(spec), "--dir", str(tmp_path / "c")], "cuda")):
+        if env:
+            monkeypatch.setenv("PRUNEKIT_DEVICE", env)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "CUDA is not available here; use cpu or auto" in err, err
+        assert ("$PRUNEKIT_DEVICE" in err) == bool(env)
+    assert not any((tmp_path / d / "runs").exists() for d in "ac") and not (tmp_path / "b" / "model.pt").exists()
+    assert main(["list"]) == 0  # listing needs no device

@@ -150,6 +150,13 @@ def test_training_goes_through_distributed_data_parallel(runs):
 def test_world_size_not_dividing_the_batch_is_one_clear_error(runs):
     assert "batch size 63 cannot be split over 2 processes" in runs["r0"]["odd_batch"]
     assert runs["single"]["odd_batch"] == "trained"
+    # `prunekit run` under torchrun: exit 2 and one line on every rank, before any run starts.
+    for r in ("r0", "r1"):
+        err = runs[r]["cli_odd_err"].strip()
+        assert runs[r]["cli_odd_exit"] == 2 and err.count("\n") == 0, err
+        assert "data.batch_size 63 cannot be split over 2 processes" in err
+        assert not runs[r]["cli_odd_runs"]
+    assert runs["single"]["cli_odd_exit"] == 0  # one process trains it
 
 
 def test_ltp_thresholds_and_fp16_scaler_agree_across_ranks(runs):

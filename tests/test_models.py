@@ -300,3 +300,47 @@ def test_torchvision_fallback_with_stub(monkeypatch):
     with pytest.raises(KeyError):
         M.get("not_a_model")
     assert isinstance(M.get("resnet20"), nn.Module)  # our own names win
+
+
+def test_torchvision_prefix_reaches_the_names_prunekit_shadows(monkeypatch, tmp_path):
+    """``torchvision:vgg16`` is torchvision's ImageNet VGG-16 (what He et al.'s VGG-16-5x prunes),
+    ``vgg16`` stays prunekit's CIFAR one; specs and model files take the prefixed name; a bad
+    name is one clear error (stubbed torchvision: exercised without building a 138M model)."""
+    from prunekit.artifacts import load_model, save_model
+    from prunekit.experiments.spec import SpecError, Sweep
+
+    calls = []
+
+    def get_model(name, **kwargs):
+        calls.append(name)
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, kwargs["num_classes"]))
+
+    models = types.ModuleType("torchvision.models")
+    models.list_models = lambda module=None: ["resnet18", "vgg16"]
+    models.get_model = get_model
+    stub = types.ModuleType("torchvision")
+    stub.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", stub)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+
+    assert type(M.get("vgg16")).__module__ == "prunekit.models.vgg" and calls == []  # prunekit's CIFAR VGG
+    model = M.get("torchvision:vgg16", num_classes=1000)
+    assert calls == ["vgg16"] and model[1].out_features == 1000 and model.input_shape == (3, 224, 224)
+    M.get("torchvision:resnet18")  # also for names prunekit does not have
+    with pytest.raises(KeyError, match="unknown torchvision model 'vgg61'.*vgg16"):
+        M.get("torchvision:vgg61")
+    with pytest.raises(ValueError, match="no width multiplier"):
+        M.get("torchvision:vgg16", width=0.5)
+    M.check_name("torchvision:vgg16")
+    with pytest.raises(KeyError, match="torchvision:NAME"):
+        M.check_name("vgg61")
+
+    save_model(tmp_path / "model.pt", model, model_name="torchvision:vgg16", model_kwargs={"num_classes": 1000})
+    again, stored = load_model(tmp_path)
+    assert stored["model"]["name"] == "torchvision:vgg16"
+    assert torch.equal(again[1].weight, model[1].weight)
+
+    base = {"name": "x", "data": {"name": "synthetic"}, "method": {"name": "oneshot", "params": {"sparsity": 0.5}}}
+    assert Sweep.from_dict({**base, "model": {"name": "torchvision:vgg16"}}).points[0].model.name == "torchvision:vgg16"
+    with pytest.raises(SpecError, match="^model.name: unknown torchvision model 'vgg61'"):
+        Sweep.from_dict({**base, "model": {"name": "torchvision:vgg61"}})

@@ -92,21 +92,28 @@ def test_resnet50_2x_halves_the_flops_on_the_inner_convs():
 
 
 def test_vgg16_5x_keeps_a_fifth_of_the_flops_with_conv5_intact():
-    import torchvision
+    """As the spec runs it (examples/paper/imagenet_channel_pruning_vgg16.yaml): the model
+    ``torchvision:vgg16``, the structured pipeline's plan for ``config: vgg16-5x``; the widths
+    and sizes are the ones prunekit.structured.configs documents."""
+    import prunekit as pk
     from prunekit.core.accounting import flops_per_module
-    from prunekit.structured.select import flops_target_ratios
+    from prunekit.pipelines.structured_pipelines import StructuredParams, structured_plan
+    from prunekit.structured.plan import example_input
 
     torch.manual_seed(0)
-    model = torchvision.models.vgg16()
-    x = torch.randn(1, 3, 224, 224)   # the classifier's FLOPs are fixed: measure at the papers' size
-    ratios = flops_target_ratios("vgg16-5x", model, x, iters=10)
+    model = pk.models.get("torchvision:vgg16", num_classes=1000)
+    assert isinstance(model.classifier[0], torch.nn.Linear) and model.classifier[0].in_features == 512 * 7 * 7
+    x = example_input(model)   # 224x224: the classifier's FLOPs are fixed, so the size matters
+    assert x.shape == (1, 3, 224, 224)
+    plan = structured_plan(model, x, StructuredParams(config="vgg16-5x"))
     convs = [n for n, m in model.features.named_children() if isinstance(m, torch.nn.Conv2d)]
-    assert sorted(ratios, key=lambda k: int(k.split(".")[1])) == [f"features.{n}" for n in convs[:10]]
-    small = shrink(model, x, by_ratios(model, ratios))
+    assert sorted(plan, key=lambda k: int(k.split(".")[1])) == [f"features.{n}" for n in convs[:10]]
+    small = shrink(model, x, plan)
     widths = [m.out_channels for m in small.features if isinstance(m, torch.nn.Conv2d)]
-    assert widths[10:] == [512, 512, 512] and widths[0] < 32
+    assert widths == [23, 23, 47, 47, 94, 94, 94, 188, 188, 188, 512, 512, 512], widths
     flops_kept = flops_per_module(small, (3, 224, 224))[1] / flops_per_module(model, (3, 224, 224))[1]
     assert abs(flops_kept - 0.2) < 0.01, flops_kept
+    assert abs(sum(p.numel() for p in small.parameters()) - 130.26e6) < 0.01e6
 
 
 def test_structured_pipeline_takes_the_flops_targets_and_thinet_as_config():

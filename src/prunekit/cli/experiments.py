@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..distributed import is_main
+from ..distributed import is_main, world_size
 from ..experiments.project import Project
 from ..experiments.repair import repair_store
 from ..experiments.ray_executor import import_ray
@@ -28,6 +28,17 @@ def _load(path: str, data_dir=None):
     return Sweep.from_yaml(Path(path)).with_data_dir(data_dir)  # a location: ids stay
 
 
+def _check_world(sweep: Sweep) -> None:
+    """Under torchrun, refuse a batch size the number of processes does not divide, on every
+    rank and before any run starts (fit would refuse it too, but only once a run is under way,
+    leaving a failed run per configuration)."""
+    world = world_size()
+    bad = sorted({p.data.batch_size for p in sweep.points if p.data.batch_size % world}) if world > 1 else []
+    if bad:
+        raise ValueError(f"data.batch_size {', '.join(map(str, bad))} cannot be split over {world} processes "
+                         f"(WORLD_SIZE): use a multiple of {world}")
+
+
 def _finish(summary, quiet: bool) -> int:
     if not is_main():  # under torchrun rank 0 reports for the job
         return 1 if summary.failed or summary.blocked else 0
@@ -42,6 +53,7 @@ def cmd_run(args) -> int:
     spec = _load(args.spec, args.data_dir)
     if spec.grid:
         raise ValueError(f"{args.spec} has a grid ({', '.join(spec.grid)}): run it with `prunekit sweep`")
+    _check_world(spec)
     summary = run_sweep(args.dir, spec, workers=1, quiet=args.quiet, fit_progress=False if args.quiet else None, echo=print)
     return _finish(summary, args.quiet)
 
@@ -58,6 +70,7 @@ def cmd_sweep(args) -> int:
             print(f"{state:<5} {item.role:<10} {item.spec.id:<42} {item.spec.label}{where}")
         print(f"{len(runs)} runs, {sum(project.is_done(r.spec.id) for r in runs)} done")
         return 0
+    _check_world(spec)
     if args.executor == "ray":
         if args.workers != 1:
             raise ValueError("--workers is for the process executor; with --executor ray each run is a "

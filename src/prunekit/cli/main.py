@@ -20,7 +20,7 @@ from ..artifacts import load_model, save_model
 from ..core import ALLOCATIONS, CALIBRATED_SCORES, SCORES
 from ..core.accounting import report
 from ..core.prune import prune
-from ..device import (CHANNELS_LAST_ENV, COMPILE_ENV, PRECISION_ENV, precision,  # noqa: F401
+from ..device import (CHANNELS_LAST_ENV, COMPILE_ENV, ENV as DEVICE_ENV, PRECISION_ENV, precision,  # noqa: F401
                       resolve)
 from ..distributed import is_main, threads_per_rank
 from ..io import StorageError, atomic_write_json, check_writable
@@ -119,7 +119,7 @@ def cmd_train(args) -> int:
 def cmd_prune(args) -> int:
     if (args.checkpoint is None) == (args.model is None):
         raise ValueError("give either a model file (prunekit prune FILE ...) or --model NAME "
-                         "(a torchvision name, timm:NAME or hf:PATH), not both or neither")
+                         "(a torchvision name, torchvision:NAME, timm:NAME or hf:PATH), not both or neither")
     if args.model is not None:
         return prune_pretrained(args)
     device = resolve_device()
@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a registered model on a dataset")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True,
+                   help="a prunekit model, a torchvision name or torchvision:NAME (torchvision:vgg16 is the "
+                        "ImageNet VGG-16; vgg16 prunekit's CIFAR one)")
     p.add_argument("--width", type=float, default=1.0)
     _add_data_args(p)
     _add_training_args(p, epochs=8, lr=0.05, schedule="cosine")
@@ -229,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", default=None, help="a prunekit model file (or use --model)")
     p.add_argument("--model", default=None,
                    help="prune a pretrained model instead: hf:PATH (transformers / sentence-transformers "
-                        "folder), timm:NAME or a torchvision name; --out is then a folder")
+                        "folder), timm:NAME, a torchvision name or torchvision:NAME (e.g. torchvision:vgg16, "
+                        "where prunekit's vgg16 is the CIFAR one); --out is then a folder")
     p.add_argument("--weights", default=None, help="torchvision weights for --model (DEFAULT, IMAGENET1K_V1, ...)")
     p.add_argument("--seq-len", type=int, default=128,
                    help="tokens of the example input of an hf: model without a tokenizer (FLOPs)")
@@ -336,6 +339,11 @@ def _main(argv: Optional[List[str]] = None) -> int:
         if args.device is not None:
             resolve(args.device)  # a bad name fails here, with what is accepted
             os.environ["PRUNEKIT_DEVICE"] = args.device  # sweep workers and Ray tasks inherit it
+        elif os.environ.get(DEVICE_ENV) and args.command not in ("list", "runs"):
+            try:  # $PRUNEKIT_DEVICE=cuda on a machine without CUDA: one line now, not a failed run later
+                resolve()
+            except ValueError as err:
+                raise ValueError(f"${DEVICE_ENV}: {err}") from None
         # How to compute, like the device: read by fit() in this process and every worker.
         if args.precision is not None:
             os.environ[PRECISION_ENV] = precision(args.precision)  # a bad name fails here

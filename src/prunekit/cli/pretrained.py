@@ -2,6 +2,7 @@
 
     prunekit prune --model hf:models/minilm --sparsity 0.5 --out runs/minilm50
     prunekit prune --model resnet18 --weights DEFAULT --sparsity 0.7 --out runs/r18_70
+    prunekit prune --model torchvision:vgg16 --weights DEFAULT --sparsity 0.9 --out runs/vgg16_90
 
 The folder holds ``state_dict.pt`` (the plain pruned state_dict, same keys as the original),
 ``report.json`` (requested vs achieved sparsity, per-layer figures) and the model itself: for

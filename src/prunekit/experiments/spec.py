@@ -42,7 +42,6 @@ from typing import Any, Dict, List, Optional, Union
 
 from .. import data, models
 from .. import device as device_settings
-from ..models import torchvision_models
 from ..training import OPTIMIZER_NAMES, SCHEDULE_NAMES
 from ..params import nonnegative, param, positive
 from ..pipelines.registry import BASELINES, PIPELINES
@@ -98,7 +97,8 @@ class DataSpec:
 
 @dataclass
 class ModelSpec:
-    """A registered model (``prunekit.models.get``); ``kwargs`` are its own extra arguments."""
+    """A model ``prunekit.models.get`` builds: a registered name, a torchvision name or
+    ``torchvision:NAME``; ``kwargs`` are its own extra arguments."""
 
     name: str = param()
     width: float = param(1.0, check=positive)
@@ -106,9 +106,12 @@ class ModelSpec:
 
     def _validate(self, path: str) -> None:
         if self.name not in models.MODELS:
-            if not torchvision_models.has(self.name):
-                raise SpecError(join_path(path, "name"), f"unknown model {self.name!r}; choose one of: "
-                                f"{', '.join(models.names())}")
+            # A torchvision name, or torchvision:NAME for one a prunekit model shadows
+            # (torchvision:vgg16 is the ImageNet VGG-16; vgg16 prunekit's CIFAR one).
+            try:
+                models.check_name(self.name)
+            except (KeyError, ValueError) as err:
+                raise SpecError(join_path(path, "name"), str(err)) from None
             return
         accepted = models.accepted_kwargs(self.name)
         for key in self.kwargs:

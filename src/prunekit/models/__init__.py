@@ -11,6 +11,7 @@ Pretrained and third-party sources (optional packages, see ``optional.status()``
 
     M.get("resnet18")                       # torchvision, untrained (10 classes by default)
     M.get("resnet18", weights="DEFAULT")    # its weights, read from torch hub's cache only
+    M.get("torchvision:vgg16")              # torchvision's, where a prunekit model has the name
     M.get("timm:resnet50d")                 # timm (pip install timm)
     M.get("hf:path/to/folder")              # transformers / sentence-transformers folder
     M.example_input(model)                  # what forward() takes: an image batch, or tokens
@@ -20,6 +21,7 @@ saying what failed and how to fix it.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, List, Optional
 
@@ -32,7 +34,7 @@ from .optional import OptionalDependencyError
 from ..registry import UnknownNameError
 
 __all__ = ["MODELS", "names", "build", "get", "scaled", "ModelArgumentError", "resnet", "example_input",
-           "OptionalDependencyError", "sources"]
+           "OptionalDependencyError", "sources", "check_name"]
 
 _COMMON = ("num_classes", "in_channels", "width")
 
@@ -58,10 +60,26 @@ def sources() -> dict:
     return optional.status()
 
 
+def check_name(name: str) -> None:
+    """Raise what ``build(name)`` would for a name it cannot build (an unknown registered or
+    torchvision name, torchvision missing or broken), without building anything. ``timm:`` and
+    ``hf:`` names are only checked when built (a package or folder that may live elsewhere)."""
+    if not isinstance(name, str) or not name:
+        raise UnknownNameError(f"a model name must be a non-empty string, got {name!r}")
+    if name.startswith((hf.PREFIX, timm_models.PREFIX)) or name in MODELS:
+        return
+    if name.startswith(torchvision_models.PREFIX):
+        _torchvision_or_raise(name[len(torchvision_models.PREFIX):], explicit=True)
+    else:
+        _torchvision_or_raise(name)
+
+
 def build(name: str, num_classes: Optional[int] = None, in_channels: Optional[int] = None,
           width: float = 1.0, **kwargs: Any) -> nn.Module:
     """Build model ``name``: a registered one (freshly initialised from the current torch RNG
-    state, ``num_classes`` default 10), a torchvision name, ``timm:NAME`` or ``hf:PATH``.
+    state, ``num_classes`` default 10), a torchvision name, ``torchvision:NAME`` (torchvision's
+    model even where prunekit has one of that name: ``torchvision:vgg16`` is the ImageNet VGG-16,
+    ``vgg16`` prunekit's CIFAR one), ``timm:NAME`` or ``hf:PATH``.
 
     Unknown name: ``KeyError`` listing the registered names. Unknown keyword:
     ``ModelArgumentError`` (a TypeError and a ValueError) listing the accepted ones. A source
@@ -71,6 +89,10 @@ def build(name: str, num_classes: Optional[int] = None, in_channels: Optional[in
         return hf.build(name[len(hf.PREFIX):], num_classes, in_channels, width, **kwargs)
     if isinstance(name, str) and name.startswith(timm_models.PREFIX):
         return timm_models.build(name[len(timm_models.PREFIX):], num_classes, in_channels, width, **kwargs)
+    if isinstance(name, str) and name.startswith(torchvision_models.PREFIX):
+        name = name[len(torchvision_models.PREFIX):]
+        _torchvision_or_raise(name, explicit=True)
+        return torchvision_models.build(name, num_classes, in_channels, width, **kwargs)
     if name not in MODELS:
         _torchvision_or_raise(name)
         return torchvision_models.build(name, num_classes, in_channels, width, **kwargs)
@@ -89,12 +111,21 @@ def build(name: str, num_classes: Optional[int] = None, in_channels: Optional[in
     return builder(**args)
 
 
-def _torchvision_or_raise(name: str) -> None:
-    """Return if torchvision knows ``name``; else raise the error that says what to do."""
+def _torchvision_or_raise(name: str, explicit: bool = False) -> None:
+    """Return if torchvision knows ``name``; else raise the error that says what to do
+    (``explicit``: the name came as ``torchvision:NAME``)."""
     reason = optional.reason("torchvision")
     if reason is None and torchvision_models.has(name):
         return
-    choices = f"choose one of: {', '.join(names())}, a torchvision name, timm:NAME or hf:PATH"
+    if explicit:
+        if reason is not None:
+            raise OptionalDependencyError(f"model 'torchvision:{name}' needs torchvision: {reason}")
+        known = torchvision_models.names()
+        close = difflib.get_close_matches(name, known, n=5) or known[:5]
+        raise UnknownNameError(f"unknown torchvision model {name!r}; choose one of torchvision's {len(known)} "
+                               f"classification models, e.g. {', '.join(close)}")
+    choices = (f"choose one of: {', '.join(names())}, a torchvision name, torchvision:NAME, timm:NAME "
+               "or hf:PATH")
     if reason is not None and "not installed" not in reason:  # installed but broken: that is the news
         raise OptionalDependencyError(f"model {name!r} is not one of prunekit's, and torchvision's models are "
                                       f"unavailable: {reason}")

@@ -1,7 +1,9 @@
 """torchvision's ImageNet classification models, untrained or with their pretrained weights.
 
 torchvision is optional: it is imported (``optional.require``) only when a name is not in
-prunekit's own registry. Models are built with ``torchvision.models.get_model``. Pretrained
+prunekit's own registry, or when it is named explicitly as ``torchvision:NAME``: the way to
+reach a torchvision model whose name a prunekit model shadows (``"vgg16"`` is prunekit's
+CIFAR VGG-16, ``"torchvision:vgg16"`` torchvision's ImageNet one with its 3-layer classifier). Models are built with ``torchvision.models.get_model``. Pretrained
 weights (``weights="DEFAULT"`` or an enum name such as ``"IMAGENET1K_V1"``) are read from
 torch hub's cache only -- the file torchvision itself would download to, under
 ``$TORCH_HOME/hub/checkpoints`` -- so building never touches the network; a missing file is
@@ -19,6 +21,7 @@ import torch.nn as nn
 
 from .optional import OptionalDependencyError, require
 
+PREFIX = "torchvision:"
 # Inputs other than 3x224x224 that a model needs.
 _INPUT_SHAPES = {"inception_v3": (3, 299, 299)}
 #: The class count of untrained models when the caller gives none (prunekit's default).

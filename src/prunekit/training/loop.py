@@ -25,7 +25,7 @@ from prunekit.training.callbacks import Callback, TrainState
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training import data_parallel
 from prunekit.training.data_parallel import my_slice, sync_buffers
-from prunekit.training.metrics import History, evaluate, to_device, topk_correct
+from prunekit.training.metrics import History, evaluate, on_device, to_device, topk_correct
 from prunekit.training.optim import make_optimizer
 # The checkpoint layout and resume guards have their own module; its names stay importable here.
 from prunekit.training.resume import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, check_resumable,  # noqa: F401
@@ -48,7 +48,9 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
 
     ``train`` must have ``len()`` (batches per epoch), which lays out the per-iteration lr
     schedule; if it has ``set_epoch(epoch)`` it is called at the start of every epoch with
-    the 0-based epoch, so batch order is reproducible and resumable. After each epoch the
+    the 0-based epoch, so batch order is reproducible and resumable. A loader with
+    ``on_device(device)`` (:class:`prunekit.data.Loader`) is iterated through it: on a GPU the
+    in-memory dataset is copied there once and augmented there (same batches as on the CPU). After each epoch the
     model is evaluated on ``test`` (if given) and one dict is appended to the returned
     :class:`History`: epoch (1-based), train_loss (task loss, batch-weighted mean),
     train_top1, test_loss, test_top1, test_top5, lr (first param group's lr at the epoch's
@@ -127,6 +129,11 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     device = torch.device(device)
+    # An in-memory prunekit Loader holds its data on the device from here on (copied once,
+    # augmented there); the caller's loader object is left as it was.
+    train = on_device(train, device)
+    if test is not None:
+        test = on_device(test, device)
     amp = MixedPrecision(devices.precision(precision), device)
     to_channels_last = devices.channels_last(channels_last)
     backend = devices.compile_backend(compile)

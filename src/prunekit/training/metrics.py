@@ -47,6 +47,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def on_device(loader: Any, device: torch.device) -> Any:
+    """``loader.on_device(device)`` for a loader that can keep its data on the device
+    (:class:`prunekit.data.Loader`: its tensors copied there once, its augmentation run there);
+    any other iterable unchanged (its batches are moved one by one with :func:`to_device`)."""
+    move = getattr(loader, "on_device", None)
+    return move(device) if callable(move) else loader
+
+
 def topk_correct(output: torch.Tensor, target: torch.Tensor,
                  ks: Tuple[int, ...] = (1, 5)) -> Optional[Dict[int, int]]:
     """Count samples whose target is among the top-k logits, for each k that fits.
@@ -89,6 +97,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: Any = "cpu",
                          "with sharded=True on every rank")
     loss_fn = loss_fn or F.cross_entropy
     device = torch.device(device)
+    loader = on_device(loader, device)
     # Restore per module: a caller may keep e.g. frozen BatchNorm layers in eval mode.
     modes = {m: m.training for m in model.modules()}
     model.eval()
