@@ -7,10 +7,22 @@ each of them costs more (indirect indexing, no SIMD blocking), so it only pays o
 sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/bench_export.py``,
 ``benchmarks/bench_minilm_export.py`` and micro-benchmarks of single layers):
 
-- format: CSR with ``torch.addmm(b[:, None], W_csr, x.T).T`` (MKL's sparse x dense product)
-  is the fastest form; COO was 5-30x slower than CSR at every shape tried, and the other
-  orientation (dense x sparse, ``addmm(b, x, W.T_csr)``) 4-15x slower than dense. int32 CSR
-  indices are 5-20% faster than int64 at 384-1536 wide layers (less index traffic).
+- format: CSR with int32 indices (8 bytes per kept weight instead of 12 with int64: 1.2-1.6x
+  faster at 784-4096 wide layers) and MKL's sparse x dense kernels. One row (batch 1 of a 2-D
+  input) goes through ``torch.addmv(b, W, x)``, the matrix-vector product: 2-3x faster than
+  ``addmm`` with one column on a 4096-wide layer at 98% (~25x over dense for the layer alone).
+  Several rows: ``torch.addmm(b[:, None], W, x.T).T``. Measured and not kept: COO (5-30x slower
+  than CSR at every shape), the other orientation (dense x sparse, ``addmm(b, x, W.T_csr)``: 4-15x
+  slower than dense), writing the product straight into y's row-major layout (``out=y.T``, so
+  MKL reads x as it is but works column by column: 2-4x slower than ``x.T`` from 4 rows on),
+  BSR (magnitude pruning leaves 2x2 blocks a quarter full: 2-4x slower than CSR; with fully
+  kept 4x4 blocks it was 1.3-1.9x faster than CSR at 128-256 rows, so it would pay for
+  block-pruned weights only), ``torch.compile`` of the transposition (no faster).
+- transposition: MKL wants ``x.T`` row-major, and torch's transposing copy runs at ~6 GB/s
+  (a plain copy: 20-35), so at 256 rows it costs more than a 98%-sparse product. A layer
+  whose kept weights read only some input features is also tried compacted (``compact``):
+  only those rows of ``x.T`` are gathered (LeNet-300-100's first layer at 98%: 549 of 784
+  pixels, 1.3x faster than the plain CSR layer at batch 256).
 - rows per product: MKL's kernel streams one row of ``x.T`` per kept weight; when that row is
   long (many tokens x batch) it leaves the cache and the kernel slows 2-3x per row. So for
   inputs of 3 or more dimensions (``(batch, tokens, features)``) a layer can run one product
@@ -30,8 +42,10 @@ Decisions are taken per layer, at the user's real input: ``example_input`` (a te
 of positional arguments or a dict of keyword arguments, e.g. a tokenizer's output; default:
 ``prunekit.models.example_input(model)``) is run once, re-batched to ``batch_size`` sequences
 or images, and every Linear / Conv2d records its input shape. Each candidate layer is then
-timed dense vs CSR (and CSR per sequence) on a random input of exactly that shape and goes
-sparse only when faster by at least 5%.
+timed on a random input of exactly that shape, the dense layer once beside every sparse form
+worth trying (plain CSR; compacted inputs; one product per sequence), in one interleaved run,
+and goes sparse in its fastest form only when that is faster by at least 5%: a layer that is
+not measured faster stays dense, at any batch size.
 
 What is never replaced (it stays dense and ``decisions()`` says why): a layer whose own
 ``forward`` is not called by the example forward (its weight is read directly by its parent:
@@ -656,7 +670,7 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
         problem = _problem(out, inputs, dense_output)
     if problem is None and measure:
         seconds = timer({"dense": functools.partial(_run, model, inputs), "sparse": functools.partial(_run, out, inputs)},
-                        max(1, repeats // 2))
+                        max(3, repeats))
         if seconds["sparse"] > MARGIN * seconds["dense"]:
             problem = (f"ran the whole model no faster ({1e3 * seconds['sparse']:.2f} ms vs "
                        f"{1e3 * seconds['dense']:.2f} ms dense)")
@@ -708,9 +722,12 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def decisions(exported: nn.Module) -> List[dict]:
     """Per layer of a ``sparse()`` result: ``{layer, type, sparsity, form ('csr' or 'dense'),
-    dense_s, sparse_s, reason, input_shape}`` (timings None when not measured; ``reason``: why
-    the layer stayed dense, None for CSR layers; ``input_shape``: what the layer received in the
-    example forward, None without one; ``kernel: 'per_sequence'`` when it runs one product per
-    sequence; ``transposed_output: True`` when it hands its product to the next sparse layer
-    as a transposed view)."""
+    dense_s, sparse_s, reason, input_shape}`` (timings None when not measured; ``sparse_s``: the
+    fastest candidate's; ``reason``: why the layer stayed dense, None for CSR layers;
+    ``input_shape``: what the layer received in the example forward, None without one). Measured
+    layers also have ``candidates_s`` (``{candidate: seconds}``); measured CSR layers ``kernel``:
+    ``'mv'`` (one row: matrix-vector product), ``'mm'`` or ``'per_sequence'`` (one product per
+    sequence), and ``input_columns`` (how many input features it reads) when compacted;
+    ``transposed_output: True`` when it hands its product to the next sparse layer as a
+    transposed view."""
     return list(getattr(exported, "prunekit_sparse_decisions", []))
