@@ -95,11 +95,13 @@ def pruned_forms(model, mask_sparsity, allocation, batch_sizes, input_shape, spa
     return forms_at, ratios, layers, density
 
 
-def run_pruned(model, sparsity, allocation, batch_sizes, shape, repeats_at, sparse_repeats, memory=False):
+def run_pruned(model, sparsity, allocation, batch_sizes, shape, repeats_at, sparse_repeats, memory=False,
+               clock="wall"):
     forms_at, ratios, layers, density = pruned_forms(model, sparsity, allocation, batch_sizes, shape, sparse_repeats)
     rows = []
     for b in batch_sizes:
-        rows += bench_forms({b: forms_at[b]}, shape, repeats=repeats_at[b], flops_ratio=ratios[b], memory=memory)
+        rows += bench_forms({b: forms_at[b]}, shape, repeats=repeats_at[b], flops_ratio=ratios[b], memory=memory,
+                            clock=clock)
     for r in rows:
         r["sparsity"] = sparsity
     return rows, layers, density
@@ -210,13 +212,19 @@ def main():
     parser.add_argument("--width", type=int, default=4096, help="MLP width of part (b)")
     parser.add_argument("--random-weights", action="store_true",
                         help="part (a) on a seeded random init when the trained checkpoint is missing")
+    parser.add_argument("--clock", choices=("auto", "thread", "wall"), default="auto",
+                        help="timer of the forms: thread CPU time or wall time (auto: thread at 1 thread)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock = args.clock if args.clock != "auto" else ("thread" if args.threads == 1 else "wall")
     q = args.quick
     width = 1024 if q else args.width
-    data = {"command": command_line(), "machine": machine()}
+    data = {"command": command_line(), "machine": machine(), "clock": clock}
     md = ["## Export: sparse and thin models on CPU\n",
-          f"`{command_line()}` on {machine()}. Medians of interleaved repeats (forms timed in turn in each "
+          f"`{command_line()}` on {machine()}. Clock: "
+          + ("the thread's CPU time (one thread: other processes on the shared machine do not inflate it, "
+             "as they do wall time)" if clock == "thread" else "wall time")
+          + ". Medians of interleaved repeats (forms timed in turn in each "
           "repeat); speedup = median over repeats of (dense time / form time) in the same repeat; FLOPs ratio = dense FLOPs / the form's effective "
           "FLOPs (theoretical; a masked layer counts density x dense FLOPs, `sparse` only for its CSR layers). "
           "File = `torch.save(state_dict)` (the .pt2 file for `thin-pt2`). 2 cores shared with other jobs: "
@@ -229,7 +237,8 @@ def main():
     rows_a, layers_a = [], {}
     for s in (0.95, 0.98):
         rows, layers, density = run_pruned(model, s, "global", (1, 256), (1, 28, 28),
-                                           {1: 40 if q else 400, 256: 10 if q else 100}, 3 if q else 7)
+                                           {1: 40 if q else 400, 256: 10 if q else 100}, 3 if q else 7,
+                                           clock=clock)
         rows_a += rows
         layers_a[s] = {"layers": layers, "density": density}
     data["lenet_300_100"] = {"source": source, "rows": rows_a, "decisions": layers_a}
@@ -248,7 +257,7 @@ def main():
     model = mlp(width)
     for s in (0.90, 0.95, 0.98):
         rows, layers, _ = run_pruned(model, s, "uniform", (1, 256), (width,),
-                                     {1: 10 if q else 40, 256: 3 if q else 7}, 2 if q else 3)
+                                     {1: 10 if q else 40, 256: 3 if q else 7}, 2 if q else 3, clock=clock)
         rows_b += rows
         layers_b[s] = layers
     data["mlp"] = {"width": width, "rows": rows_b, "decisions": layers_b}
@@ -282,7 +291,7 @@ def main():
         for b in (1, 64):
             rows = bench_forms({b: forms}, (3, 32, 32), repeats=(5 if q else 40) if b == 1 else (3 if q else 12),
                                flops_ratio={"dense": 1.0, "masked": ratio, "thin": ratio, "thin-pt2": ratio},
-                               file_bytes={"thin-pt2": pt2_bytes}, memory=False)
+                               file_bytes={"thin-pt2": pt2_bytes}, memory=False, clock=clock)
             for r in rows:
                 r["flops_target"] = target
             rows_c += rows
