@@ -90,11 +90,13 @@ def peak_memory(model: nn.Module, x: torch.Tensor) -> Optional[int]:
 
 def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence[int], *, repeats: int = 10,
                 dense: str = "dense", flops_ratio: Optional[Dict[str, float]] = None,
-                file_bytes: Optional[Dict[str, int]] = None, memory: bool = True) -> List[dict]:
+                file_bytes: Optional[Dict[str, int]] = None, memory: bool = True, clock: str = "wall") -> List[dict]:
     """Time the forms ``{batch size: {form name: module}}`` on random ``(b, *input_shape)``
     batches, interleaved; one row per (form, batch size). ``dense`` names the reference form
     of the speedups; ``flops_ratio`` / ``file_bytes`` map form names to figures computed by
-    the caller (``file_bytes`` defaults to ``saved_bytes`` of the form)."""
+    the caller (``file_bytes`` defaults to ``saved_bytes`` of the form). ``clock``: ``wall`` or
+    ``thread`` (the calling thread's CPU time: with one torch thread, what other processes on a
+    shared machine do not inflate; ``prunekit.timing.CLOCKS``)."""
     rows = []
     for b, forms in forms_at.items():
         for m in forms.values():
@@ -106,7 +108,7 @@ def bench_forms(forms_at: Dict[int, Dict[str, nn.Module]], input_shape: Sequence
         x = torch.randn(b, *input_shape, device=param.device if param is not None else "cpu")
         with torch.inference_mode():  # the forms take turns inside every repeat
             times = time_interleaved({name: functools.partial(m, x) for name, m in forms.items()},
-                                     repeats=repeats, warmup=2)
+                                     repeats=repeats, warmup=2, clock=clock)
         for name, model in forms.items():
             # Speedup: median of the per-repeat ratios of side-by-side runs (a load spike on the
             # shared machine hits both runs of a repeat, so it cancels in the ratio).

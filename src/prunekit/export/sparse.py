@@ -7,10 +7,22 @@ each of them costs more (indirect indexing, no SIMD blocking), so it only pays o
 sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/bench_export.py``,
 ``benchmarks/bench_minilm_export.py`` and micro-benchmarks of single layers):
 
-- format: CSR with ``torch.addmm(b[:, None], W_csr, x.T).T`` (MKL's sparse x dense product)
-  is the fastest form; COO was 5-30x slower than CSR at every shape tried, and the other
-  orientation (dense x sparse, ``addmm(b, x, W.T_csr)``) 4-15x slower than dense. int32 CSR
-  indices are 5-20% faster than int64 at 384-1536 wide layers (less index traffic).
+- format: CSR with int32 indices (8 bytes per kept weight instead of 12 with int64: 1.2-1.6x
+  faster at 784-4096 wide layers) and MKL's sparse x dense kernels. One row (batch 1 of a 2-D
+  input) goes through ``torch.addmv(b, W, x)``, the matrix-vector product: 2-3x faster than
+  ``addmm`` with one column on a 4096-wide layer at 98% (~25x over dense for the layer alone).
+  Several rows: ``torch.addmm(b[:, None], W, x.T).T``. Measured and not kept: COO (5-30x slower
+  than CSR at every shape), the other orientation (dense x sparse, ``addmm(b, x, W.T_csr)``: 4-15x
+  slower than dense), writing the product straight into y's row-major layout (``out=y.T``, so
+  MKL reads x as it is but works column by column: 2-4x slower than ``x.T`` from 4 rows on),
+  BSR (magnitude pruning leaves 2x2 blocks a quarter full: 2-4x slower than CSR; with fully
+  kept 4x4 blocks it was 1.3-1.9x faster than CSR at 128-256 rows, so it would pay for
+  block-pruned weights only), ``torch.compile`` of the transposition (no faster).
+- transposition: MKL wants ``x.T`` row-major, and torch's transposing copy runs at ~6 GB/s
+  (a plain copy: 20-35), so at 256 rows it costs more than a 98%-sparse product. A layer
+  whose kept weights read only some input features is also tried compacted (``compact``):
+  only those rows of ``x.T`` are gathered (LeNet-300-100's first layer at 98%: 549 of 784
+  pixels, 1.3x faster than the plain CSR layer at batch 256).
 - rows per product: MKL's kernel streams one row of ``x.T`` per kept weight; when that row is
   long (many tokens x batch) it leaves the cache and the kernel slows 2-3x per row. So for
   inputs of 3 or more dimensions (``(batch, tokens, features)``) a layer can run one product
@@ -30,8 +42,10 @@ Decisions are taken per layer, at the user's real input: ``example_input`` (a te
 of positional arguments or a dict of keyword arguments, e.g. a tokenizer's output; default:
 ``prunekit.models.example_input(model)``) is run once, re-batched to ``batch_size`` sequences
 or images, and every Linear / Conv2d records its input shape. Each candidate layer is then
-timed dense vs CSR (and CSR per sequence) on a random input of exactly that shape and goes
-sparse only when faster by at least 5%.
+timed on a random input of exactly that shape, the dense layer once beside every sparse form
+worth trying (plain CSR; compacted inputs; one product per sequence), in one interleaved run,
+and goes sparse in its fastest form only when that is faster by at least 5%: a layer that is
+not measured faster stays dense, at any batch size.
 
 What is never replaced (it stays dense and ``decisions()`` says why): a layer whose own
 ``forward`` is not called by the example forward (its weight is read directly by its parent:
@@ -46,7 +60,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -56,13 +70,16 @@ from ..models import example_input as _model_example_input
 from ..timing import time_interleaved
 from . import _layout
 
-__all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions"]
+__all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions", "median_seconds"]
 
 #: Below this sparsity no layer is even timed: CSR was slower than dense at every shape and batch
 #: size measured (50% sparsity: 0.1-0.6x of the dense speed).
 NEVER_BELOW = 0.5
 #: A sparse layer must beat the dense one by this factor to be chosen (timing noise margin).
 MARGIN = 0.95
+#: A Linear layer is also tried with its unused input features dropped when at most this share
+#: of them is used (the gather costs about as much as the transposition it shortens).
+COMPACT_BELOW = 0.9
 #: The exported model must reproduce the dense outputs this closely (absolute and relative).
 TOLERANCE = 1e-4
 #: The layer types whose forward sparse() knows how to reproduce; subclasses may differ.
@@ -85,7 +102,9 @@ def _density(weight: torch.Tensor) -> float:
 
 
 def _to_csr(weight2d: torch.Tensor) -> torch.Tensor:
-    """CSR copy of a dense 2-D weight, with int32 indices when they fit (faster in MKL)."""
+    """CSR copy of a dense 2-D weight, with int32 indices when they fit: MKL reads 4 + 4 bytes of
+    index and value per kept weight instead of 8 + 4 (``benchmarks/bench_export.py`` (d): int32
+    1.2-1.6x faster than int64 at 784-4096 wide layers)."""
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"; the kernels are stable
         warnings.simplefilter("ignore", UserWarning)
         csr = weight2d.detach().to_sparse_csr()
@@ -95,16 +114,22 @@ def _to_csr(weight2d: torch.Tensor) -> torch.Tensor:
     return csr
 
 
+def _used_columns(weight2d: torch.Tensor) -> torch.Tensor:
+    """Indices of the input features (columns) with at least one kept weight."""
+    return torch.nonzero(weight2d.detach().ne(0).any(0)).flatten()
+
+
 class _SparseBase(nn.Module):
     """Holds a CSR ``weight`` (2-D: out x fan-in) and an optional dense ``bias`` as buffers,
     plus ``_bias_col``, the bias as an (out, 1) column (zeros without bias) that ``addmm``
-    adds for free (not saved).
+    adds for free, and ``_bias_vec``, the same as a vector for ``addmv`` (not saved).
 
     ``load_state_dict`` replaces the buffers instead of copying into them (a CSR tensor cannot be
     copied into one with another number of nonzeros)."""
 
     def _set_weights(self, weight2d: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-        self.register_buffer("weight", _to_csr(weight2d))
+        csr = weight2d if weight2d.layout == torch.sparse_csr else _to_csr(weight2d)
+        self.register_buffer("weight", csr)
         self.register_buffer("bias", bias.detach().clone() if bias is not None else None)
         self._refresh_bias_col()
 
@@ -112,15 +137,28 @@ class _SparseBase(nn.Module):
         weight, bias = self._buffers["weight"], self._buffers["bias"]
         col = bias.unsqueeze(1) if bias is not None else torch.zeros(weight.shape[0], 1, dtype=weight.dtype,
                                                                       device=weight.device)
-        self.register_buffer("_bias_col", col.contiguous(), persistent=False)
+        col = col.contiguous()
+        self.register_buffer("_bias_col", col, persistent=False)
+        self.register_buffer("_bias_vec", col.view(-1), persistent=False)
 
     @property
     def density(self) -> float:
-        return self.weight._nnz() / (self.weight.shape[0] * self.weight.shape[1])
+        return self.weight._nnz() / (self.weight.shape[0] * self._fan_in())
+
+    def _fan_in(self) -> int:
+        return self.weight.shape[1]
 
     def _mm(self, cols: torch.Tensor) -> torch.Tensor:
         """``W @ cols (+ b[:, None])`` with ``cols`` of shape (fan-in, N): (out, N)."""
         return torch.addmm(self._bias_col, self.weight, cols)
+
+    def _load_weight(self, value: torch.Tensor, state_dict, prefix: str) -> Optional[str]:
+        """Take the saved ``weight`` (dense or CSR); an error message if it does not fit."""
+        dense = value.to_dense() if value.layout != torch.strided else value
+        if tuple(dense.shape) != tuple(self.weight.shape):
+            return f"size mismatch for {prefix}weight: {tuple(dense.shape)} vs {tuple(self.weight.shape)}"
+        self._buffers["weight"] = _to_csr(dense)
+        return None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -129,70 +167,151 @@ class _SparseBase(nn.Module):
             if key in state_dict:
                 value = state_dict[key]
                 if name == "weight":
-                    dense = value.to_dense() if value.layout != torch.strided else value
-                    value = _to_csr(dense)
-                    if tuple(value.shape) != tuple(self.weight.shape):
-                        error_msgs.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(self.weight.shape)}")
-                        continue
-                elif self.bias is None:
+                    error = self._load_weight(value, state_dict, prefix)
+                    if error:
+                        error_msgs.append(error)
+                    continue
+                if self.bias is None:
                     unexpected_keys.append(key)
                     continue
                 self._buffers[name] = value
             elif strict and self._buffers.get(name) is not None:
                 missing_keys.append(key)
         self._refresh_bias_col()
+        known = ("weight", "bias") + self._extra_state_keys()
         for key in state_dict if strict else ():
-            if key.startswith(prefix) and key[len(prefix):] not in ("weight", "bias") and "." not in key[len(prefix):]:
+            if key.startswith(prefix) and key[len(prefix):] not in known and "." not in key[len(prefix):]:
                 unexpected_keys.append(key)
+
+    def _extra_state_keys(self) -> Tuple[str, ...]:
+        return ()
 
 
 class SparseLinear(_SparseBase):
-    """``y = x @ W.T + b`` with ``W`` stored as CSR, computed as ``addmm(b[:, None], W, x.T).T``.
+    """``y = x @ W.T + b`` with ``W`` stored as CSR (int32 indices), computed with MKL's sparse x
+    dense kernels, which want the dense operand as ``x.T`` (features x rows, row-major):
+
+    - one row (batch 1 of a 2-D input, a 1-D input): ``addmv(b, W, x)``, the matrix-vector
+      product (2-3x faster than ``addmm`` with one column on a 4096-wide layer);
+    - several rows: ``addmm(b[:, None], W, x.T).T``; the product comes out transposed.
 
     Accepts any leading dimensions (``(..., in_features)``), like ``nn.Linear``. With
     ``per_sequence=True`` an input of 3+ dimensions ``(..., tokens, in_features)`` is
     multiplied one sequence at a time (short rows stay in cache, see the module docstring),
-    each product written in place into one output. Outputs of 3+-D inputs are made contiguous,
-    as ``nn.Linear``'s are: the product comes out transposed, and the copy costs less than
-    what a transposed layout costs most ops after it (MiniLM at 128 tokens: 5% faster at batch
-    1, 15% at batch 32 than leaving the view). ``transposed_output=True`` leaves the view, for a
-    layer that feeds another sparse layer through pointwise ops only (``sparse()`` sets it:
-    see ``_layout``). Inference only: the weight is a buffer."""
+    each product transposed into one output while it is in cache. Outputs of 3+-D inputs are made contiguous,
+    as ``nn.Linear``'s are: the copy costs less than what a transposed layout costs most ops
+    after it (MiniLM at 128 tokens: 5% faster at batch 1, 15% at batch 32 than leaving the
+    view). ``transposed_output=True`` leaves the view, for a layer that feeds another sparse
+    layer through pointwise ops only (``sparse()`` sets it: see ``_layout``).
+
+    ``compact=True`` drops the input features no kept weight reads: the CSR weight then has
+    one column per used feature (``input_columns``, saved with the weight), and only those rows
+    of ``x.T`` are gathered -- the transposition of ``x`` that MKL needs costs less (LeNet-300-100's
+    first layer at 98%: 549 of 784 pixels used). Inference only: the weight is a buffer."""
 
     def __init__(self, in_features: int, out_features: int, weight: torch.Tensor,
                  bias: Optional[torch.Tensor] = None, per_sequence: bool = False,
-                 transposed_output: bool = False):
+                 transposed_output: bool = False, compact: bool = False):
         super().__init__()
         if tuple(weight.shape) != (out_features, in_features):
             raise ValueError(f"weight shape {tuple(weight.shape)} is not ({out_features}, {in_features})")
         self.in_features, self.out_features = in_features, out_features
         self.per_sequence, self.transposed_output = per_sequence, transposed_output
+        self.compact = compact
+        self.register_buffer("input_columns", None)
         self._set_weights(weight, bias)
+
+    def _set_weights(self, weight2d: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+        if self.compact:
+            dense = weight2d.to_dense() if weight2d.layout != torch.strided else weight2d
+            columns = _used_columns(dense)
+            self.register_buffer("input_columns", columns)
+            weight2d = dense.detach()[:, columns]
+        super()._set_weights(weight2d, bias)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, **options: bool) -> "SparseLinear":
         return cls(linear.in_features, linear.out_features, linear.weight, linear.bias, **options)
 
+    @classmethod
+    def _from_csr(cls, linear: nn.Linear, csr: torch.Tensor, columns: Optional[torch.Tensor] = None,
+                  **options: bool) -> "SparseLinear":
+        """A layer on an already built CSR weight (``columns``: the kept input features of a
+        compacted one), shared with other candidates of the same layer (no conversion)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = linear.in_features, linear.out_features
+        layer.per_sequence = options.get("per_sequence", False)
+        layer.transposed_output = options.get("transposed_output", False)
+        layer.compact = columns is not None
+        layer.register_buffer("input_columns", columns)
+        _SparseBase._set_weights(layer, csr, linear.bias)
+        return layer
+
+    def _fan_in(self) -> int:
+        return self.in_features
+
+    def _extra_state_keys(self) -> Tuple[str, ...]:
+        return ("input_columns",)
+
+    def _load_weight(self, value, state_dict, prefix):
+        dense = value.to_dense() if value.layout != torch.strided else value
+        columns = state_dict.get(prefix + "input_columns")
+        if columns is None and self.compact and tuple(dense.shape) == (self.out_features, self.in_features):
+            columns = _used_columns(dense)  # a full weight: compact it here
+            dense = dense[:, columns]
+        width = self.in_features if columns is None else len(columns)
+        if tuple(dense.shape) != (self.out_features, width):
+            return f"size mismatch for {prefix}weight: {tuple(dense.shape)} vs {(self.out_features, width)}"
+        self._buffers["input_columns"] = columns
+        self.compact = columns is not None
+        self._buffers["weight"] = _to_csr(dense)
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias_col = self._buffers["weight"], self._buffers["_bias_col"]
-        if x.dim() == 2:  # the common case, inlined: the overhead of each call shows at batch 1
-            return torch.addmm(bias_col, weight, x.t()).t()
+        # The hot path: buffers read from the dict directly, no reshapes for 1 or 2 dimensions
+        # (each Python-level op costs ~1-4 us, which decides small layers at batch 1).
+        buffers = self._buffers
+        weight, columns = buffers["weight"], buffers["input_columns"]
+        if x.dim() == 2:
+            if x.shape[0] == 1:
+                v = x[0] if columns is None else x[0].index_select(0, columns)
+                return torch.addmv(buffers["_bias_vec"], weight, v).unsqueeze(0)
+            xt = x.t() if columns is None else x.t().index_select(0, columns)
+            return torch.addmm(buffers["_bias_col"], weight, xt).t()
         if x.dim() == 1:
-            return torch.addmm(bias_col, weight, x.unsqueeze(1)).squeeze(1)
+            return torch.addmv(buffers["_bias_vec"], weight, x if columns is None else x.index_select(0, columns))
         lead, tokens = x.shape[:-2], x.shape[-2]
+        if x.numel() == x.shape[-1]:  # a single row in 3+ dimensions
+            return self.forward(x.reshape(1, self.in_features)).reshape(*lead, tokens, self.out_features)
+        bias_col = buffers["_bias_col"]
         if self.per_sequence:
             seqs = x.reshape(-1, tokens, self.in_features)
-            out = x.new_empty(seqs.shape[0], self.out_features, tokens)
-            for k in range(seqs.shape[0]):  # one short product per sequence, no concatenation
-                torch.addmm(bias_col, weight, seqs[k].t(), out=out[k])
-            y = out.transpose(1, 2).reshape(*lead, tokens, self.out_features)
-        else:
-            y = torch.addmm(bias_col, weight, x.reshape(-1, self.in_features).t()).t()
-            y = y.reshape(*lead, tokens, self.out_features)
+            if self.transposed_output:  # one short product per sequence, no concatenation
+                out = x.new_empty(seqs.shape[0], self.out_features, tokens)
+                for k in range(seqs.shape[0]):
+                    torch.addmm(bias_col, weight, self._rows_t(seqs[k], columns), out=out[k])
+                return out.transpose(1, 2).reshape(*lead, tokens, self.out_features)
+            # Each product is transposed into the output while it is still in cache: 20% faster
+            # than one transposing copy of the whole output at MiniLM's shapes, batch 32.
+            y = x.new_empty(seqs.shape[0], tokens, self.out_features)
+            product = x.new_empty(self.out_features, tokens)
+            for k in range(seqs.shape[0]):
+                torch.addmm(bias_col, weight, self._rows_t(seqs[k], columns), out=product)
+                y[k].copy_(product.t())
+            return y.reshape(*lead, tokens, self.out_features)
+        xt = self._rows_t(x.reshape(-1, self.in_features), columns)
+        y = torch.addmm(bias_col, weight, xt).t().reshape(*lead, tokens, self.out_features)
         return y if self.transposed_output else y.contiguous()
+
+    @staticmethod
+    def _rows_t(x2d: torch.Tensor, columns: Optional[torch.Tensor]) -> torch.Tensor:
+        return x2d.t() if columns is None else x2d.t().index_select(0, columns)
 
     def extra_repr(self) -> str:
         extra = ", per_sequence=True" if self.per_sequence else ""
+        if self.input_columns is not None:
+            extra += f", input_columns={len(self.input_columns)}"
         return (f"{self.in_features}, {self.out_features}, density={self.density:.4g}, "
                 f"bias={self.bias is not None}{extra}")
 
@@ -317,15 +436,19 @@ def _record_calls(model: nn.Module, inputs: Any) -> Tuple[Dict[str, Tuple[int, .
 
 # --- timing ----------------------------------------------------------------------------------
 
-def _time_pair(a, b, x: torch.Tensor, repeats: int) -> Tuple[float, float]:
-    """Median seconds of ``a(x)`` and ``b(x)``, timed alternately (one warm-up each). With one
-    torch thread the clock is the thread's CPU time, which other processes on a shared machine
-    do not inflate; otherwise wall time."""
+#: How a layer's candidates are timed: ``timer({name: callable}, repeats) -> {name: seconds}``.
+Timer = Callable[[Dict[str, Callable[[], Any]], int], Dict[str, float]]
+
+
+def median_seconds(fns: Dict[str, Callable[[], Any]], repeats: int) -> Dict[str, float]:
+    """The default ``Timer``: median seconds of each callable, called in turn ``repeats`` times
+    after one warm-up round (``prunekit.timing.time_interleaved``). With one torch thread the
+    clock is the thread's CPU time, which other processes on a shared machine do not inflate;
+    otherwise wall time."""
     clock = "thread" if torch.get_num_threads() == 1 else "wall"
     with torch.inference_mode():
-        t = time_interleaved({"a": functools.partial(a, x), "b": functools.partial(b, x)}, repeats=repeats,
-                             warmup=1, clock=clock)
-    return t["a"].median, t["b"].median
+        times = time_interleaved(fns, repeats=repeats, warmup=1, clock=clock)
+    return {name: t.median for name, t in times.items()}
 
 
 def _layer_input(name: str, module: nn.Module, shapes: Dict[str, Tuple[int, ...]], batch_size: int):
@@ -365,7 +488,8 @@ def _why_not(name: str, module: nn.Module, parent: Optional[nn.Module], called: 
 
 
 def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[int] = None,
-           min_sparsity: Optional[float] = None, measure: bool = True, repeats: int = 5) -> nn.Module:
+           min_sparsity: Optional[float] = None, measure: bool = True, repeats: int = 5,
+           timer: Optional[Timer] = None) -> nn.Module:
     """A copy of ``model`` (in eval mode) whose sufficiently sparse Linear / Conv2d layers are
     replaced by ``SparseLinear`` / ``SparseConv2d`` (CSR weights) where that is measurably
     faster; every other module is unchanged and the outputs equal the dense model's within 1e-4.
@@ -377,12 +501,18 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
     example to that many samples (sequences for token inputs; default: the example's own).
 
     Per layer (see the module docstring for the measured figures):
-    - ``measure=True``: layers with sparsity >= ``min_sparsity`` (default 0.5) are timed dense
-      vs CSR on a random input of the shape they saw, ``repeats`` interleaved runs, and go
-      sparse only if at least 5% faster. Without any example input Linear layers are timed at
-      ``(batch_size, in_features)`` and convolutions stay dense.
+    - ``measure=True``: layers with sparsity >= ``min_sparsity`` (default 0.5) are timed on a
+      random input of the shape they saw, ``repeats`` interleaved runs: the dense layer once,
+      beside each sparse candidate (the plain CSR layer; with unused input features, the
+      compacted one; for several sequences, one product per sequence). The fastest goes in
+      only if at least 5% faster than dense. Without any example input Linear layers are timed
+      at ``(batch_size, in_features)`` and convolutions stay dense.
     - ``measure=False``: Linear layers with sparsity >= ``min_sparsity`` (default
       ``break_even(batch_size)``) go sparse, convolutions stay dense.
+
+    ``timer``: how candidates are timed, ``timer({name: callable}, repeats) -> {name: seconds}``
+    (default ``median_seconds``); the names are ``dense`` and the candidates' (``csr``,
+    ``csr_compact``, ``csr_per_sequence``), or ``dense`` and ``sparse`` for the whole model.
 
     The choices, and why a layer stayed dense, are listed by ``decisions(exported)``.
     torch.nn.utils.prune reparametrisations (``weight_orig`` + mask) are read through the
@@ -392,12 +522,13 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if min_sparsity is not None and not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    timer = timer or median_seconds
     out = copy.deepcopy(model).eval()
     if example_input is None:
         example_input = _default_example(out)
     called: Optional[set] = None
     shapes: Dict[str, Tuple[int, ...]] = {}
-    dense_output = None
+    dense_output = inputs = None
     if example_input is not None:
         inputs = _rebatch(example_input, batch_size) if batch_size else example_input
         shapes, dense_output = _record_calls(out, inputs)
@@ -405,9 +536,8 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
     batch = batch_size or 1
     threshold = min_sparsity if min_sparsity is not None else (NEVER_BELOW if measure else break_even(batch))
     parents = _parents(out)
-    # Layers that would feed each other if both went sparse are timed in that layout (the
-    # feeder's product stays transposed, the fed layer receives it so): see _layout.
-    feeding = _likely_pairs(out, inputs, threshold, parents, called) if measure and called else {}
+    weights = _Weights()  # each layer's CSR weight (and compacted one) is built once
+    eligible = {}
     chosen: List[dict] = []
     for name, module in list(out.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv2d)) or isinstance(module, _SparseBase):
@@ -425,66 +555,112 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
         if isinstance(module, nn.Conv2d) and not measure:
             row["reason"] = "convolutions go sparse only when measured faster (measure=True)"
             continue
-        candidate = (_choose(name, module, row, shapes, batch, repeats, feeds=name in feeding,
+        eligible[name] = (module, row)
+    # Layers that would feed each other if both went sparse are timed in that layout (the
+    # feeder's product stays transposed, the fed layer receives it so): see _layout.
+    feeding = _likely_pairs(out, inputs, eligible, weights) if measure and called else {}
+    for name, (module, row) in eligible.items():
+        candidate = (_choose(name, module, row, shapes, batch, repeats, weights, timer, feeds=name in feeding,
                              fed=name in feeding.values())
-                     if measure else SparseLinear.from_dense(module))
+                     if measure else SparseLinear._from_csr(module, weights.csr(name, module)))
         if candidate is None:
             continue
         row["form"] = "csr"
         _replace(out, name, candidate)
     out.prunekit_sparse_decisions = chosen
     if dense_output is not None and any(r["form"] == "csr" for r in chosen):
-        _check_or_revert(out, _plain_copy(model), inputs, dense_output, chosen, measure, repeats)
+        _check_or_revert(out, _plain_copy(model), inputs, dense_output, chosen, measure, repeats, timer)
     return out
 
 
-def _likely_pairs(out: nn.Module, inputs: Any, threshold: float, parents, called) -> Dict[str, str]:
-    """``_layout.pairs`` of a provisional copy in which every eligible Linear goes sparse."""
-    trial = copy.deepcopy(out)
-    for name, module in list(trial.named_modules()):
-        if (isinstance(module, nn.Linear) and _why_not(name, module, parents.get(name), called) is None
-                and 1.0 - _density(module.weight.detach()) >= threshold):
-            _replace(trial, name, SparseLinear.from_dense(module))
+class _Weights:
+    """Each layer's CSR weight, and its input-compacted form, built on first use and shared by
+    every candidate module of the layer (the conversion costs more than the module)."""
+
+    def __init__(self):
+        self._csr: Dict[str, torch.Tensor] = {}
+        self._compact: Dict[str, Optional[Tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def csr(self, name: str, module: nn.Module) -> torch.Tensor:
+        if name not in self._csr:
+            self._csr[name] = _to_csr(module.weight.detach().reshape(module.weight.shape[0], -1))
+        return self._csr[name]
+
+    def compact(self, name: str, module: nn.Linear) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(used input columns, CSR of those columns)``, None when too few features are unused
+        to pay for the gather (more than ``COMPACT_BELOW`` of them used)."""
+        if name not in self._compact:
+            weight = module.weight.detach()
+            columns = _used_columns(weight)
+            self._compact[name] = ((columns, _to_csr(weight[:, columns]))
+                                   if len(columns) <= COMPACT_BELOW * module.in_features else None)
+        return self._compact[name]
+
+
+def _likely_pairs(out: nn.Module, inputs: Any, eligible: Dict[str, Tuple[nn.Module, dict]],
+                  weights: _Weights) -> Dict[str, str]:
+    """``_layout.pairs`` of ``out`` with every eligible Linear provisionally sparse (the layers
+    are swapped in place for one forward and put back)."""
+    swapped = {name: module for name, (module, _) in eligible.items() if isinstance(module, nn.Linear)}
+    for name, module in swapped.items():
+        _replace(out, name, SparseLinear._from_csr(module, weights.csr(name, module)))
     try:
-        return _layout.pairs(trial, lambda: _run(trial, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+        return _layout.pairs(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
     except Exception:  # noqa: BLE001 - a failing trial just means no layout hints
         return {}
+    finally:
+        for name, module in swapped.items():
+            _replace(out, name, module)
 
 
-def _choose(name: str, module: nn.Module, row: dict, shapes, batch: int, repeats: int, feeds: bool = False,
-            fed: bool = False) -> Optional[nn.Module]:
+def _candidates(name: str, module: nn.Module, x: torch.Tensor, weights: _Weights, feeds: bool) -> Dict[str, nn.Module]:
+    """The sparse forms of one layer worth timing at input ``x``."""
+    if isinstance(module, nn.Conv2d):
+        return {"csr": SparseConv2d(module)}
+    csr = weights.csr(name, module)
+    found = {"csr": SparseLinear._from_csr(module, csr, transposed_output=feeds)}
+    compact = weights.compact(name, module)
+    rows = x.numel() // x.shape[-1]
+    if compact is not None:
+        found["csr_compact"] = SparseLinear._from_csr(module, compact[1], compact[0], transposed_output=feeds)
+    if x.dim() >= 3 and rows > x.shape[-2]:  # several sequences: try one product each
+        found["csr_per_sequence"] = SparseLinear._from_csr(module, csr, per_sequence=True, transposed_output=feeds)
+    return found
+
+
+def _choose(name: str, module: nn.Module, row: dict, shapes, batch: int, repeats: int, weights: _Weights,
+            timer: Timer, feeds: bool = False, fed: bool = False) -> Optional[nn.Module]:
     """The fastest sparse form of ``module`` if it beats the dense layer by ``MARGIN`` (timings
-    go into ``row``), else None (``row['reason']`` says why). ``feeds`` / ``fed``: it would hand
-    its transposed product to a sparse layer / receive one, so it is timed that way."""
+    go into ``row``), else None (``row['reason']`` says why). The dense layer and every
+    candidate are timed side by side in one interleaved run. ``feeds`` / ``fed``: it would
+    hand its transposed product to a sparse layer / receive one, so it is timed that way."""
     x = _layer_input(name, module, shapes, batch)
     if x is None:
         row["reason"] = "no example input to time the convolution at"
         return None
     if fed and x.dim() >= 2:  # the feeder's transposed product: same values, transposed strides
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    if isinstance(module, nn.Conv2d):
-        candidates = [SparseConv2d(module)]
-    else:
-        candidates = [SparseLinear.from_dense(module, transposed_output=feeds)]
-        if x.dim() >= 3 and x.numel() // x.shape[-1] > x.shape[-2]:  # several sequences: try one product each
-            candidates.append(SparseLinear.from_dense(module, per_sequence=True, transposed_output=feeds))
-    dense_module = _plain(module)
-    best = None
-    for candidate in candidates:
-        dense_s, sparse_s = _time_pair(dense_module, candidate, x, repeats)
-        if best is None or sparse_s / dense_s < best[2] / best[1]:
-            best = (candidate, dense_s, sparse_s)
-    candidate, row["dense_s"], row["sparse_s"] = best
+    candidates = _candidates(name, module, x, weights, feeds)
+    fns = {"dense": functools.partial(_plain(module), x)}
+    fns.update({label: functools.partial(candidate, x) for label, candidate in candidates.items()})
+    seconds = timer(fns, repeats)
+    best = min(candidates, key=lambda label: seconds[label])
+    row["dense_s"], row["sparse_s"] = seconds["dense"], seconds[best]
+    row["candidates_s"] = {label: seconds[label] for label in candidates}
     if row["sparse_s"] > MARGIN * row["dense_s"]:
         row["reason"] = f"CSR measured slower ({1e3 * row['sparse_s']:.3f} ms vs {1e3 * row['dense_s']:.3f} ms dense)"
         return None
-    if getattr(candidate, "per_sequence", False):
-        row["kernel"] = "per_sequence"
-    return candidate
+    chosen = candidates[best]
+    if isinstance(chosen, SparseLinear):
+        rows = x.numel() // x.shape[-1]
+        row["kernel"] = "per_sequence" if chosen.per_sequence else ("mv" if rows == 1 else "mm")
+        if chosen.input_columns is not None:
+            row["input_columns"] = len(chosen.input_columns)
+    return chosen
 
 
 def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output: Any, rows: List[dict],
-                     measure: bool, repeats: int) -> None:
+                     measure: bool, repeats: int, timer: Timer) -> None:
     """Run the export on the example input; put every layer back dense if it fails, differs
     from the dense model, or (when measuring) runs the whole model no faster than the dense
     one (layers timed alone can mislead: the layout of their outputs costs the ops after them)."""
@@ -502,9 +678,11 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
             next(r for r in rows if r["layer"] == name)["transposed_output"] = False
         problem = _problem(out, inputs, dense_output)
     if problem is None and measure:
-        dense_s, sparse_s = _time_pair(lambda x: _run(model, x), lambda x: _run(out, x), inputs, max(1, repeats // 2))
-        if sparse_s > MARGIN * dense_s:
-            problem = f"ran the whole model no faster ({1e3 * sparse_s:.2f} ms vs {1e3 * dense_s:.2f} ms dense)"
+        seconds = timer({"dense": functools.partial(_run, model, inputs), "sparse": functools.partial(_run, out, inputs)},
+                        max(3, repeats))
+        if seconds["sparse"] > MARGIN * seconds["dense"]:
+            problem = (f"ran the whole model no faster ({1e3 * seconds['sparse']:.2f} ms vs "
+                       f"{1e3 * seconds['dense']:.2f} ms dense)")
     if problem is None:
         return
     for row in rows:
@@ -553,9 +731,12 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def decisions(exported: nn.Module) -> List[dict]:
     """Per layer of a ``sparse()`` result: ``{layer, type, sparsity, form ('csr' or 'dense'),
-    dense_s, sparse_s, reason, input_shape}`` (timings None when not measured; ``reason``: why
-    the layer stayed dense, None for CSR layers; ``input_shape``: what the layer received in the
-    example forward, None without one; ``kernel: 'per_sequence'`` when it runs one product per
-    sequence; ``transposed_output: True`` when it hands its product to the next sparse layer
-    as a transposed view)."""
+    dense_s, sparse_s, reason, input_shape}`` (timings None when not measured; ``sparse_s``: the
+    fastest candidate's; ``reason``: why the layer stayed dense, None for CSR layers;
+    ``input_shape``: what the layer received in the example forward, None without one). Measured
+    layers also have ``candidates_s`` (``{candidate: seconds}``); measured CSR layers ``kernel``:
+    ``'mv'`` (one row: matrix-vector product), ``'mm'`` or ``'per_sequence'`` (one product per
+    sequence), and ``input_columns`` (how many input features it reads) when compacted;
+    ``transposed_output: True`` when it hands its product to the next sparse layer as a
+    transposed view."""
     return list(getattr(exported, "prunekit_sparse_decisions", []))
