@@ -209,3 +209,14 @@ def test_compare_times_prepared_forms_and_reports_them(small_resnet):
     assert dense.training is False and isinstance(dense.bn1, nn.BatchNorm2d)   # inputs not modified
     plain = compare(dense, small, (3, 32, 32), batch_sizes=(2,), repeats=1, prepare=False)
     assert plain["timed"].startswith("as given")
+
+
+def test_bench_model_of_a_shrunk_folder_times_dense_and_thin_in_the_inference_form(small_resnet, tmp_path):
+    dense, small = small_resnet
+    plan = by_ratios(dense, uniform_ratios(dense, 0.5))
+    thin(small, tmp_path, torch.randn(1, 3, 32, 32), model_name="resnet20",
+         model_kwargs={"width": 0.25, "shortcut": "B"}, structure={"plan": plan})
+    rows = pk.export.bench_model(tmp_path, batch_sizes=(2,), repeats=1, memory=False, sparse_repeats=1)
+    assert {r["form"] for r in rows} == {"dense", "thin", "thin-pt2", "sparse"}
+    thin_row = next(r for r in rows if r["form"] == "thin")
+    assert thin_row["flops_ratio"] > 1.5 and thin_row["speedup"] > 0
