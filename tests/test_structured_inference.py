@@ -220,3 +220,18 @@ def test_bench_model_of_a_shrunk_folder_times_dense_and_thin_in_the_inference_fo
     assert {r["form"] for r in rows} == {"dense", "thin", "thin-pt2", "sparse"}
     thin_row = next(r for r in rows if r["form"] == "thin")
     assert thin_row["flops_ratio"] > 1.5 and thin_row["speedup"] > 0
+
+
+def test_round_kept_and_uniform_for_flops_multiple_of_give_kernel_friendly_widths():
+    from prunekit.structured.select import round_kept
+    model = pk.models.get("resnet20", shortcut="B").eval()        # widths 16 / 32 / 64
+    assert round_kept(model, {"conv1": 8, "layer1.0.conv1": 7, "layer3.0.conv1": 40, "layer2.0.conv1": 30}, 16) == \
+        {"conv1": 16, "layer1.0.conv1": 16, "layer3.0.conv1": 48, "layer2.0.conv1": 32}   # halves up, >= 16, <= C
+    with pytest.raises(ValueError, match="multiple_of"):
+        round_kept(model, {"conv1": 8}, 0)
+    x = torch.randn(1, 3, 32, 32)
+    small = shrink(model, x, pk.structured.uniform_for_flops(model, x, 0.5, multiple_of=16))
+    widths = {m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)} - {10}
+    assert widths and all(w % 16 == 0 for w in widths)
+    plain = shrink(model, x, pk.structured.uniform_for_flops(model, x, 0.5))
+    assert any(m.out_channels % 16 for m in plain.modules() if isinstance(m, nn.Conv2d))   # 11 / 23 / 46

@@ -12,10 +12,10 @@ so its ``state_dict`` alone does not say how to build it. ``thin(model, out_dir)
   size you will run); the outputs are the eval-mode model's to float rounding;
 - ``model_aoti.pt2`` (``aoti=True``): the same program compiled ahead of time by
   AOTInductor (``torch._inductor.aoti_compile_and_package``, with ``freezing``: weights
-  constant-folded and pre-packed for the CPU's convolution kernels). It runs without the
-  Python interpreter between operators, which is what makes the exported program at least as
-  fast as the eager model at batch 1 (``.module()`` of ``model.pt2`` runs one Python call per
-  operator, slower than eager there). Load it with ``torch._inductor.aoti_load_package``
+  constant-folded and pre-packed for oneDNN, ReLU and residual adds fused into the
+  convolutions as oneDNN post-ops). It runs without the Python interpreter between operators,
+  which is what makes the exported program at least as fast as the eager model at batch 1
+  (``.module()`` of ``model.pt2`` runs one Python call per operator, slower than eager there). Load it with ``torch._inductor.aoti_load_package``
   (plain PyTorch). Compiling needs a C++ compiler and takes about a minute on 2 cores; the
   kernels use the torch thread count of the compiling process;
 - ``state_dict.pt``: the plain ``state_dict`` of the (unfolded, trainable) model
@@ -108,9 +108,12 @@ def compile_program(program, package_path=None) -> str:
     """AOTInductor package of ``program`` (``freezing`` on); returns its path. Raises
     ValueError when compiling fails (no C++ compiler, an operator AOTInductor cannot lower)."""
     try:
-        # torch._inductor is imported lazily by torch itself on first attribute access.
-        return torch._inductor.aoti_compile_and_package(program, package_path=package_path,
-                                                        inductor_configs={"freezing": True})
+        # torch._inductor is imported lazily by torch itself on first attribute access. Inductor
+        # freezes only when gradients are off at compile time: then the weights become constants,
+        # are pre-packed for oneDNN and ReLU / residual adds fuse into the convolutions.
+        with torch.no_grad():
+            return torch._inductor.aoti_compile_and_package(program, package_path=package_path,
+                                                            inductor_configs={"freezing": True})
     except Exception as err:  # inductor raises many types (CalledProcessError, BackendCompilerFailed, ...)
         raise ValueError(f"aoti=True needs AOTInductor to compile the program (a C++ compiler on PATH): "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
