@@ -11,11 +11,13 @@ so its ``state_dict`` alone does not say how to build it. ``thin(model, out_dir)
   ``"auto"`` measures contiguous vs channels_last on ``example_input``, so give a batch of the
   size you will run); the outputs are the eval-mode model's to float rounding;
 - ``model_aoti.pt2`` (``aoti=True``): the same program compiled ahead of time by
-  AOTInductor (``torch._inductor.aoti_compile_and_package``, with ``freezing``: weights
-  constant-folded and pre-packed for oneDNN, ReLU and residual adds fused into the
-  convolutions as oneDNN post-ops). It runs without the Python interpreter between operators,
-  which is what makes the exported program at least as fast as the eager model at batch 1
-  (``.module()`` of ``model.pt2`` runs one Python call per operator, slower than eager there). Load it with ``torch._inductor.aoti_load_package``
+  AOTInductor (``torch._inductor.aoti_compile_and_package``). It runs without the Python
+  interpreter between operators, which is what makes the exported program at least as fast as
+  the eager model at batch 1 (``.module()`` of ``model.pt2`` runs one Python call per
+  operator, slower than eager there). ``aoti_freeze=True`` turns on inductor's freezing:
+  weights pre-packed for oneDNN at the traced batch size and ReLU / residual adds fused into
+  the convolutions, 1.3-1.8x faster than eager at batch 8-64 on ResNets but slower than eager
+  at batch 1 on the benchmark machine (``benchmarks/results/thin.md``), hence off by default. Load it with ``torch._inductor.aoti_load_package``
   (plain PyTorch). Compiling needs a C++ compiler and takes about a minute on 2 cores; the
   kernels use the torch thread count of the compiling process;
 - ``state_dict.pt``: the plain ``state_dict`` of the (unfolded, trainable) model
@@ -28,6 +30,7 @@ so its ``state_dict`` alone does not say how to build it. ``thin(model, out_dir)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -104,16 +107,17 @@ def export_program(model: nn.Module, example_input: torch.Tensor):
     return torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: batch},))
 
 
-def compile_program(program, package_path=None) -> str:
-    """AOTInductor package of ``program`` (``freezing`` on); returns its path. Raises
-    ValueError when compiling fails (no C++ compiler, an operator AOTInductor cannot lower)."""
+def compile_program(program, package_path=None, freeze: bool = False) -> str:
+    """AOTInductor package of ``program``; returns its path. ``freeze``: inductor's freezing
+    (weights constant, pre-packed for oneDNN for the traced batch size, ReLU / residual adds
+    fused into the convolutions). Raises ValueError when compiling fails (no C++ compiler, an
+    operator AOTInductor cannot lower)."""
     try:
         # torch._inductor is imported lazily by torch itself on first attribute access. Inductor
-        # freezes only when gradients are off at compile time: then the weights become constants,
-        # are pre-packed for oneDNN and ReLU / residual adds fuse into the convolutions.
-        with torch.no_grad():
+        # freezes only when gradients are off at compile time (and freezing is on).
+        with torch.no_grad() if freeze else contextlib.nullcontext():
             return torch._inductor.aoti_compile_and_package(program, package_path=package_path,
-                                                            inductor_configs={"freezing": True})
+                                                            inductor_configs={"freezing": freeze})
     except Exception as err:  # inductor raises many types (CalledProcessError, BackendCompilerFailed, ...)
         raise ValueError(f"aoti=True needs AOTInductor to compile the program (a C++ compiler on PATH): "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
@@ -123,17 +127,17 @@ def thin(model: nn.Module, out_dir=None, example_input: Optional[torch.Tensor] =
          model_name: Optional[str] = None, model_kwargs: Optional[dict] = None,
          structure: Optional[dict] = None, dataset: Optional[str] = None,
          metrics: Optional[dict] = None, fold_bn: bool = True, memory_format: str = "auto",
-         aoti: bool = False) -> ThinExport:
+         aoti: bool = False, aoti_freeze: bool = False) -> ThinExport:
     """Export a shrunk model (see the module docstring for the files); returns a ``ThinExport``.
 
     ``model`` is copied and put in eval mode; ``example_input`` (default: a random batch of 1
     of ``model.input_shape``) traces the program and, with ``memory_format="auto"``, is the
     batch the memory format is measured on (``"contiguous"`` / ``"channels_last"`` skip the
     measurement). ``fold_bn=False`` keeps the BatchNorms in the program. ``aoti`` also
-    compiles it with AOTInductor (``model_aoti.pt2``). ``model.pt`` is written when
-    ``model_name`` is given: the registry name and kwargs of the *original* architecture and
-    the ``structure`` (a ``structure.json`` dict with the shrink ``plan``) that rebuilds the
-    thin one.
+    compiles it with AOTInductor (``model_aoti.pt2``; ``aoti_freeze``: with freezing).
+    ``model.pt`` is written when ``model_name`` is given: the registry name and kwargs of the
+    *original* architecture and the ``structure`` (a ``structure.json`` dict with the shrink
+    ``plan``) that rebuilds the thin one.
     """
     module = copy.deepcopy(model).eval()
     if example_input is None:
@@ -180,9 +184,9 @@ def thin(model: nn.Module, out_dir=None, example_input: Optional[torch.Tensor] =
         if out is not None:
             files["model_aoti.pt2"] = out / "model_aoti.pt2"
             with atomic_path(files["model_aoti.pt2"], suffix=".pt2") as tmp:
-                compile_program(program, str(tmp))
+                compile_program(program, str(tmp), freeze=aoti_freeze)
             result.compiled_path = str(files["model_aoti.pt2"])
         else:
-            result.compiled_path = compile_program(program)
+            result.compiled_path = compile_program(program, freeze=aoti_freeze)
         result.compiled = torch._inductor.aoti_load_package(result.compiled_path)
     return result
