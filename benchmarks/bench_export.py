@@ -6,9 +6,9 @@
     prunekit.export.sparse, batch 1 and 256.
 (b) a 4096-4096-4096-10 ReLU MLP, every layer magnitude-pruned to 90/95/98%, batch 1 and 256
     (issue #17's targets: >= 10x at 98% and batch 1; LeNet-300-100 at 98%, batch 256: >= 4x).
-(c) structured ResNet-20 (width 1, option-B shortcut, 3x32x32), uniform L1-filter shrink to 1/2
-    and 1/4 of the FLOPs: dense vs channel-zeroed masked vs thin (eager) vs its torch.export
-    program, batch 1 and 64: measured speedup beside the FLOPs ratio.
+(c) moved: thin (channel-pruned) models have their own benchmark, bench_thin.py
+    (results/thin.md: realised speedup with BN folded and the memory format measured, beside
+    torch-pruning's cut, and the exported program vs eager).
 (d) one layer, several kernels: dense vs CSR with int64 and int32 indices (addmm on x.T, and
     addmv for one row), CSR writing a column-major output (x used as it is), BSR 2x2 and COO:
     why SparseLinear uses int32 CSR, addmv for one row and addmm on x.T otherwise.
@@ -41,9 +41,8 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.core.accounting import flops_per_module
-from prunekit.export import decisions, sparse, thin
+from prunekit.export import decisions, sparse
 from prunekit.export.bench import _torch_prune_copy, bench_forms, sparse_flops_ratio
-from prunekit.structured import shrink, uniform_for_flops, zero_channels
 from prunekit.timing import time_interleaved
 from _common import RESULTS, command_line, machine, write_section
 
@@ -279,41 +278,6 @@ def main():
     for s in (0.90, 0.95, 0.98):
         md.append(f"{s:.0%}: " + _alone_line(layers_b[s]) + "\n")
     md.append(_target_line(rows_b, 0.98, 1, 10, layers_b[0.98]))
-
-    # (c) structured ResNet-20
-    rows_c = []
-    torch.manual_seed(0)
-    dense = pk.models.get("resnet20", width=1.0, shortcut="B").eval()
-    x1 = torch.randn(1, 3, 32, 32)
-    f_dense = flops_per_module(dense, (3, 32, 32))[1]
-    program_export_s = {}
-    for target in (0.5, 0.25):
-        plan = uniform_for_flops(dense, x1, target)
-        small = shrink(dense, x1, plan).eval()
-        zeroed = zero_channels(copy.deepcopy(dense), x1, plan).eval()
-        t0 = time.perf_counter()
-        exported = thin(small, RESULTS / "tmp_thin", x1)
-        program_export_s[target] = time.perf_counter() - t0
-        pt2_bytes = (RESULTS / "tmp_thin" / "model.pt2").stat().st_size
-        program = torch.export.load(RESULTS / "tmp_thin" / "model.pt2").module()
-        for p in (RESULTS / "tmp_thin").iterdir():
-            p.unlink()
-        (RESULTS / "tmp_thin").rmdir()
-        ratio = f_dense / flops_per_module(small, (3, 32, 32))[1]
-        forms = {"dense": dense, "masked": zeroed, "thin": exported.module, "thin-pt2": program}
-        for b in (1, 64):
-            rows = bench_forms({b: forms}, (3, 32, 32), repeats=(5 if q else 40) if b == 1 else (3 if q else 12),
-                               flops_ratio={"dense": 1.0, "masked": ratio, "thin": ratio, "thin-pt2": ratio},
-                               file_bytes={"thin-pt2": pt2_bytes}, memory=False, clock=clock)
-            for r in rows:
-                r["flops_target"] = target
-            rows_c += rows
-    data["resnet20"] = {"rows": rows_c, "export_seconds": program_export_s}
-    md.append("### (c) ResNet-20 (width 1, option B), uniform L1-filter shrink to 1/2 and 1/4 of the FLOPs\n")
-    md.append("`masked` = the same channels zeroed in the full model (dense kernels; what a channel mask costs); "
-              "`thin` = the shrunk model (eager); `thin-pt2` = its `torch.export` program "
-              "(`torch.export.load(...).module()`).\n")
-    md.append(table(rows_c, extra=[("FLOPs kept", lambda r: f"{r['flops_target']:.2f}")]) + "\n")
 
     # (d) kernels
     shapes = [(784, 300, 0.9), (784, 300, 0.95), (784, 300, 0.98), (width, width, 0.98)]

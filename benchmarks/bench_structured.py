@@ -10,7 +10,8 @@ the Value of Network Pruning") Table 1 and the network-slimming table, plus meas
    Scratch-E vs Scratch-B.
 3. Wall-clock inference speedup vs FLOPs reduction of shrunk models (ResNet-20 option B, uniform
    L1-filter ratios at 1/2 and 1/4 of the FLOPs; the predefined configurations), CPU batch 1
-   and 64, median of repeats.
+   and 64: ``structured.compare`` (BN folded in both models, faster memory format each,
+   interleaved medians; bench_thin.py has the full comparison).
 
 Budget (stated in the output): a seeded class-stratified subset of the CIFAR-10 training set
 (default 10k images), E dense epochs (default 15, SGD 0.1, momentum 0.9, wd 5e-4, cosine,
@@ -30,6 +31,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import statistics
 import time
 
@@ -185,6 +187,7 @@ class Bench:
 
     def latency(self):
         rows = []
+        load_start = os.getloadavg()[0]
         x = torch.randn(1, *SHAPE)
         # the standard width (the issue's ResNet-20 reference) and the width trained above
         for width in dict.fromkeys((1.0, self.args.width)):
@@ -199,6 +202,7 @@ class Bench:
             small = shrink(big, x, by_ratios(big, config_ratios(config, big)))
             rows.append({"model": f"{config} w{self.args.width}", **compare(big, small, SHAPE, repeats=self.args.repeats)})
         self.cache["latency"] = rows
+        self.cache["latency_load"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
         self.save()
         return rows
 
@@ -245,8 +249,16 @@ def render(b: Bench):
                   f"kept'). s = 8e-3 gives our budget about the paper's total push (8e-3 * {lr_sum:.0f} = "
                   f"{8e-3 * lr_sum:.2f})."]
     lines += ["", "### Measured CPU inference speedup of shrunk models", "",
-              f"Median of {a.repeats} forwards after warm-up, {torch.get_num_threads()} thread(s); "
-              "realised = speedup / FLOPs ratio (target >= 0.6).", "",
+              f"`prunekit.structured.compare`: both models BN-folded, each in its faster memory format (measured in "
+              f"the same run), timed interleaved; median of {a.repeats} repeats after warm-up, "
+              f"{torch.get_num_threads()} thread(s)"
+              + (f", load average {c['latency_load'][0]} / {c['latency_load'][1]} before / after (2 shared cores)"
+                 if c.get("latency_load") else "")
+              + "; speedup = median of the per-repeat ratios; realised = speedup / "
+              "FLOPs ratio (target >= 0.8 at batch 64, issue #17; results/thin.md has the full comparison with "
+              "torch-pruning's cut and the exported program). Formats chosen (dense / shrunk): "
+              + "; ".join(f"{r['model']}: {r['timed'].split('model (original / shrunk) ')[-1]}"
+                          for r in c.get("latency", []) if "timed" in r) + ".", "",
               "| model | FLOPs ratio | params ratio | speedup b=1 | speedup b=64 | realised b=64 |", "|---|---|---|---|---|---|"]
     for r in c.get("latency", []):
         # "x fewer" = dense / shrunk; compare()'s *_ratio is the fraction kept (older cached rows: dense / shrunk)

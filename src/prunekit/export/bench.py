@@ -10,8 +10,11 @@
 - ``torch-prune`` (files with a mask): the same through ``torch.nn.utils.prune``
   (``weight_orig * weight_mask`` recomputed by a hook at every forward);
 - ``sparse``: ``prunekit.export.sparse`` of the pruned model, decided at each batch size;
-- ``thin`` and ``thin-pt2`` (shrunk models): the physically smaller model, eager and as its
-  ``torch.export`` program (``prunekit.export.thin``).
+- ``thin`` and ``thin-pt2`` (shrunk models): the physically smaller model's inference form
+  (BatchNorm folded, the faster memory format measured at the largest batch size), eager and
+  as its ``torch.export`` program (``prunekit.export.thin``). For a shrunk model ``dense`` is
+  the dense model's inference form too (``structured.prepare_for_inference``), so the speedup
+  compares like with like.
 
 ``bench_forms`` is the measuring core, reusable on in-memory models. Every figure is the median
 of ``repeats`` forwards under ``torch.inference_mode``, with the forms timed in turn inside each
@@ -43,6 +46,7 @@ from torch.profiler import ProfilerActivity, profile
 from .. import models
 from ..artifacts import load_model
 from ..core.accounting import flops_per_module, report
+from ..structured.inference import prepare_for_inference
 from .sparse import decisions, sparse
 from .thin import thin
 
@@ -169,10 +173,12 @@ def bench_model(path, *, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int
     mask = data.get("mask")
     if shrunk:
         thin_flops = flops_per_module(model, shape)[1]
+        x_format = torch.randn(max(int(b) for b in batch_sizes), *shape)
         with tempfile.TemporaryDirectory() as tmp:
-            exported = thin(model, tmp, torch.randn(1, *shape))
+            exported = thin(model, tmp, x_format)
             files["thin-pt2"] = os.path.getsize(Path(tmp) / "model.pt2")
             program = torch.export.load(Path(tmp) / "model.pt2").module()
+        common["dense"] = prepare_for_inference(dense, x_format).module
         common["thin"] = exported.module
         common["thin-pt2"] = program
         ratios["thin"] = ratios["thin-pt2"] = dense_flops / thin_flops

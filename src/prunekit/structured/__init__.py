@@ -7,6 +7,7 @@ of channels (torch-pruning's dependency graph does the surgery). SPEC section 5,
     plan = pk.structured.by_ratios(model, pk.structured.predefined_ratios("resnet56-b", model))
     small = pk.structured.shrink(model, x, plan)        # fewer channels, runs faster
     pk.structured.compare(model, small, (3, 32, 32))    # latency at batch 1 and 64, FLOPs ratio
+    fast = pk.structured.prepare_for_inference(small, x).module   # BN folded, faster memory format
 
 Channel scores (``CHANNEL_SCORES``): l1_filter, bn_scale, random. Selections: per-layer
 ratios (``by_ratios``, the predefined ``PREDEFINED`` configurations, ``uniform_ratios``), one
@@ -27,6 +28,7 @@ per-layer floors, streamed reconstruction and a bounded memory (structured/budge
 """
 from .budget import RECONSTRUCTIONS, BudgetResult, calibration_images, channel_methods, find_consumer, layer_floor, prune_to_budget
 from .configs import PREDEFINED, kept_counts, predefined_ratios
+from .inference import choose_memory_format, fold_batchnorm, foldable_pairs, prepare_for_inference, to_memory_format
 from .latency import compare, latency
 from .plan import apply_plan, load_plan, load_shrunk, save_plan
 from .reconstruct import prune_with_reconstruction, reconstruction_error, select_channels
@@ -42,8 +44,10 @@ from .transformer_budget import TransformerPlan, select_for_flops, shrink_for_fl
 
 __all__ = ["shrink", "zero_channels", "prunable_layers", "out_channels", "CHANNEL_SCORES", "PREDEFINED",
            "predefined_ratios", "kept_counts", "by_ratios", "per_layer", "global_fraction", "uniform_ratios",
-           "uniform_for_flops", "flops_target_ratios", "latency", "compare", "apply_plan", "load_plan",
-           "load_shrunk", "save_plan",
+           "uniform_for_flops", "flops_target_ratios", "latency", "compare",
+           # inference form: BN folded, memory format measured
+           "fold_batchnorm", "foldable_pairs", "choose_memory_format", "to_memory_format", "prepare_for_inference",
+           "apply_plan", "load_plan", "load_shrunk", "save_plan",
            "prune_with_reconstruction", "reconstruction_error", "select_channels",
            # transformers: heads and FFN channels
            "shrink_transformer", "mask_transformer", "transformer_layers", "HeadAttention",
