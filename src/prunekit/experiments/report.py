@@ -46,7 +46,10 @@ from .schema import dump_yaml
 
 def build_section(store, project: Project, name: str, spec: Dict[str, Any], out: Path,
                   y: str = "accuracy", bench: Optional[Dict[str, Any]] = None,
-                  paper: Optional[Dict[str, Any]] = None) -> Section:
+                  paper: Optional[Dict[str, Any]] = None, boards: bool = False) -> Section:
+    """One sweep's section. ``boards``: the sweep's file has a list grid (methods splitting a
+    budget differently, several datasets): its runs are shown as leaderboards
+    (:mod:`.report_boards`) when they span several of them."""
     rows = store.runs(sweep=name)
     groups = aggregate(rows)
     setting = _setting(spec)
@@ -63,7 +66,7 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
                              "(e.g. a grid over the training recipe); their resolved specs are in the run folders.")
     compared = [g for g in groups if g["kind"] != "dense"]
     split = report_boards.boards(rows)
-    leaderboard = report_boards.is_leaderboard(split)
+    leaderboard = boards and report_boards.is_leaderboard(split)
     if leaderboard:  # one board per dataset x model x total epochs
         section.notes.append("Methods at equal cost: one board per dataset, model and total budget, runs grouped "
                              "by the epochs they cost in total (the dense training they built on included).")
@@ -256,12 +259,14 @@ def write_report(root: Union[str, Path], out: Optional[Union[str, Path]] = None,
     with project.store() as store:
         rows = store.sweeps()
         known = OrderedDict((row["name"], json.loads(row["resolved"])) for row in rows)
-        papers = {row["name"]: (json.loads(row["spec"]) if row.get("spec") else {}).get("paper") for row in rows}
+        files = {row["name"]: json.loads(row["spec"]) if row.get("spec") else {} for row in rows}
+        papers = {n: f.get("paper") for n, f in files.items()}
         if sweep is not None and sweep not in known:
             raise KeyError(f"no sweep {sweep!r} in {root}; sweeps there: {', '.join(known) or '(none)'}")
         names = [sweep] if sweep is not None else list(known)
         speed = {"batch_sizes": tuple(bench_batch_sizes), "repeats": bench_repeats} if bench else None
-        sections = [build_section(store, project, name, known[name], out, y, speed, papers.get(name))
+        sections = [build_section(store, project, name, known[name], out, y, speed, papers.get(name),
+                                  boards=isinstance(files.get(name, {}).get("grid"), list))
                     for name in names]
     title = f"prunekit report: {sweep or project.root.resolve().name}"
     md = atomic_write_text(out / "report.md", render_markdown(sections, title))

@@ -1,4 +1,5 @@
-"""Leaderboards: a sweep's runs split by dataset x model x *total* training epochs.
+"""Leaderboards: a sweep's runs split by dataset x model x *total* training epochs (the
+report uses them for sweeps whose file has a list grid).
 
 A sweep whose grid compares methods at equal cost (``examples/leaderboard.yaml``) gives each
 method its own split of the budget -- a 16-epoch dense run + 4 fine-tuning epochs, or one
