@@ -119,9 +119,19 @@ def main() -> None:
                                "cells": report_boards.board_data(board_rows)})
     if data["not_run"]:
         total = sum(r["runs"] for r in data["not_run"])
-        lines += [f"Not run yet ({total} main runs; CPU time ran out, the sweep resumes): "
-                  + "; ".join(f"{r['method']} {r['data']}/{r['model']} train.epochs={r['train_epochs']} "
-                              f"s={r['sparsity']} x{r['runs']}" for r in data["not_run"]), ""]
+        lines += [f"Not run yet ({total} main runs; CPU time ran out, the sweep resumes where it stopped), "
+                  "by method and own train.epochs:", "", "| data / model | method | train.epochs: sparsities (runs) |",
+                  "|---|---|---|"]
+        by_method = {}
+        for r in data["not_run"]:
+            cell = by_method.setdefault((f"{r['data']} / {r['model']}", r["method"]), {})
+            cell.setdefault(r["train_epochs"], []).append(r)
+        for (where, method), per_epochs in by_method.items():
+            text = "; ".join(f"{e}: " + ", ".join(f"{100 * x['sparsity']:g}% ({x['runs']})" if x["sparsity"] else
+                                                    f"dense ({x['runs']})" for x in rs)
+                             for e, rs in per_epochs.items())
+            lines.append(f"| {where} | {method} | {text} |")
+        lines.append("")
     write_section("leaderboard", "\n".join(lines), data)
 
 
