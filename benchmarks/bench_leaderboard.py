@@ -104,7 +104,8 @@ def main() -> None:
               "times are not speed figures).", "",
               "Each board groups the runs by the epochs they cost in total (the dense training a one-shot or "
               "IMP run built on included); how each method splits its budget is in the spec's header. Cells: "
-              "mean ± sample std of top-1 over seeds (number of seeds in brackets); \"not run\": no seed "
+              "mean ± sample std of top-1 over seeds (number of seeds in brackets), \"at x%\" where the "
+              "method's achieved sparsity missed the requested one by more than 0.5 points; \"not run\": no seed "
               "finished yet. FLOPs ratio = dense FLOPs / effective FLOPs (a masked layer counts density x "
               "dense FLOPs), a theoretical speedup; the measured one is the sparse export's "
               + (f"at batch {args.bench} (first seed, median of 20 interleaved repeats)." if args.bench

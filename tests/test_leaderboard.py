@@ -140,6 +140,10 @@ def test_tiny_leaderboard_sweep_and_its_board(tmp_path):
     torch_row = next(r for r in board_rows if r["pipeline"] == "torch_prune")
     assert abs(torch_row["achieved_sparsity"] - 0.9) < 1e-3 and torch_row["epochs"] == 2
     assert all(row[4].endswith("x") for row in cost.rows)  # a FLOPs ratio for every cell
+    assert all(" at " not in cell for row in accuracy.rows for cell in row[1:])  # exact methods: no flag
+    missed = [dict(r, achieved_sparsity=0.9156) for r in board_rows if r["pipeline"] == "gmp"]
+    _, flagged, _ = report_boards.board_tables(missed)
+    assert flagged.rows[0][1].endswith("(1) at 91.6%")
     md, _ = write_report(root, out=tmp_path / "report")
     text = md.read_text()
     assert "2 epochs in total: top-1 (%) by method" in text and "torch global L1" in text

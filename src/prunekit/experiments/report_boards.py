@@ -67,6 +67,19 @@ def flops_ratio(group: Dict[str, Any]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+MISSED = 0.005  # achieved sparsity this far from the requested one is shown in the cell
+
+
+def _cell(group: Dict[str, Any]) -> str:
+    """``top-1 ± std (seeds)``, plus the achieved sparsity where a method missed the requested
+    one (approximate methods: a cell must not pass for a sparsity it did not reach)."""
+    text = f"{mean_std(group, 'top1')} ({group['n']})"
+    achieved, requested = group["mean"].get("achieved_sparsity"), group["requested_sparsity"]
+    if achieved is not None and requested is not None and abs(achieved - requested) > MISSED:
+        text += f" at {100 * achieved:.1f}%"
+    return text
+
+
 def board_tables(board_rows: Sequence[Dict[str, Any]],
                  speed: Optional[Callable[[Dict[str, Any]], Optional[float]]] = None) -> Tuple[List[str], Table, Table]:
     """``(notes, accuracy table, cost table)`` of one board. ``speed(group)``: the measured
@@ -83,7 +96,7 @@ def board_tables(board_rows: Sequence[Dict[str, Any]],
         row = [label]
         for s in sparsities:
             g = cells.get((label, s))
-            row.append(f"{mean_std(g, 'top1')} ({g['n']})" if g else "not run")
+            row.append(_cell(g) if g else "not run")
         acc_rows.append(row)
     accuracy = Table(["method"] + [sparsity_name(s) for s in sparsities], acc_rows)
     cost_rows = []
