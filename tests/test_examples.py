@@ -22,7 +22,8 @@ def test_the_examples_folder_is_found():
 def test_example_loads_and_expands_its_grid(path):
     sweep = Sweep.from_yaml(path)  # as `prunekit sweep FILE` does
     assert sweep.name
-    assert len(sweep.points) == math.prod(len(values) for values in sweep.grid.values())  # 1 without a grid
+    grids = sweep.grid if isinstance(sweep.grid, list) else [sweep.grid]  # a list: the union of its grids
+    assert len(sweep.points) == sum(math.prod(len(values) for values in g.values()) for g in grids)  # 1 without
     planned = plan(sweep)
     assert planned and sum(p.role == "main" for p in planned) >= 1
     ids = [p.spec.id for p in planned]

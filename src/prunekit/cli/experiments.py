@@ -16,7 +16,7 @@ from ..experiments.project import Project
 from ..experiments.repair import repair_store
 from ..experiments.ray_executor import import_ray
 from ..experiments.report import write_report
-from ..experiments.spec import Sweep
+from ..experiments.spec import Sweep, grid_axes
 from ..experiments.sweep import plan, run_sweep
 
 DEFAULT_DIR = "runs"
@@ -52,7 +52,7 @@ def _finish(summary, quiet: bool) -> int:
 def cmd_run(args) -> int:
     spec = _load(args.spec, args.data_dir)
     if spec.grid:
-        raise ValueError(f"{args.spec} has a grid ({', '.join(spec.grid)}): run it with `prunekit sweep`")
+        raise ValueError(f"{args.spec} has a grid ({', '.join(grid_axes(spec.grid))}): run it with `prunekit sweep`")
     _check_world(spec)
     summary = run_sweep(args.dir, spec, workers=1, quiet=args.quiet, fit_progress=False if args.quiet else None, echo=print)
     return _finish(summary, args.quiet)

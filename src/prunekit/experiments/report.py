@@ -32,7 +32,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import plots
+from . import plots, report_boards
 from .project import Project, atomic_write_text
 # Each concern has its own module; their names stay importable from here.
 from .report_aggregate import (STAT_KEYS, aggregate, configuration, count_text, display_labels,  # noqa: F401
@@ -46,7 +46,10 @@ from .schema import dump_yaml
 
 def build_section(store, project: Project, name: str, spec: Dict[str, Any], out: Path,
                   y: str = "accuracy", bench: Optional[Dict[str, Any]] = None,
-                  paper: Optional[Dict[str, Any]] = None) -> Section:
+                  paper: Optional[Dict[str, Any]] = None, boards: bool = False) -> Section:
+    """One sweep's section. ``boards``: the sweep's file has a list grid (methods splitting a
+    budget differently, several datasets): its runs are shown as leaderboards
+    (:mod:`.report_boards`) when they span several of them."""
     rows = store.runs(sweep=name)
     groups = aggregate(rows)
     setting = _setting(spec)
@@ -62,10 +65,23 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
         section.notes.append("Labels ending in #1, #2, ... are one label given to different configurations "
                              "(e.g. a grid over the training recipe); their resolved specs are in the run folders.")
     compared = [g for g in groups if g["kind"] != "dense"]
-    if compared:
-        section.tables.append(("Top-1 accuracy (%) by method and requested sparsity", pivot_table(compared)))
-    if groups:
-        section.tables.append(("Details (mean ± std over seeds)", details_table(groups)))
+    split = report_boards.boards(rows)
+    leaderboard = boards and report_boards.is_leaderboard(split)
+    if leaderboard:  # one board per dataset x model x total epochs
+        section.notes.append("Methods at equal cost: one board per dataset, model and total budget, runs grouped "
+                             "by the epochs they cost in total (the dense training they built on included).")
+        speed = _sparse_speed(project, bench) if bench is not None else None
+        for key, board_rows in split.items():
+            notes, accuracy, cost = report_boards.board_tables(board_rows, speed)
+            title = report_boards.board_title(key)
+            section.tables.append((f"{title}: top-1 (%) by method and requested sparsity, mean ± std (seeds)"
+                                   + (f"; {'; '.join(notes)}" if notes else ""), accuracy))
+            section.tables.append((f"{title}: achieved sparsity, FLOPs and speed", cost))
+    else:
+        if compared:
+            section.tables.append(("Top-1 accuracy (%) by method and requested sparsity", pivot_table(compared)))
+        if groups:
+            section.tables.append(("Details (mean ± std over seeds)", details_table(groups)))
     if paper:
         section.tables.append((f"Paper vs reproduced ({paper.get('source') or 'the paper'})",
                                paper_table(paper, groups)))
@@ -75,12 +91,22 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
             ["run", "method", "seed", "status", "error"],
             [[r["id"], r["label"], str(r["seed"]), _live_status(project, r), r.get("error") or ""]
              for r in problems])))
-    if bench is not None and groups:
+    if bench is not None and groups and not leaderboard:
         section.tables.append(("Measured inference, first seed's model (median latency; speedup = dense / form, "
                                "paired; FLOPs ratio = dense / effective FLOPs)", speed_table(project, groups, **bench)))
-    if groups:
+    if groups and not leaderboard:  # figures of several boards would mix datasets and budgets
         section.figures = _figures(store, name, groups, out, y, setting)
     return section
+
+
+def _sparse_speed(project: Project, bench: Dict[str, Any]):
+    """``speed(group)``: the sparse export's measured speedup over dense of the group's first
+    run at the first batch size (``prunekit.export.bench``, cached per run)."""
+    def speed(group: Dict[str, Any]) -> Optional[float]:
+        rows = run_speed(project, group["runs"][0]["id"], bench["batch_sizes"], bench["repeats"])
+        found = [r.get("speedup") for r in rows if r["form"] == "sparse" and r["batch_size"] == bench["batch_sizes"][0]]
+        return found[0] if found else None
+    return speed
 
 
 def _live_status(project: Project, row: Dict[str, Any]) -> str:
@@ -233,12 +259,14 @@ def write_report(root: Union[str, Path], out: Optional[Union[str, Path]] = None,
     with project.store() as store:
         rows = store.sweeps()
         known = OrderedDict((row["name"], json.loads(row["resolved"])) for row in rows)
-        papers = {row["name"]: (json.loads(row["spec"]) if row.get("spec") else {}).get("paper") for row in rows}
+        files = {row["name"]: json.loads(row["spec"]) if row.get("spec") else {} for row in rows}
+        papers = {n: f.get("paper") for n, f in files.items()}
         if sweep is not None and sweep not in known:
             raise KeyError(f"no sweep {sweep!r} in {root}; sweeps there: {', '.join(known) or '(none)'}")
         names = [sweep] if sweep is not None else list(known)
         speed = {"batch_sizes": tuple(bench_batch_sizes), "repeats": bench_repeats} if bench else None
-        sections = [build_section(store, project, name, known[name], out, y, speed, papers.get(name))
+        sections = [build_section(store, project, name, known[name], out, y, speed, papers.get(name),
+                                  boards=isinstance(files.get(name, {}).get("grid"), list))
                     for name in names]
     title = f"prunekit report: {sweep or project.root.resolve().name}"
     md = atomic_write_text(out / "report.md", render_markdown(sections, title))

@@ -19,7 +19,15 @@ An experiment file (``prunekit run`` / ``prunekit sweep``)::
       method.params.sparsity: [0.8, 0.95]
 
 Without ``grid`` the file is one :class:`ExperimentSpec`; with it, a :class:`Sweep` of one
-spec per combination of the axes. Loading rejects unknown keys and wrong types, naming the
+spec per combination of the axes. ``grid`` may also be a *list* of such mappings (as
+scikit-learn's ``ParameterGrid``): the union of their products, in order. That puts
+comparisons that are not a product in one file, e.g. methods whose budget splits differ
+(``examples/leaderboard.yaml``: each method's own dense / pruning / fine-tuning epochs adding
+up to one total) or a second dataset with other sparsities and seeds::
+
+    grid:
+      - {method: [...], method.params.sparsity: [0.9, 0.98]}
+      - {data: {name: cifar10}, model: {name: resnet20}, seeds: [[0]], method: [...]} Loading rejects unknown keys and wrong types, naming the
 path (``method.params.finetune_epoch: unknown key ...; accepted keys of method.params: ...``).
 One seed of one grid point of one method (or baseline) is a :class:`RunSpec`; its *canonical
 form* (the resolved spec without display-only fields and without fields equal to their
@@ -391,7 +399,7 @@ class Sweep:
 
     name: str
     base: Dict[str, Any]
-    grid: Dict[str, List[Any]]
+    grid: Union[Dict[str, List[Any]], List[Dict[str, List[Any]]]]  # a list: the union of its grids
     points: List[ExperimentSpec]
     # The paper's reported numbers (see :func:`parse_paper`): shown beside the reproduced
     # ones by ``prunekit report``; not part of any run.
@@ -405,28 +413,13 @@ class Sweep:
         base = copy.deepcopy(data)
         grid = base.pop("grid", None) or {}
         paper = parse_paper(base.pop("paper", None))
-        if not isinstance(grid, dict):
-            raise SpecError("grid", f"expected a mapping of dotted paths to lists, got {describe(grid)}")
-        for axis, values in grid.items():
-            if not isinstance(axis, str) or not axis:
-                raise SpecError("grid", f"axis names are dotted key paths, got {describe(axis)}")
-            if not isinstance(values, list) or not values:
-                raise SpecError(f"grid.{axis}", "must be a non-empty list of values")
-            if axis.split(".")[0] == "name":
-                raise SpecError(f"grid.{axis}", "the name cannot vary: it names the sweep")
+        if isinstance(grid, list):
+            parts = [(f"grid[{k}]", g) for k, g in enumerate(grid)]
+        else:
+            parts = [("grid", grid)]
         points = []
-        axes = list(grid.items())
-        for combo in itertools.product(*[range(len(v)) for _, v in axes]):
-            point = copy.deepcopy(base)
-            for (axis, values), i in zip(axes, combo):
-                _assign(point, axis, copy.deepcopy(values[i]))
-            try:
-                points.append(ExperimentSpec.from_dict(point))
-            except SpecError as err:
-                if not axes:
-                    raise
-                where = ", ".join(f"{axis}[{i}]" for (axis, _), i in zip(axes, combo))
-                raise SpecError(err.path, f"{err.message} (in grid point {where})") from None
+        for where, part in parts:
+            points += _expand(base, part, where, prefix=f"{where}." if isinstance(grid, list) else "")
         name = points[0].name
         return cls(name, base, grid, points, paper)
 
@@ -494,6 +487,39 @@ def parse_paper(value: Any) -> Optional[Dict[str, Any]]:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise SpecError(f"{where}.{key}", f"expected a number, got {describe(v)}")
     return {"source": str(value.get("source", "")), "results": copy.deepcopy(results)}
+
+
+def grid_axes(grid: Union[Dict[str, List[Any]], List[Dict[str, List[Any]]]]) -> List[str]:
+    """The axis names of a grid (of every grid of a list, each once)."""
+    parts = grid if isinstance(grid, list) else [grid]
+    return list(dict.fromkeys(axis for part in parts for axis in part))
+
+
+def _expand(base: Dict[str, Any], grid: Any, path: str, prefix: str) -> List[ExperimentSpec]:
+    """The validated points of one grid mapping over ``base`` (last axis varying fastest)."""
+    if not isinstance(grid, dict):
+        raise SpecError(path, f"expected a mapping of dotted paths to lists, got {describe(grid)}")
+    for axis, values in grid.items():
+        if not isinstance(axis, str) or not axis:
+            raise SpecError(path, f"axis names are dotted key paths, got {describe(axis)}")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{path}.{axis}", "must be a non-empty list of values")
+        if axis.split(".")[0] == "name":
+            raise SpecError(f"{path}.{axis}", "the name cannot vary: it names the sweep")
+    points = []
+    axes = list(grid.items())
+    for combo in itertools.product(*[range(len(v)) for _, v in axes]):
+        point = copy.deepcopy(base)
+        for (axis, values), i in zip(axes, combo):
+            _assign(point, axis, copy.deepcopy(values[i]))
+        try:
+            points.append(ExperimentSpec.from_dict(point))
+        except SpecError as err:
+            if not axes:
+                raise
+            where = ", ".join(f"{prefix}{axis}[{i}]" for (axis, _), i in zip(axes, combo))
+            raise SpecError(err.path, f"{err.message} (in grid point {where})") from None
+    return points
 
 
 def _assign(tree: Dict[str, Any], dotted: str, value: Any) -> None:

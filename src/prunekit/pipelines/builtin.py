@@ -11,3 +11,4 @@ from . import structured_pipelines  # noqa: F401  (pipelines structured, slimmin
 from . import scratch  # noqa: F401  (baselines scratch_e, scratch_b, structured_lottery, uniform_channels)
 from . import threshold_pipelines  # noqa: F401  (pipelines ste_fixed, sparsity_loss, ltp, dense_equivalent; baseline dense_equivalent)
 from . import structured_budget  # noqa: F401  (pipeline structured_budget: every channel method at a FLOPs target)
+from . import torch_prune  # noqa: F401  (pipeline torch_prune: torch.nn.utils.prune global / per-layer L1 + fine-tuning)

@@ -1,0 +1,140 @@
+"""One leaderboard at equal total epochs: ``examples/leaderboard.yaml`` through the project's own
+``prunekit sweep`` and ``prunekit report`` (issue #17 item 6).
+
+The sweep runs in a project folder (``--dir``) and resumes there: a rerun skips finished runs
+and continues interrupted ones from their last checkpoint. ``--minutes M`` bounds this
+invocation's sweep: at the deadline it is stopped with SIGTERM (its runs are marked
+interrupted and resume next time) and the section is written from what finished, every cell
+that did not finish shown as "not run". The section's tables are the report's boards (one per
+dataset x model x total epochs), copied from ``prunekit report``'s own code; ``--bench B`` adds
+the sparse export's measured speedup at batch B (timed under ``flock /tmp/cpu_timing.lock``).
+
+    python benchmarks/bench_leaderboard.py --threads 1 --dir /tmp/leaderboard --minutes 120
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, machine_facts, write_section  # noqa: E402
+
+from prunekit.experiments import report_boards  # noqa: E402
+from prunekit.experiments.project import Project  # noqa: E402
+from prunekit.experiments.report import _sparse_speed, write_report  # noqa: E402
+from prunekit.experiments.spec import Sweep  # noqa: E402
+from prunekit.experiments.sweep import plan  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "examples" / "leaderboard.yaml"
+TIMING_LOCK = "/tmp/cpu_timing.lock"
+
+
+def run_sweep(spec: Path, folder: Path, minutes: float, threads: int, data_dir: str) -> str:
+    """``prunekit sweep`` until it ends or ``minutes`` pass (then SIGTERM: it resumes next time)."""
+    env = dict(os.environ, PRUNEKIT_THREADS=str(threads))
+    src = str(ROOT / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "prunekit", "sweep", str(spec), "--dir", str(folder), "--quiet"]
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        proc.wait(timeout=minutes * 60)
+        return f"finished (exit {proc.returncode})"
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # handled like Ctrl-C: runs marked interrupted
+        proc.wait()
+        return f"stopped after {minutes:g} minutes (it resumes from its checkpoints when rerun)"
+
+
+def not_run(sweep: Sweep, project: Project) -> list:
+    """Planned main runs not finished, counted by (dataset, model, method, train.epochs, sparsity)."""
+    missing = Counter()
+    for item in plan(sweep):
+        if item.role == "main" and not project.is_done(item.spec.id):
+            s = item.spec.requested_sparsity
+            missing[(item.spec.data.name, item.spec.model.name, item.spec.label, item.spec.train.epochs,
+                     None if s is None else round(s, 4))] += 1
+    return [{"data": d, "model": m, "method": label, "train_epochs": e, "sparsity": s, "runs": n}
+            for (d, m, label, e, s), n in missing.items()]
+
+
+def _md_table(table) -> list:
+    return (["| " + " | ".join(table.headers) + " |", "|" + "|".join("---" for _ in table.headers) + "|"]
+            + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in table.rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", default=str(SPEC), help="experiment file (default: examples/leaderboard.yaml)")
+    parser.add_argument("--dir", required=True, help="project folder of the sweep (reused: the sweep resumes)")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="run the sweep at most this long, then report (0: only report what is there)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the sweep (PRUNEKIT_THREADS)")
+    parser.add_argument("--data-dir", default="/tmp/cifar10", help="where CIFAR-10 is (passed to the sweep)")
+    parser.add_argument("--bench", type=int, default=None,
+                        help="measure the sparse export's speedup at this batch size (first seed of each cell)")
+    args = parser.parse_args()
+    folder, spec = Path(args.dir), Path(args.spec)
+    sweep = Sweep.from_yaml(spec)
+    load_before = os.getloadavg()
+    state = run_sweep(spec, folder, args.minutes, args.threads, args.data_dir) if args.minutes > 0 else "not run"
+    project = Project(folder)
+    write_report(folder, sweep=sweep.name)  # the project's own report (report.md / .html in DIR/report)
+    with project.store() as store:
+        rows = store.runs(sweep=sweep.name)
+    speed = None
+    if args.bench is not None:
+        lock = open(TIMING_LOCK, "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # no other timing runs meanwhile
+        speed = _sparse_speed(project, {"batch_sizes": (args.bench,), "repeats": 20})
+    lines = ["## Leaderboard: every unstructured method at equal total epochs (issue #17)", ""]
+    lines += [f"`{command_line()}`: `prunekit sweep {os.path.relpath(spec, ROOT)}` then `prunekit report`, "
+              f"{args.threads} thread(s); sweep {state}. Machine: {json.dumps(machine_facts())}; load average "
+              f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (other work shared the 2 cores: train "
+              "times are not speed figures).", "",
+              "Each board groups the runs by the epochs they cost in total (the dense training a one-shot or "
+              "IMP run built on included); how each method splits its budget is in the spec's header. Cells: "
+              "mean ± sample std of top-1 over seeds (number of seeds in brackets), \"at x%\" where the "
+              "method's achieved sparsity missed the requested one by more than 0.5 points; \"not run\": no seed "
+              "finished yet. FLOPs ratio = dense FLOPs / effective FLOPs (a masked layer counts density x "
+              "dense FLOPs), a theoretical speedup; the measured one is the sparse export's "
+              + (f"at batch {args.bench} (first seed, median of 20 interleaved repeats)." if args.bench
+                 else "(not measured in this run: `--bench B`)."), ""]
+    data = {"command": command_line(), "sweep_state": state, "machine": machine_facts(), "boards": [],
+            "not_run": not_run(sweep, project)}
+    for key, board_rows in report_boards.boards(rows).items():
+        notes, accuracy, cost = report_boards.board_tables(board_rows, speed)
+        lines += [f"### {report_boards.board_title(key)}", ""] + [f"- {n}" for n in notes] + [""]
+        lines += _md_table(accuracy) + [""] + _md_table(cost) + [""]
+        data["boards"].append({"key": list(key), "title": report_boards.board_title(key),
+                               "cells": report_boards.board_data(board_rows)})
+    if data["not_run"]:
+        total = sum(r["runs"] for r in data["not_run"])
+        lines += [f"Not run yet ({total} main runs; CPU time ran out, the sweep resumes where it stopped), "
+                  "by method and own train.epochs:", "", "| data / model | method | train.epochs: sparsities (runs) |",
+                  "|---|---|---|"]
+        by_method = {}
+        for r in data["not_run"]:
+            cell = by_method.setdefault((f"{r['data']} / {r['model']}", r["method"]), {})
+            cell.setdefault(r["train_epochs"], []).append(r)
+        for (where, method), per_epochs in by_method.items():
+            text = "; ".join(f"{e}: " + ", ".join(f"{100 * x['sparsity']:g}% ({x['runs']})" if x["sparsity"] else
+                                                    f"dense ({x['runs']})" for x in rs)
+                             for e, rs in per_epochs.items())
+            lines.append(f"| {where} | {method} | {text} |")
+        lines.append("")
+    write_section("leaderboard", "\n".join(lines), data)
+
+
+if __name__ == "__main__":
+    main()
