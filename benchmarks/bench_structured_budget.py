@@ -345,7 +345,7 @@ def render(bench, seeds):
             vs_kd = "" if kd is None else f"; {done[best] - kd:+.2f} pt vs torch-pruning distilled, {kd:.2f}"
             lines.append(f"- {sp:g}x: best prunekit row {names[best]} {done[best]:.2f} vs torch-pruning {tp:.2f} "
                          f"({done[best] - tp:+.2f} pt{vs_kd}; dense {mean_std(dense)}).")
-    lines += ["", caveats(a, dense, data["rows"]), "", f"Command: `{command_line()}`; machine: {machine()}."]
+    lines += ["", caveats(a, dense, data["rows"]), "", f"Command: `{command_line().replace(' --render-only', '')}`; machine: {machine()}."]
     write_section(a.name, "\n".join(lines), data)
 
 
