@@ -566,7 +566,7 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
         if candidate is None:
             continue
         row["form"] = "csr"
-        _replace(out, name, candidate)
+        out.set_submodule(name, candidate)
     out.prunekit_sparse_decisions = chosen
     if dense_output is not None and any(r["form"] == "csr" for r in chosen):
         _check_or_revert(out, _plain_copy(model), inputs, dense_output, chosen, measure, repeats, timer)
@@ -603,14 +603,14 @@ def _likely_pairs(out: nn.Module, inputs: Any, eligible: Dict[str, Tuple[nn.Modu
     are swapped in place for one forward and put back)."""
     swapped = {name: module for name, (module, _) in eligible.items() if isinstance(module, nn.Linear)}
     for name, module in swapped.items():
-        _replace(out, name, SparseLinear._from_csr(module, weights.csr(name, module)))
+        out.set_submodule(name, SparseLinear._from_csr(module, weights.csr(name, module)))
     try:
         return _layout.pairs(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
     except Exception:  # noqa: BLE001 - a failing trial just means no layout hints
         return {}
     finally:
         for name, module in swapped.items():
-            _replace(out, name, module)
+            out.set_submodule(name, module)
 
 
 def _candidates(name: str, module: nn.Module, x: torch.Tensor, weights: _Weights, feeds: bool) -> Dict[str, nn.Module]:
@@ -687,7 +687,7 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
         return
     for row in rows:
         if row["form"] == "csr":
-            _replace(out, row["layer"], copy.deepcopy(model.get_submodule(row["layer"])).eval())
+            out.set_submodule(row["layer"], copy.deepcopy(model.get_submodule(row["layer"])).eval())
             row["form"], row["reason"] = "dense", f"reverted: the sparse export {problem}"
 
 
@@ -721,12 +721,6 @@ def _plain(module: nn.Module) -> nn.Module:
         plain.weight = nn.Parameter(weight)
         return plain
     return module
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    parent._modules[child] = new
 
 
 def decisions(exported: nn.Module) -> List[dict]:

@@ -91,7 +91,6 @@ def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
     for name in names:
         if name not in modules:
             raise ValueError(f"the structure removes block {name!r}, which this model does not have")
-        parent_name, _, child = name.rpartition(".")
         block = modules[name]
-        modules[parent_name]._modules[child] = RemovedBlock(shortcut_of(block), residual_relu(block))
+        model.set_submodule(name, RemovedBlock(shortcut_of(block), residual_relu(block)))
     return model

@@ -74,11 +74,6 @@ def foldable_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     """``model`` in eval mode with every foldable Conv -> BN pair (``foldable_pairs``) merged
@@ -92,8 +87,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
 def _fold(model: nn.Module, pairs: List[Tuple[str, str]]) -> nn.Module:
     modules = dict(model.named_modules())
     for conv_name, bn_name in pairs:
-        _set(model, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
-        _set(model, bn_name, nn.Identity())
+        model.set_submodule(conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
+        model.set_submodule(bn_name, nn.Identity())
     return model
 
 
