@@ -139,10 +139,10 @@ def test_the_fastest_candidate_wins_dense_is_timed_once_and_each_weight_built_on
     built = []
     real = sparse_module._to_csr
     monkeypatch.setattr(sparse_module, "_to_csr", lambda w: built.append(tuple(w.shape)) or real(w))
-    timer = _Timer(lambda width, name: {"dense": 1.0, "csr": 0.4, "csr_compact": 0.2}[name])
+    timer = _Timer(lambda width, name: {"dense": 1.0, "csr": 0.4, "csr_compact": 0.2}.get(name, 9.0))
     fast = sparse(model, torch.randn(1, 32), timer=timer)
     # One timing run per layer (dense beside every candidate) and one for the whole model.
-    assert len(timer.calls) == 4 and timer.calls[0] == ["csr", "csr_compact", "dense"]
+    assert len(timer.calls) == 4 and timer.calls[0] == ["csr", "csr_compact", "csr_native", "dense"]
     assert timer.calls[-1] == ["dense", "sparse"]
     # The full CSR of each layer once, the compacted one where some inputs are unused once;
     # none rebuilt for the layout trial or for the chosen module.
@@ -151,7 +151,7 @@ def test_the_fastest_candidate_wins_dense_is_timed_once_and_each_weight_built_on
     assert sorted(built) == sorted([(48, 32), (16, 48), (4, 16)] + list(compacted)) and (48, 22) in compacted
     rows = {d["layer"]: d for d in decisions(fast)}
     assert rows["0"]["input_columns"] == 22 and fast[0].input_columns is not None and rows["0"]["kernel"] == "mv"
-    assert rows["0"]["candidates_s"] == {"csr": 0.4, "csr_compact": 0.2}
+    assert rows["0"]["candidates_s"] == {"csr": 0.4, "csr_compact": 0.2, "csr_native": 9.0}
     x = torch.randn(1, 32)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
@@ -163,11 +163,11 @@ def test_per_sequence_is_a_candidate_for_several_sequences_only():
     pk.prune(model, 0.9, score="magnitude", allocation="uniform")
     timer = _Timer(lambda width, name: {"dense": 1.0, "csr": 0.6, "csr_per_sequence": 0.3}.get(name, 9.0))
     fast = sparse(model.eval(), torch.randn(1, 10, 16), batch_size=3, timer=timer)
-    assert timer.calls[0] == ["csr", "csr_per_sequence", "dense"]
+    assert timer.calls[0] == ["csr", "csr_native", "csr_per_sequence", "dense"]
     assert fast[0].per_sequence and decisions(fast)[0]["kernel"] == "per_sequence"
     timer = _Timer(lambda width, name: {"dense": 1.0, "csr": 0.6}.get(name, 9.0))
     sparse(model, torch.randn(1, 10, 16), timer=timer)  # one sequence: no per-sequence form
-    assert timer.calls[0] == ["csr", "dense"]
+    assert timer.calls[0] == ["csr", "csr_native", "dense"]
 
 
 def test_a_whole_model_measured_no_faster_goes_back_to_dense():

@@ -7,6 +7,12 @@ each of them costs more (indirect indexing, no SIMD blocking), so it only pays o
 sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/bench_export.py``,
 ``benchmarks/bench_minilm_export.py`` and micro-benchmarks of single layers):
 
+- kernels: prunekit's own (``_native``, C++ compiled on first use; the tokens / batch rows are
+  the vector dimension, 128 at a time in registers): on all-MiniLM-L6-v2 at 90%, 128 tokens, 4-15x
+  over dense on its 88-97%-sparse layers where MKL reaches 1.7-3.9x, and 1.7x on its 73%-sparse
+  query / key layers where MKL is slower than dense (whole model at batch 1: 1.6x with MKL, 2.25x
+  with it). It is a candidate beside MKL's forms, so each layer gets whichever measured faster;
+  without a compiler only MKL's are tried.
 - format: CSR with int32 indices (8 bytes per kept weight instead of 12 with int64: 1.2-1.6x
   faster at 784-4096 wide layers) and MKL's sparse x dense kernels. One row (batch 1 of a 2-D
   input) goes through ``torch.addmv(b, W, x)``, the matrix-vector product: 2-3x faster than
@@ -43,7 +49,7 @@ of positional arguments or a dict of keyword arguments, e.g. a tokenizer's outpu
 ``prunekit.models.example_input(model)``) is run once, re-batched to ``batch_size`` sequences
 or images, and every Linear / Conv2d records its input shape. Each candidate layer is then
 timed on a random input of exactly that shape, the dense layer once beside every sparse form
-worth trying (plain CSR; compacted inputs; one product per sequence), in one interleaved run,
+worth trying (plain CSR; compacted inputs; one product per sequence; prunekit's kernel), in one interleaved run,
 and goes sparse in its fastest form only when that is faster by at least 5%: a layer that is
 not measured faster stays dense, at any batch size.
 
@@ -68,7 +74,7 @@ from torch.nn import functional as F
 
 from ..models import example_input as _model_example_input
 from ..timing import time_interleaved
-from . import _layout
+from . import _layout, _native
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparse", "break_even", "decisions", "median_seconds"]
 
@@ -82,6 +88,8 @@ MARGIN = 0.95
 COMPACT_BELOW = 0.9
 #: The exported model must reproduce the dense outputs this closely (absolute and relative).
 TOLERANCE = 1e-4
+#: SparseLinear's product: MKL's CSR kernels (torch.addmm / addmv) or prunekit's own (``_native``).
+KERNELS = ("mkl", "native")
 #: The layer types whose forward sparse() knows how to reproduce; subclasses may differ.
 _KNOWN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 #: Parents known to read their children's weights directly (fused kernels), for the static rule.
@@ -207,17 +215,23 @@ class SparseLinear(_SparseBase):
     ``compact=True`` drops the input features no kept weight reads: the CSR weight then has
     one column per used feature (``input_columns``, saved with the weight), and only those rows
     of ``x.T`` are gathered -- the transposition of ``x`` that MKL needs costs less (LeNet-300-100's
-    first layer at 98%: 549 of 784 pixels used). Inference only: the weight is a buffer."""
+    first layer at 98%: 549 of 784 pixels used). Inference only: the weight is a buffer.
+
+    ``kernel="native"`` computes the product with prunekit's own kernel instead (``_native``:
+    reads ``x`` or a handed-on transposed product as it is, writes either layout); float32 on
+    CPU only, anything else (or no compiled kernel) takes the MKL path above."""
 
     def __init__(self, in_features: int, out_features: int, weight: torch.Tensor,
                  bias: Optional[torch.Tensor] = None, per_sequence: bool = False,
-                 transposed_output: bool = False, compact: bool = False):
+                 transposed_output: bool = False, compact: bool = False, kernel: str = "mkl"):
         super().__init__()
         if tuple(weight.shape) != (out_features, in_features):
             raise ValueError(f"weight shape {tuple(weight.shape)} is not ({out_features}, {in_features})")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         self.in_features, self.out_features = in_features, out_features
         self.per_sequence, self.transposed_output = per_sequence, transposed_output
-        self.compact = compact
+        self.compact, self.kernel = compact, kernel
         self.register_buffer("input_columns", None)
         self._set_weights(weight, bias)
 
@@ -244,6 +258,7 @@ class SparseLinear(_SparseBase):
         layer.per_sequence = options.get("per_sequence", False)
         layer.transposed_output = options.get("transposed_output", False)
         layer.compact = columns is not None
+        layer.kernel = options.get("kernel", "mkl")
         layer.register_buffer("input_columns", columns)
         _SparseBase._set_weights(layer, csr, linear.bias)
         return layer
@@ -268,7 +283,29 @@ class SparseLinear(_SparseBase):
         self._buffers["weight"] = _to_csr(dense)
         return None
 
+    def _refresh_bias_col(self) -> None:
+        super()._refresh_bias_col()
+        # what the native kernel reads, taken apart once (each accessor call costs ~1 us)
+        weight, bias = self._buffers["weight"], self._buffers["bias"]
+        native = weight.layout == torch.sparse_csr and weight.crow_indices().dtype == torch.int32 \
+            and weight.dtype == torch.float32
+        self._native_args = ((weight.crow_indices(), weight.col_indices(), weight.values(),
+                              bias if bias is not None else weight.values().new_empty(0)) if native else None)
+
+    def _native(self, x: torch.Tensor, kernel) -> torch.Tensor:
+        """``x @ W.T + b`` through prunekit's kernel (``_native``), any leading dimensions. An input
+        that is a transposed product (handed on by a sparse layer) is read as it is."""
+        crow, col, values, bias = self._native_args
+        x2 = x.reshape(-1, self.in_features)
+        given_t = x2.shape[0] > 1 and x2.stride(0) == 1 and x2.stride(1) == x2.shape[0]
+        out = kernel.csr_linear(crow, col, values, x2.t() if given_t else x2.contiguous(), bias, given_t,
+                                self.transposed_output)
+        return (out.t() if self.transposed_output else out).reshape(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "native" and self._native_args is not None and x.dtype == torch.float32 \
+                and x.device.type == "cpu" and (kernel := _native.load()) is not None:
+            return self._native(x, kernel)
         # The hot path: buffers read from the dict directly, no reshapes for 1 or 2 dimensions
         # (each Python-level op costs ~1-4 us, which decides small layers at batch 1).
         buffers = self._buffers
@@ -310,6 +347,8 @@ class SparseLinear(_SparseBase):
 
     def extra_repr(self) -> str:
         extra = ", per_sequence=True" if self.per_sequence else ""
+        if self.kernel != "mkl":
+            extra += f", kernel={self.kernel!r}"
         if self.input_columns is not None:
             extra += f", input_columns={len(self.input_columns)}"
         return (f"{self.in_features}, {self.out_features}, density={self.density:.4g}, "
@@ -504,7 +543,8 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
     - ``measure=True``: layers with sparsity >= ``min_sparsity`` (default 0.5) are timed on a
       random input of the shape they saw, ``repeats`` interleaved runs: the dense layer once,
       beside each sparse candidate (the plain CSR layer; with unused input features, the
-      compacted one; for several sequences, one product per sequence). The fastest goes in
+      compacted one; for several sequences, one product per sequence; prunekit's own kernel,
+      built on first use: ~20 s once per machine, see ``_native``). The fastest goes in
       only if at least 5% faster than dense. Without any example input Linear layers are timed
       at ``(batch_size, in_features)`` and convolutions stay dense.
     - ``measure=False``: Linear layers with sparsity >= ``min_sparsity`` (default
@@ -512,7 +552,8 @@ def sparse(model: nn.Module, example_input: Any = None, *, batch_size: Optional[
 
     ``timer``: how candidates are timed, ``timer({name: callable}, repeats) -> {name: seconds}``
     (default ``median_seconds``); the names are ``dense`` and the candidates' (``csr``,
-    ``csr_compact``, ``csr_per_sequence``), or ``dense`` and ``sparse`` for the whole model.
+    ``csr_compact``, ``csr_per_sequence``, ``csr_native``), or ``dense`` and ``sparse`` for the
+    whole model.
 
     The choices, and why a layer stayed dense, are listed by ``decisions(exported)``.
     torch.nn.utils.prune reparametrisations (``weight_orig`` + mask) are read through the
@@ -625,6 +666,10 @@ def _candidates(name: str, module: nn.Module, x: torch.Tensor, weights: _Weights
         found["csr_compact"] = SparseLinear._from_csr(module, compact[1], compact[0], transposed_output=feeds)
     if x.dim() >= 3 and rows > x.shape[-2]:  # several sequences: try one product each
         found["csr_per_sequence"] = SparseLinear._from_csr(module, csr, per_sequence=True, transposed_output=feeds)
+    native = SparseLinear._from_csr(module, csr, transposed_output=feeds, kernel="native")
+    if native._native_args is not None and x.dtype == torch.float32 and x.device.type == "cpu" \
+            and _native.load() is not None:
+        found["csr_native"] = native
     return found
 
 
@@ -653,7 +698,8 @@ def _choose(name: str, module: nn.Module, row: dict, shapes, batch: int, repeats
     chosen = candidates[best]
     if isinstance(chosen, SparseLinear):
         rows = x.numel() // x.shape[-1]
-        row["kernel"] = "per_sequence" if chosen.per_sequence else ("mv" if rows == 1 else "mm")
+        row["kernel"] = ("native" if chosen.kernel == "native" else "per_sequence" if chosen.per_sequence
+                         else "mv" if rows == 1 else "mm")
         if chosen.input_columns is not None:
             row["input_columns"] = len(chosen.input_columns)
     return chosen
