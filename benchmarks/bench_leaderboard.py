@@ -1,15 +1,17 @@
 """One leaderboard at equal total epochs: ``examples/leaderboard.yaml`` through the project's own
 ``prunekit sweep`` and ``prunekit report`` (issue #17 item 6).
 
-The sweep runs in a project folder (``--dir``) and resumes there: a rerun skips finished runs
-and continues interrupted ones from their last checkpoint. ``--minutes M`` bounds this
+The sweep runs in a project folder (``--dir``, default ``results/leaderboard_project``, which is
+committed without its models and checkpoints: see its .gitignore) and resumes there: a rerun skips
+finished runs, continues interrupted ones from their last checkpoint, and in a fresh clone reruns a
+finished dense run only when a run still to do needs its model. ``--minutes M`` bounds this
 invocation's sweep: at the deadline it is stopped with SIGTERM (its runs are marked
 interrupted and resume next time) and the section is written from what finished, every cell
 that did not finish shown as "not run". The section's tables are the report's boards (one per
 dataset x model x total epochs), copied from ``prunekit report``'s own code; ``--bench B`` adds
 the sparse export's measured speedup at batch B (timed under ``flock /tmp/cpu_timing.lock``).
 
-    python benchmarks/bench_leaderboard.py --threads 1 --dir /tmp/leaderboard --minutes 120
+    python benchmarks/bench_leaderboard.py --threads 1 --minutes 120
 """
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def _md_table(table) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default=str(SPEC), help="experiment file (default: examples/leaderboard.yaml)")
-    parser.add_argument("--dir", required=True, help="project folder of the sweep (reused: the sweep resumes)")
+    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "results" / "leaderboard_project"),
+                        help="project folder of the sweep (reused: the sweep resumes; default: the committed one)")
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="run the sweep at most this long, then report (0: only report what is there)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the sweep (PRUNEKIT_THREADS)")

@@ -364,3 +364,35 @@ def test_report_bench_measures_each_configuration_once_and_caches_it(finished, t
     stamp = {p: p.stat().st_mtime_ns for p in cached}
     write_report(root, out=tmp_path / "r2", bench=True, bench_batch_sizes=(1,), bench_repeats=2)
     assert all(p.stat().st_mtime_ns == stamp[p] for p in cached)
+
+
+def test_a_records_only_folder_counts_as_done_and_reruns_a_dense_run_whose_model_is_needed(tmp_path):
+    # A sweep folder committed without its .pt files (benchmarks/results/leaderboard_project):
+    # finished runs stay finished; a one-shot run still to do gets its dense model back by
+    # rerunning the dense run, whose old record is kept aside.
+    sweep = Sweep.from_yaml("""
+name: records
+data: {name: synthetic, train_subset: 128}
+model: {name: lenet_300_100, width: 0.25}
+train: {epochs: 1}
+method: {name: oneshot, params: {sparsity: 0.8, finetune_epochs: 0}}
+grid:
+  method.params.score: [magnitude, lamp]
+""")
+    assert run_sweep(tmp_path, sweep, quiet=True).ran == 3
+    project = Project(tmp_path)
+    items = plan(sweep)
+    dense = next(i.spec for i in items if i.spec.method.name == "dense")
+    magnitude, lamp = [i.spec for i in items if i.spec.method.name == "oneshot"]
+    for path in Path(tmp_path).rglob("*.pt"):
+        path.unlink()
+    (project.run_folder(lamp.id) / "metrics.json").unlink()  # still to do
+    (Path(tmp_path) / "results.sqlite").unlink()  # the index is not committed either
+    again = run_sweep(tmp_path, sweep, quiet=True)
+    assert again.ran == 1 and again.skipped == 2 and not again.failed  # the lamp run; dense reran inside it
+    assert project.is_done(lamp.id) and project.has_model(dense.id)
+    assert (project.run_folder(dense.id) / "metrics.json.no-model").is_file()
+    assert project.is_done(magnitude.id) and not project.has_model(magnitude.id)
+    from prunekit.experiments.report_bench import run_speed
+    assert run_speed(project, magnitude.id, (1,), 2) == []  # nothing to time, nothing cached
+    assert not (project.run_folder(magnitude.id) / "bench.json").exists()

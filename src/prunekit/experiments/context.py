@@ -140,6 +140,9 @@ class Context(RunContext):
     # -- other runs
     def requirement(self, name: str) -> FinishedRun:
         spec = self.spec.requirement(name)
+        if self.project.is_done(spec.id) and not self.project.has_model(spec.id):
+            # kept without its model (records-only folder): this run needs the weights, so rerun it
+            self.project.set_aside(spec.id, suffix=".no-model")
         if not self.project.is_done(spec.id):
             outcome = self._run_required(spec)  # normally the sweep ran it already
             if getattr(outcome, "status", None) in ("failed", "diverged"):

@@ -10,6 +10,7 @@
         checkpoints/<phase>/    fit checkpoints (an interrupted run resumes from them)
         model.pt                the final model (prunekit.artifacts format, with its mask)
         metrics.json            written last: its presence means "done"
+        bench.json              the report's measured inference speed (``report --bench``), cached
         error.log               the traceback of the last failure, if any
         .lock                   held (flock) by the process running the run
       report/                   what ``prunekit report`` writes
@@ -18,6 +19,9 @@ The files are the truth and the database is an index: a run whose ``metrics.json
 done whatever the database says, and is (re)ingested when found missing there. A
 ``metrics.json`` that does not parse (a disk fault, an editor) does not count: the sweep moves
 it aside to ``metrics.json.corrupt``, marks the run, and runs it again (from its checkpoints).
+A folder kept without its models (e.g. a sweep's records committed to git without the ``.pt``
+files) still counts as done; only a run whose model another run needs (the shared dense run of
+a one-shot run) is run again, its record moved to ``metrics.json.no-model``.
 """
 from __future__ import annotations
 
@@ -76,11 +80,15 @@ class Project:
             return "not a prunekit run record (no metrics)"
         return None
 
-    def set_aside(self, run_id: str) -> Optional[Path]:
-        """Move an unusable ``metrics.json`` to ``metrics.json.corrupt`` (so the run counts as
+    def has_model(self, run_id: str) -> bool:
+        """Its ``model.pt`` exists (a copied or committed project folder may hold the records only)."""
+        return (self.run_folder(run_id) / MODEL).is_file()
+
+    def set_aside(self, run_id: str, suffix: str = ".corrupt") -> Optional[Path]:
+        """Move an unusable ``metrics.json`` to ``metrics.json<suffix>`` (so the run counts as
         not done and is rerun); returns the new path, or None when there was nothing to move."""
         path = self.run_folder(run_id) / METRICS
-        target = path.with_name(METRICS + ".corrupt")
+        target = path.with_name(METRICS + suffix)
         try:
             os.replace(path, target)
         except FileNotFoundError:  # a concurrent sweep moved it first

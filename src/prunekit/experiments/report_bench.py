@@ -26,6 +26,8 @@ def run_speed(project: Project, run_id: str, batch_sizes: Sequence[int], repeats
                 return saved["rows"]
         except (ValueError, KeyError):
             pass  # a damaged cache is measured again
+    if not project.has_model(run_id):
+        return []  # a records-only folder: nothing to measure, the cell says "not measured"
     rows = bench_model(folder, batch_sizes=batch_sizes, repeats=repeats, memory=False)
     atomic_write_text(cache, json.dumps({"settings": settings, "rows": rows}, indent=1))
     return rows
