@@ -118,3 +118,10 @@ def test_the_env_switch_disables_the_kernel_with_a_reason(monkeypatch):
 def test_an_unknown_kernel_is_one_clear_error():
     with pytest.raises(ValueError, match="kernel must be one of mkl, native, got 'cuda'"):
         SparseLinear(4, 4, torch.eye(4), kernel="cuda")
+
+
+def test_no_compiler_is_one_line_and_mkl(monkeypatch):
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler \\(no-such-compiler-here\\) on PATH"):
+        assert _native.load() is None

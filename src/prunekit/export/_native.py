@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -46,6 +47,18 @@ def _cpu_tag() -> str:
     return hashlib.sha1((text + SOURCE.read_text()).encode()).hexdigest()[:10]
 
 
+def _put_ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; a venv used without activation (``.venv/bin/python``)
+    does not have its own ``ninja`` (the ``ninja`` package, a dependency) there."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass  # the build then fails with torch's own message about ninja
+
+
 def load() -> Optional[Any]:
     """The compiled extension (its ``csr_linear`` function), or None (see ``reason()``)."""
     with _lock:
@@ -54,8 +67,15 @@ def load() -> Optional[Any]:
         if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
             _state["reason"] = f"disabled by {ENV}={os.environ[ENV]}"
             return None
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            _state["reason"] = f"no C++ compiler ({compiler}) on PATH to build prunekit's CSR kernel; MKL's kernels are used"
+            warnings.warn(_state["reason"], RuntimeWarning, stacklevel=2)
+            return None
         try:
             from torch.utils import cpp_extension
+
+            _put_ninja_on_path()
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
