@@ -125,3 +125,26 @@ def test_no_compiler_is_one_line_and_mkl(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler \\(no-such-compiler-here\\) on PATH"):
         assert _native.load() is None
+
+
+@pytest.mark.parametrize("kernel", ["mkl", "native"])
+def test_an_exported_model_deepcopies_and_pickles(kernel):
+    # torch itself cannot deepcopy or pickle CSR tensors: the layers carry them as their parts
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    pk.prune(model, 0.9, score="magnitude", allocation="uniform")
+    x = torch.randn(2, 3, 6, 6)
+    exported = nn.Sequential(pk.export.SparseConv2d(model[0]), nn.ReLU(), nn.Flatten(),
+                             SparseLinear.from_dense(model[3], kernel=kernel))
+    want = model(x)
+    buffer = io.BytesIO()
+    torch.save(exported, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(exported), torch.load(buffer, weights_only=False)):
+        assert other[0].weight.layout == torch.sparse_csr and other[3].kernel == kernel
+        torch.testing.assert_close(other(x), want, rtol=1e-4, atol=1e-5)
+    again = sparse(exported, x, measure=False)  # sparse() copies its input: an exported model is fine
+    torch.testing.assert_close(again(x), want, rtol=1e-4, atol=1e-5)

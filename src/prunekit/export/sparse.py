@@ -66,7 +66,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -193,6 +193,35 @@ class _SparseBase(nn.Module):
 
     def _extra_state_keys(self) -> Tuple[str, ...]:
         return ()
+
+    # torch cannot deepcopy or pickle a CSR tensor ("Cannot access storage of SparseCsrTensorImpl"),
+    # so copy.deepcopy / torch.save of an exported model carry the CSR buffers as their parts.
+    def __getstate__(self):
+        state = super().__getstate__()
+        buffers = dict(state["_buffers"])
+        for name, value in buffers.items():
+            if isinstance(value, torch.Tensor) and value.layout == torch.sparse_csr:
+                buffers[name] = _CsrParts(value.crow_indices(), value.col_indices(), value.values(), tuple(value.shape))
+        state = dict(state, _buffers=buffers)
+        state.pop("_native_args", None)  # rebuilt from the weight
+        return state
+
+    def __setstate__(self, state):
+        buffers = state["_buffers"]
+        for name, value in list(buffers.items()):
+            if isinstance(value, _CsrParts):
+                buffers[name] = torch.sparse_csr_tensor(value.crow, value.col, value.values, value.shape)
+        super().__setstate__(state)
+        if isinstance(self, SparseLinear):
+            self._refresh_bias_col()
+
+
+class _CsrParts(NamedTuple):
+    """A CSR tensor as plain tensors, for pickling (see ``_SparseBase.__getstate__``)."""
+    crow: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+    shape: Tuple[int, ...]
 
 
 class SparseLinear(_SparseBase):
