@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .calling import attention_mask
 from .targets import stores_transposed
 
 
@@ -139,11 +140,8 @@ def run_batch(model: nn.Module, batch: Any, device: torch.device) -> None:
 
 
 def _token_mask(batch: Any) -> Optional[torch.Tensor]:
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Mapping):
-        batch = batch[0]   # (features,): sentence-transformers
-    if isinstance(batch, Mapping) and isinstance(batch.get("attention_mask"), torch.Tensor):
-        return batch["attention_mask"].bool()
-    return None
+    mask = attention_mask(batch)
+    return None if mask is None else mask.bool()
 
 
 class _LayersDone(Exception):

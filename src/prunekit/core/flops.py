@@ -29,6 +29,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
+from .calling import call_model
+
 aten = torch.ops.aten
 
 
@@ -133,12 +135,7 @@ def count_flops(model: nn.Module, example_input, params: Optional[Mapping[str, t
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with counter:
-            if isinstance(example_input, dict):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+            call_model(model, example_input)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)

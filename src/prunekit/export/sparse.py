@@ -72,6 +72,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core.calling import call_model, output_tensors
 from ..models import example_input as _model_example_input
 from ..timing import time_interleaved
 from . import _layout, _native
@@ -416,19 +417,6 @@ class SparseConv2d(_SparseBase):
 
 # --- example input: how to call the model, at which batch size -----------------------------
 
-def _run(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)``; a dict is passed as keyword arguments, a tuple/list as positional ones
-    (the convention of ``core.flops.count_flops``). Dicts are passed as copies: some models
-    (sentence-transformers) add their outputs to the features dict they are given."""
-    if isinstance(inputs, (tuple, list)):
-        inputs = type(inputs)(dict(v) if isinstance(v, dict) else v for v in inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _rebatch(inputs: Any, batch_size: int) -> Any:
     """``inputs`` with every tensor's first (batch) dimension made ``batch_size`` by repeating
     its first sample, so that a token input counts sequences, not rows."""
@@ -451,20 +439,9 @@ def _default_example(model: nn.Module) -> Any:
         return None
 
 
-def _tensors(output: Any) -> List[torch.Tensor]:
-    """Every tensor in a model output (a tensor, tuple, dict or HF ModelOutput), in order."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):  # HF ModelOutput is an OrderedDict
-        return [t for v in output.values() for t in _tensors(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in _tensors(v)]
-    return []
-
-
 def _max_difference(a: Any, b: Any) -> float:
     """Largest ``|a - b| / (1 + |a|)`` over the output tensors (inf if they do not pair up)."""
-    ta, tb = _tensors(a), _tensors(b)
+    ta, tb = output_tensors(a), output_tensors(b)
     if len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb)):
         return float("inf")
     diffs = [((x.float() - y.float()).abs() / (1 + x.float().abs())).max().item() for x, y in zip(ta, tb)
@@ -495,7 +472,7 @@ def _record_calls(model: nn.Module, inputs: Any) -> Tuple[Dict[str, Tuple[int, .
             wrapped.append(module)
     try:
         with torch.inference_mode():
-            output = _run(model, inputs)
+            output = call_model(model, inputs)
     finally:
         for module in wrapped:
             del module.forward  # back to the class's forward
@@ -675,7 +652,7 @@ def _likely_pairs(out: nn.Module, inputs: Any, eligible: Dict[str, Tuple[nn.Modu
     for name, module in swapped.items():
         out.set_submodule(name, SparseLinear._from_csr(module, weights.csr(name, module)))
     try:
-        return _layout.pairs(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+        return _layout.pairs(out, lambda: call_model(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
     except Exception:  # noqa: BLE001 - a failing trial just means no layout hints
         return {}
     finally:
@@ -740,7 +717,7 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
     from the dense model, or (when measuring) runs the whole model no faster than the dense
     one (layers timed alone can mislead: the layout of their outputs costs the ops after them)."""
     try:
-        feeding = _layout.feeders(out, lambda: _run(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
+        feeding = _layout.feeders(out, lambda: call_model(out, _rebatch(inputs, 1)), lambda m: isinstance(m, SparseLinear))
     except Exception:  # noqa: BLE001 - the export fails on the example: _problem() below says how
         feeding = set()
     for row in rows:  # hand the transposed product to the next sparse layer as it is; copy others
@@ -753,7 +730,7 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
             next(r for r in rows if r["layer"] == name)["transposed_output"] = False
         problem = _problem(out, inputs, dense_output)
     if problem is None and measure:
-        seconds = timer({"dense": functools.partial(_run, model, inputs), "sparse": functools.partial(_run, out, inputs)},
+        seconds = timer({"dense": functools.partial(call_model, model, inputs), "sparse": functools.partial(call_model, out, inputs)},
                         max(3, repeats))
         if seconds["sparse"] > MARGIN * seconds["dense"]:
             problem = (f"ran the whole model no faster ({1e3 * seconds['sparse']:.2f} ms vs "
@@ -769,7 +746,7 @@ def _check_or_revert(out: nn.Module, model: nn.Module, inputs: Any, dense_output
 def _problem(exported: nn.Module, inputs: Any, dense_output: Any) -> Optional[str]:
     try:
         with torch.inference_mode():
-            output = _run(exported, inputs)
+            output = call_model(exported, inputs)
     except Exception as err:  # noqa: BLE001 - any failure means: do not ship this export
         return f"failed on the example input ({type(err).__name__}: {err})"
     difference = _max_difference(dense_output, output)

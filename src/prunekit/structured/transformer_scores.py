@@ -22,13 +22,13 @@ From calibration batches (``calib``: an iterable of inputs, passed like ``exampl
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 from torch import nn
 
+from ..core.calling import attention_mask, call_model
 from .transformer_layers import TransformerLayer, transformer_layers
-from .transformer_shrink import run_model
 
 __all__ = ["head_importance", "ffn_importance", "HEAD_SCORES", "FFN_SCORES"]
 
@@ -94,8 +94,8 @@ def _calibrate(model: nn.Module, calib: Iterable, per_layer) -> Dict[int, torch.
     try:
         n_batches = 0
         for batch in calib:
-            current["mask"] = _attention_mask(batch)
-            run_model(work, batch)
+            current["mask"] = attention_mask(batch)
+            call_model(work, batch)
             n_batches += 1
         if not n_batches:
             raise ValueError("calibration scores need at least one batch in calib")
@@ -103,14 +103,6 @@ def _calibrate(model: nn.Module, calib: Iterable, per_layer) -> Dict[int, torch.
         for h in hooks:
             h.remove()
     return {pos: sums[pos] / counts[pos] for pos in sums}
-
-
-def _attention_mask(batch) -> Optional[torch.Tensor]:
-    """The ``attention_mask`` of a tokenised batch (a dict, or a dict inside a tuple), if any."""
-    for item in (batch, *batch) if isinstance(batch, (tuple, list)) else (batch,):
-        if isinstance(item, Mapping) and isinstance(item.get("attention_mask"), torch.Tensor):
-            return item["attention_mask"]
-    return None
 
 
 class _HeadOutput:

@@ -33,10 +33,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ..core.calling import call_model, output_tensors
 from .shrink import _tp
 from .transformer_layers import TransformerLayer, find_layer, transformer_layers
 
-__all__ = ["shrink_transformer", "mask_transformer", "check_request", "head_channels", "run_model"]
+__all__ = ["shrink_transformer", "mask_transformer", "check_request", "head_channels"]
 
 Request = Mapping[object, Iterable[int]]
 
@@ -76,32 +77,12 @@ def check_request(model: nn.Module, heads: Optional[Request] = None,
     return _clean(layers, heads, "heads"), _clean(layers, ffn, "ffn")
 
 
-def run_model(model: nn.Module, example_input):
-    """``model(x)``, ``model(*x)`` or ``model(**x)`` for a tensor, tuple or dict ``x``."""
-    if isinstance(example_input, dict):
-        return model(**example_input)
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
-
-
-def _float_tensors(out) -> List[torch.Tensor]:
-    """Every floating tensor in a (nested) model output: tensor, tuple, dict, ModelOutput."""
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, Mapping):  # dict, ModelOutput, BatchEncoding
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _float_tensors(o)]
-    return []
-
-
 def _dependency_graph(model: nn.Module, example_input):
     tp = _tp()
 
     def forward(m, x):
         # One scalar that depends on every output, so the tracer sees every path.
-        outputs = _float_tensors(run_model(m, x))
+        outputs = output_tensors(call_model(m, x), floating_only=True)
         if not outputs:
             raise ValueError(f"{type(m).__name__} returned no floating tensor to trace")
         return sum(t.sum() for t in outputs)
