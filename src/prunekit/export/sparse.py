@@ -10,7 +10,7 @@ sparsity. Measured on this project's CPU (one thread, torch 2.13, ``benchmarks/b
 - kernels: prunekit's own (``_native``, C++ compiled on first use; the tokens / batch rows are
   the vector dimension, 128 at a time in registers): on all-MiniLM-L6-v2 at 90%, 128 tokens, 4-15x
   over dense on its 88-97%-sparse layers where MKL reaches 1.7-3.9x, and 1.7x on its 73%-sparse
-  query / key layers where MKL is slower than dense (whole model at batch 1: 1.6x with MKL, 2.25x
+  query / key layers where MKL is slower than dense (whole model at batch 1: 1.6x with MKL, 2.28x
   with it). It is a candidate beside MKL's forms, so each layer gets whichever measured faster;
   without a compiler only MKL's are tried.
 - format: CSR with int32 indices (8 bytes per kept weight instead of 12 with int64: 1.2-1.6x
