@@ -85,14 +85,15 @@ from torch import nn
 from .. import params as valid
 from ..core.accounting import flops_per_module
 from ..registry import Registry
-from .reconstruct import capture, ista
+from .reconstruct import SELECTIONS, capture
 from .scores import CHANNEL_SCORES
 from .shrink import ChannelGroup, channel_groups, out_channels, prunable_layers, shrink
 
 __all__ = ["prune_to_budget", "BudgetResult", "RECONSTRUCTIONS", "ALLOCATIONS", "channel_methods",
            "find_consumer", "layer_floor", "calibration_images", "reconstruct"]
 
-RECONSTRUCTIONS: Registry = Registry("reconstruction selection")
+# The data-driven selections on streamed normal equations (thinet, lasso): reconstruct.SELECTIONS.
+RECONSTRUCTIONS: Registry = SELECTIONS
 ALLOCATIONS = ("uniform", "global")
 SCALES = ("channel", "full")
 DEFAULT_SCALE = {"thinet": "channel", "lasso": "full"}  # each paper's own reconstruction
@@ -455,46 +456,6 @@ class _Stats:
 def _ridge_solve(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
     a = a + ridge * a.diagonal().mean().clamp_min(1e-12) * torch.eye(a.shape[0], dtype=a.dtype)
     return torch.linalg.solve(a, b)
-
-
-@RECONSTRUCTIONS.register("thinet")
-def thinet_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int) -> List[int]:
-    """ThiNet's greedy selection (Luo et al. 2017, Eq. 5) from the Gram matrix of the channel
-    contributions: add to the removed set T the channel keeping ``sum_m (sum_{c in T} z_mc)^2 =
-    1_T^T (Z^T Z) 1_T`` smallest."""
-    removed: List[int] = []
-    cross = torch.zeros(zz.shape[0], dtype=zz.dtype)  # sum_{t in T} zz[t, c]
-    candidates = list(range(zz.shape[0]))
-    for _ in range(remove):
-        cost = 2 * cross[candidates] + zz.diagonal()[candidates]
-        best = candidates[int(torch.argmin(cost))]
-        removed.append(best)
-        candidates.remove(best)
-        cross = cross + zz[best]
-    return sorted(removed)
-
-
-@RECONSTRUCTIONS.register("lasso")
-def lasso_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
-    """He et al.'s LASSO selection (Eq. 3) on the normal equations: ``min ||y - Z beta||^2 +
-    lambda |beta|_1`` by ISTA, lambda bisected until at most ``C - remove`` coefficients are
-    nonzero; the largest |beta| are kept. ``y`` is the reconstruction target (the unpruned
-    model's output with ``target="dense"``)."""
-    keep = zz.shape[0] - remove
-    lo, hi = 0.0, float(zy.abs().max()) * 2 + 1e-12
-    beta = ista(zz, zy, lo)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        trial = ista(zz, zy, mid)
-        nz = int((trial != 0).sum())
-        if nz > keep:
-            lo = mid
-        else:
-            hi, beta = mid, trial
-            if nz == keep:
-                break
-    order = torch.sort(beta.abs(), descending=True, stable=True).indices
-    return sorted(order[keep:].tolist())
 
 
 def reconstruct(model: nn.Module, example_input: torch.Tensor, removes: Dict[str, int], images: torch.Tensor,

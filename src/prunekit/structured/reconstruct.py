@@ -37,8 +37,10 @@ from ..registry import Registry
 from .scores import l1_filter
 from .shrink import shrink
 
-# The data-driven selections, ``select(z, remove) -> sorted removed channels`` for the
-# per-sample contributions ``z`` (samples, C). ``l1_filter`` is accepted beside them by
+# The data-driven selections, ``select(zz, zy, remove) -> sorted removed channels`` on the normal
+# equations of the per-sample channel contributions ``z`` (samples, C): ``zz = z^T z`` (C, C) and
+# ``zy = z^T y`` with ``y`` the reconstruction target (here the unpruned output ``z.sum(1)``;
+# ``budget`` streams both over many images). ``l1_filter`` is accepted beside them by
 # ``select_channels`` as the data-free reference, without a refit.
 SELECTIONS: Registry = Registry("selection")
 
@@ -91,21 +93,6 @@ def contributions(conv: nn.Conv2d, x: torch.Tensor, samples: int, generator: tor
     return (u[ni, :, :, li] * w[oi]).sum(dim=2)
 
 
-@SELECTIONS.register("thinet")
-def thinet_select(z: torch.Tensor, remove: int) -> List[int]:
-    """Greedy ThiNet: the ``remove`` channels whose summed contribution stays smallest."""
-    removed: List[int] = []
-    acc = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-    candidates = list(range(z.shape[1]))
-    for _ in range(remove):
-        costs = ((acc[:, None] + z[:, candidates]) ** 2).sum(dim=0)
-        best = candidates[int(torch.argmin(costs))]
-        removed.append(best)
-        candidates.remove(best)
-        acc = acc + z[:, best]
-    return sorted(removed)
-
-
 def ista(gram: torch.Tensor, b: torch.Tensor, lam: float, iters: int = 300) -> torch.Tensor:
     """argmin_beta 1/2 beta^T G beta - b^T beta + lam |beta|_1 by iterative soft thresholding
     (the LASSO of He et al. on its normal equations G = Z^T Z, b = Z^T y), from beta = 1."""
@@ -117,26 +104,58 @@ def ista(gram: torch.Tensor, b: torch.Tensor, lam: float, iters: int = 300) -> t
     return beta
 
 
+@SELECTIONS.register("thinet")
+def thinet_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int) -> List[int]:
+    """ThiNet's greedy selection (Luo et al. 2017, Eq. 5) from the Gram matrix of the channel
+    contributions: add to the removed set T the channel keeping ``sum_m (sum_{c in T} z_mc)^2 =
+    1_T^T (Z^T Z) 1_T`` smallest."""
+    removed: List[int] = []
+    cross = torch.zeros(zz.shape[0], dtype=zz.dtype)  # sum_{t in T} zz[t, c]
+    candidates = list(range(zz.shape[0]))
+    for _ in range(remove):
+        cost = 2 * cross[candidates] + zz.diagonal()[candidates]
+        best = candidates[int(torch.argmin(cost))]
+        removed.append(best)
+        candidates.remove(best)
+        cross = cross + zz[best]
+    return sorted(removed)
+
+
 @SELECTIONS.register("lasso")
-def lasso_select(z: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
-    """He et al.'s LASSO selection: raise lambda until <= k = C - remove coefficients survive."""
-    c = z.shape[1]
-    keep = c - remove
-    y = z.sum(dim=1)
-    gram, b = z.T @ z, z.T @ y
-    lo, hi = 0.0, float(b.abs().max()) * 2 + 1e-12  # at hi every beta is 0
-    beta = ista(gram, b, lo)
+def lasso_gram(zz: torch.Tensor, zy: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
+    """He et al.'s LASSO selection (Eq. 3) on the normal equations: ``min ||y - Z beta||^2 +
+    lambda |beta|_1`` by ISTA, lambda bisected until at most ``C - remove`` coefficients are
+    nonzero; the largest |beta| are kept."""
+    keep = zz.shape[0] - remove
+    lo, hi = 0.0, float(zy.abs().max()) * 2 + 1e-12  # at hi every beta is 0
+    beta = ista(zz, zy, lo)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        trial = ista(gram, b, mid)
-        if int((trial != 0).sum()) > keep:
+        trial = ista(zz, zy, mid)
+        nonzero = int((trial != 0).sum())
+        if nonzero > keep:
             lo = mid
         else:
             hi, beta = mid, trial
-            if int((trial != 0).sum()) == keep:
+            if nonzero == keep:
                 break
     order = torch.sort(beta.abs(), descending=True, stable=True).indices
     return sorted(order[keep:].tolist())
+
+
+def normal_equations(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(z^T z, z^T y)`` of contributions ``z`` (samples, C), target ``y = z.sum(1)`` (nothing removed)."""
+    return z.T @ z, z.T @ z.sum(dim=1)
+
+
+def thinet_select(z: torch.Tensor, remove: int) -> List[int]:
+    """ThiNet on the contributions themselves: the ``remove`` channels whose summed contribution stays smallest."""
+    return thinet_gram(*normal_equations(z), remove)
+
+
+def lasso_select(z: torch.Tensor, remove: int, iters: int = 30) -> List[int]:
+    """He et al.'s LASSO on the contributions themselves: raise lambda until <= C - remove coefficients survive."""
+    return lasso_gram(*normal_equations(z), remove, iters)
 
 
 def least_squares_weight(conv: nn.Conv2d, x: torch.Tensor, kept: List[int], rows: int,
@@ -169,7 +188,7 @@ def select_channels(model: nn.Module, name: str, next_name: str, images: torch.T
     if method not in SELECTIONS:
         raise KeyError(f"unknown selection {method!r}; known: l1_filter, {', '.join(SELECTIONS.names())}")
     x = capture(model, next_name, images)
-    removed = SELECTIONS.get(method)(contributions(conv, x, samples, g).double(), remove)
+    removed = SELECTIONS.get(method)(*normal_equations(contributions(conv, x, samples, g).double()), remove)
     kept = [i for i in range(c) if i not in set(removed)]
     weight = least_squares_weight(conv, x.double(), kept, max(samples, 4 * len(kept) * conv.weight[0, 0].numel()), g)
     return removed, weight.to(conv.weight.dtype)
