@@ -310,7 +310,7 @@ def test_find_consumer_sees_residual_readers():
     ({"flops_ratio": 1.5}, ValueError, "flops_ratio"),
     ({"flops_ratio": 0.5, "method": "nope"}, KeyError, "known: bn_scale, l1_filter, random, lasso, thinet"),
     ({"flops_ratio": 0.5, "allocation": "even"}, ValueError, "allocation must be one of uniform, global"),
-    ({"flops_ratio": 0.5, "min_channels": 0}, ValueError, "min_channels must be an integer >= 1"),
+    ({"flops_ratio": 0.5, "min_channels": 0}, ValueError, "min_channels: must be an integer >= 1"),
     ({"flops_ratio": 0.5, "max_ratio": 1.5}, ValueError, r"max_ratio .* must be in \[0, 1\]"),
     ({"flops_ratio": 0.5, "method": "thinet"}, ValueError, "pass images="),
     ({"flops_ratio": 0.5, "method": "thinet", "images": images(2), "scale": "filter"}, ValueError,
@@ -334,7 +334,7 @@ def test_calibration_images_take_per_class_images_in_loader_order():
                (torch.arange(8.0, 16.0).view(8, 1), torch.tensor([2, 2, 2, 0, 1, 0, 1, 0]))]
     got = pk.structured.calibration_images(batches, per_class=2, classes=3)
     assert got.flatten().tolist() == [0.0, 2.0, 1.0, 3.0, 4.0, 5.0]
-    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+    with pytest.raises(ValueError, match="per_class: must be an integer >= 1"):
         pk.structured.calibration_images(batches, per_class=0)
 
 

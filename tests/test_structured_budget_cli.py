@@ -35,7 +35,7 @@ def test_shrink_at_a_budget(tmp_path, capsys, argv):
     (["--flops-ratio", "0.5", "--method", "nope"], "unknown channel method 'nope'"),
     (["--flops-ratio", "1.5"], "flops_ratio"),
     (["--flops-ratio", "0.5", "--method", "bn_scale"], "applies to no prunable layer"),
-    (["--flops-ratio", "0.5", "--min-channels", "0"], "min_channels must be an integer >= 1"),
+    (["--flops-ratio", "0.5", "--min-channels", "0"], "min_channels: must be an integer >= 1"),
 ])
 def test_shrink_budget_bad_input_is_one_line(tmp_path, capsys, argv, message):
     assert main(["shrink", "--model", "lenet5", *argv, "--latency-repeats", "0", "--out", str(tmp_path / "x")]) == 2

@@ -138,8 +138,7 @@ def calibration_images(batches, per_class: int = 10, classes: Optional[int] = No
     seeded training loader): ThiNet's calibration set (Luo et al. 2017 section 4.1: 10 images
     per class, 10 sampled locations each). Stops as soon as every class seen is complete and
     ``classes`` (if given) have been seen."""
-    if not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
+    valid.check(valid.int_at_least(1), per_class, "per_class")
     taken: Dict[int, List[torch.Tensor]] = {}
     for x, y in batches:
         for xi, yi in zip(x, y.tolist()):
@@ -332,8 +331,7 @@ def _check_arguments(flops_ratio, params_ratio, method, allocation, min_channels
         raise KeyError(f"unknown channel method {method!r}; known: {', '.join(channel_methods())}")
     if allocation is not None and allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-        raise ValueError(f"min_channels must be an integer >= 1, got {min_channels!r}")
+    valid.check(valid.int_at_least(1), min_channels, "min_channels")
     if not isinstance(max_ratio, (int, float)) or not 0.0 <= max_ratio <= 1.0:
         raise ValueError(f"max_ratio (the largest share of a layer's channels removed) must be in [0, 1], "
                          f"got {max_ratio!r}")
@@ -345,10 +343,8 @@ def _check_arguments(flops_ratio, params_ratio, method, allocation, min_channels
         if not isinstance(images, torch.Tensor) or images.dim() < 2 or images.shape[0] < 1:
             raise ValueError(f"method {method!r} chooses channels from activations: pass images= "
                              "(a batch of calibration inputs, e.g. 10 per class)")
-        if not isinstance(locations, int) or locations < 1:
-            raise ValueError(f"locations (sampled positions per image) must be an integer >= 1, got {locations!r}")
-        if not isinstance(memory_bytes, int) or memory_bytes < 1:
-            raise ValueError(f"memory_bytes must be a positive integer, got {memory_bytes!r}")
+        valid.check(valid.int_at_least(1), locations, "locations (sampled positions per image)")
+        valid.check(valid.int_at_least(1), memory_bytes, "memory_bytes")
 
 
 # --------------------------------------------------------------------------- reconstruction
