@@ -36,7 +36,7 @@ from . import plots, report_boards
 from .project import Project, atomic_write_text
 # Each concern has its own module; their names stay importable from here.
 from .report_aggregate import (STAT_KEYS, aggregate, configuration, count_text, display_labels,  # noqa: F401
-                               fmean_present, kind_of, mean_std, sparsity_name)
+                               fmean_present, kind_of, mean_std, pivot_table, sparsity_name)
 from .report_bench import run_speed, speed_table  # noqa: F401
 from .report_html import render_html
 from .report_markdown import render_markdown
@@ -122,20 +122,6 @@ def _setting(spec: Dict[str, Any]) -> str:
     return (f"{model.get('name')}{width} on {data.get('name')}{subset}; dense training: "
             f"{train.get('epochs')} epochs of {train.get('optimizer')} at lr {train.get('lr'):g} "
             f"({train.get('schedule')}), batch size {data.get('batch_size')}.")
-
-
-def pivot_table(groups: Sequence[Dict[str, Any]]) -> Table:
-    sparsities = sorted({g["requested_sparsity"] for g in groups if g["requested_sparsity"] is not None})
-    labels = list(OrderedDict.fromkeys(g["label"] for g in groups))
-    cells = {(g["label"], g["requested_sparsity"]): g for g in groups}
-    rows = []
-    for label in labels:
-        row = [label]
-        for s in sparsities:
-            g = cells.get((label, s))
-            row.append(mean_std(g, "top1") if g else "")
-        rows.append(row)
-    return Table(["method"] + [sparsity_name(s) for s in sparsities], rows)
 
 
 def paper_table(paper: Dict[str, Any], groups: Sequence[Dict[str, Any]]) -> Table:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import statistics
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .report_types import Table
 
 STAT_KEYS = ("top1", "top5", "loss", "achieved_sparsity", "params", "nonzero_params", "flops",
              "effective_flops", "epochs", "steps", "wall_time", "elapsed")
@@ -110,3 +112,16 @@ def fmean_present(values) -> Optional[float]:
     """The mean of the values that are not None (None when there are none)."""
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
+
+
+def pivot_table(groups: Sequence[Dict[str, Any]], cell: Optional[Callable[[Dict[str, Any]], str]] = None,
+                empty: str = "") -> Table:
+    """Method (row) x requested sparsity (column) table of ``groups``: ``cell(group)`` per
+    configuration (default: mean +- std of top-1), ``empty`` where a method has no such run."""
+    cell = cell or (lambda g: mean_std(g, "top1"))
+    sparsities = sorted({g["requested_sparsity"] for g in groups if g["requested_sparsity"] is not None})
+    labels = list(OrderedDict.fromkeys(g["label"] for g in groups))
+    cells = {(g["label"], g["requested_sparsity"]): g for g in groups}
+    rows = [[label] + [cell(cells[(label, s)]) if (label, s) in cells else empty for s in sparsities]
+            for label in labels]
+    return Table(["method"] + [sparsity_name(s) for s in sparsities], rows)

@@ -19,7 +19,7 @@ import json
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .report_aggregate import aggregate, mean_std, sparsity_name
+from .report_aggregate import aggregate, mean_std, pivot_table, sparsity_name
 from .report_types import Table
 
 
@@ -88,17 +88,7 @@ def board_tables(board_rows: Sequence[Dict[str, Any]],
     notes = [f"Dense reference ({g['label']}): top-1 {mean_std(g, 'top1')}% ({g['n']} seeds)"
              for g in groups if g["kind"] == "dense"]
     compared = [g for g in groups if g["kind"] != "dense"]
-    sparsities = sorted({g["requested_sparsity"] for g in compared if g["requested_sparsity"] is not None})
-    labels = list(OrderedDict.fromkeys(g["label"] for g in compared))
-    cells = {(g["label"], g["requested_sparsity"]): g for g in compared}
-    acc_rows = []
-    for label in labels:
-        row = [label]
-        for s in sparsities:
-            g = cells.get((label, s))
-            row.append(_cell(g) if g else "not run")
-        acc_rows.append(row)
-    accuracy = Table(["method"] + [sparsity_name(s) for s in sparsities], acc_rows)
+    accuracy = pivot_table(compared, cell=_cell, empty="not run")
     cost_rows = []
     for g in compared:
         ratio = flops_ratio(g)
