@@ -51,6 +51,8 @@ def run_sweep(spec: Path, folder: Path, minutes: float, threads: int, data_dir: 
     proc = subprocess.Popen(cmd, env=env)
     try:
         proc.wait(timeout=minutes * 60)
+        if proc.returncode in (143, -signal.SIGTERM):  # stopped from outside (its runs resume)
+            return "stopped by SIGTERM from outside before the deadline (it resumes from its checkpoints when rerun)"
         return f"finished (exit {proc.returncode})"
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # handled like Ctrl-C: runs marked interrupted
