@@ -61,6 +61,9 @@ def _put_ninja_on_path() -> None:
 
 def load() -> Optional[Any]:
     """The compiled extension (its ``csr_linear`` function), or None (see ``reason()``)."""
+    module = _state.get("module")
+    if module is not None:  # every SparseLinear forward asks: no lock once it is built
+        return module
     with _lock:
         if "module" in _state or "reason" in _state:
             return _state.get("module")
