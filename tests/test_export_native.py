@@ -43,6 +43,21 @@ def test_native_layer_equals_the_dense_linear(tokens, rows, cols, bias, transpos
     torch.testing.assert_close(layer(fed), want, rtol=1e-5, atol=1e-5)
 
 
+# The kernel transposes x in 8 x 8 blocks and skips column blocks no kept weight reads: unused
+# blocks at the start, middle and ragged end, token counts on and off the 8-row blocks.
+@pytest.mark.parametrize("tokens", [1, 8, 9, 16, 130])
+def test_native_layer_skips_input_blocks_no_weight_reads(tokens):
+    weight = _sparse_weight(20, 45, 0.5)
+    weight[:, :8] = 0
+    weight[:, 16:32] = 0
+    weight[:, 41:] = 0
+    layer = SparseLinear(45, 20, weight, torch.randn(20), kernel="native")
+    x = torch.randn(tokens, 45)
+    torch.testing.assert_close(layer(x), F.linear(x, weight, layer.bias), rtol=1e-5, atol=1e-5)
+    x[:, 16:32] = float("nan")  # never read: the skipped block's values cannot reach the output
+    assert torch.isfinite(layer(x)).all()
+
+
 def test_native_layer_takes_any_leading_dimensions_and_a_fed_transposed_3d_input():
     weight = _sparse_weight(24, 16, 0.1)
     layer = SparseLinear(16, 24, weight, torch.randn(24), kernel="native")

@@ -6,12 +6,16 @@
 // Here the tokens are the vector dimension: TILE tokens of one output row are summed in NV
 // vector registers, so each kept weight costs NV loads and NV multiply-adds of one row of x.T,
 // which stays in cache for the whole tile (4-15x over dense on the same layers).
-// x.T is built one tile at a time in 16 x 16 blocks unless the caller hands it over already
+// x.T is built one tile at a time in 8 x 8 blocks unless the caller hands it over already
 // transposed, and the output can be written in either layout (16 output rows are gathered
 // in a small buffer and stored as 16-float runs), so a chain of sparse layers passes the
 // transposed product on without any copy.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -47,18 +51,47 @@ inline void row_tile(const int32_t* cr, const int32_t* cc, const float* v, const
   }
 }
 
-// buf (cols x TILE) = x[t0:t0+tn, :].T, in 16 x 16 blocks
-void transpose_tile(const float* x, int64_t cols, int64_t t0, int64_t tn, float* buf) {
-  for (int64_t k0 = 0; k0 < cols; k0 += 16) {
-    const int64_t kn = std::min<int64_t>(16, cols - k0);
-    for (int64_t s0 = 0; s0 < tn; s0 += 16) {
-      const int64_t sn = std::min<int64_t>(16, tn - s0);
-      float block[16][16];
-      for (int64_t s = 0; s < sn; ++s) {
-        const float* src = x + (t0 + s0 + s) * cols + k0;
-        for (int64_t k = 0; k < kn; ++k) block[k][s] = src[k];
+#if defined(__AVX__)
+// Eight rows of 8 floats (at rows[0..7]) transposed into eight runs of 8 (at dst, dst + ld, ...).
+inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+#endif
+
+// buf (cols x TILE) = x[t0:t0+tn, :].T, in 8 x 8 blocks (vector shuffles where the CPU has AVX,
+// ~4x faster than element by element); column blocks no kept weight reads are skipped
+// (``used_block``: LeNet-300-100's first layer at 98% reads 549 of its 784 pixels).
+void transpose_tile(const float* x, int64_t cols, int64_t t0, int64_t tn, const std::vector<char>& used_block,
+                    float* buf) {
+  for (int64_t k0 = 0; k0 < cols; k0 += 8) {
+    if (!used_block[k0 / 8]) continue;
+    const int64_t kn = std::min<int64_t>(8, cols - k0);
+    for (int64_t s0 = 0; s0 < tn; s0 += 8) {
+      const int64_t sn = std::min<int64_t>(8, tn - s0);
+      const float* src = x + (t0 + s0) * cols + k0;
+#if defined(__AVX__)
+      if (kn == 8 && sn == 8) {
+        transpose8x8(src, cols, buf + k0 * TILE + s0, TILE);
+        continue;
       }
-      for (int64_t k = 0; k < kn; ++k) std::memcpy(buf + (k0 + k) * TILE + s0, block[k], sn * sizeof(float));
+#endif
+      for (int64_t s = 0; s < sn; ++s)
+        for (int64_t k = 0; k < kn; ++k) buf[(k0 + k) * TILE + s0 + s] = src[s * cols + k];
     }
   }
 }
@@ -85,11 +118,13 @@ torch::Tensor csr_linear(const torch::Tensor& crow, const torch::Tensor& col, co
   torch::Tensor out = out_transposed ? torch::empty({rows, T}, x.options()) : torch::empty({T, rows}, x.options());
   float* y = out.data_ptr<float>();
   std::vector<float> xt_buf(x_transposed ? 0 : cols * TILE);
+  std::vector<char> used_block(x_transposed ? 0 : (cols + 7) / 8, 0);
+  for (int64_t j = 0; j < (x_transposed ? 0 : cr[rows]); ++j) used_block[cc[j] / 8] = 1;
   for (int64_t t0 = 0; t0 < T; t0 += TILE) {
     const int64_t tn = std::min<int64_t>(TILE, T - t0);
     const float* xt = x_transposed ? xp + t0 : xt_buf.data();
     const int64_t ldx = x_transposed ? T : TILE;
-    if (!x_transposed) transpose_tile(xp, cols, t0, tn, xt_buf.data());
+    if (!x_transposed) transpose_tile(xp, cols, t0, tn, used_block, xt_buf.data());
     at::parallel_for(0, (rows + ROWS - 1) / ROWS, 1, [&](int64_t b0, int64_t b1) {
       alignas(64) float tile[ROWS][TILE];
       for (int64_t blk = b0; blk < b1; ++blk) {
