@@ -40,7 +40,7 @@ SPEC = ROOT / "examples" / "leaderboard.yaml"
 TIMING_LOCK = "/tmp/cpu_timing.lock"
 
 
-def run_sweep(spec: Path, folder: Path, minutes: float, threads: int, data_dir: str) -> str:
+def run_sweep(spec: Path, folder: Path, minutes: float, threads: int, data_dir: str, workers: int = 1) -> str:
     """``prunekit sweep`` until it ends or ``minutes`` pass (then SIGTERM: it resumes next time)."""
     env = dict(os.environ, PRUNEKIT_THREADS=str(threads))
     src = str(ROOT / "src")
@@ -48,6 +48,8 @@ def run_sweep(spec: Path, folder: Path, minutes: float, threads: int, data_dir: 
     cmd = [sys.executable, "-m", "prunekit", "sweep", str(spec), "--dir", str(folder), "--quiet"]
     if data_dir:
         cmd += ["--data-dir", data_dir]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env)
     try:
         proc.wait(timeout=minutes * 60)
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="run the sweep at most this long, then report (0: only report what is there)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the sweep (PRUNEKIT_THREADS)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs at a time (the sweep's --workers; they share --threads threads)")
     parser.add_argument("--data-dir", default="/tmp/cifar10", help="where CIFAR-10 is (passed to the sweep)")
     parser.add_argument("--bench", type=int, default=None,
                         help="measure the sparse export's speedup at this batch size (first seed of each cell)")
@@ -92,7 +96,7 @@ def main() -> None:
     folder, spec = Path(args.dir), Path(args.spec)
     sweep = Sweep.from_yaml(spec)
     load_before = os.getloadavg()
-    state = run_sweep(spec, folder, args.minutes, args.threads, args.data_dir) if args.minutes > 0 else "not run"
+    state = run_sweep(spec, folder, args.minutes, args.threads, args.data_dir, args.workers) if args.minutes > 0 else "not run"
     project = Project(folder)
     write_report(folder, sweep=sweep.name)  # the project's own report (report.md / .html in DIR/report)
     with project.store() as store:
@@ -104,7 +108,7 @@ def main() -> None:
         speed = _sparse_speed(project, {"batch_sizes": (args.bench,), "repeats": 20})
     lines = ["## Leaderboard: every unstructured method at equal total epochs (issue #17)", ""]
     lines += [f"`{command_line()}`: `prunekit sweep {os.path.relpath(spec, ROOT)}` then `prunekit report`, "
-              f"{args.threads} thread(s); sweep {state}. Machine: {json.dumps(machine_facts())}; load average "
+              f"{args.threads} thread(s), {args.workers} run(s) at a time; sweep {state}. Machine: {json.dumps(machine_facts())}; load average "
               f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (other work shared the 2 cores: train "
               "times are not speed figures).", "",
               "Each board groups the runs by the epochs they cost in total (the dense training a one-shot or "
