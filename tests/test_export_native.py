@@ -98,7 +98,7 @@ def test_a_native_layer_reads_a_loaded_state_dict():
 
 
 def test_without_the_kernel_native_layers_fall_back_and_sparse_does_not_offer_it(monkeypatch):
-    monkeypatch.setattr(_native, "_state", {"reason": "no compiler here"})
+    monkeypatch.setattr(_native.KERNEL, "_state", {"reason": "no compiler here"})
     weight = _sparse_weight(10, 6, 0.3)
     layer = SparseLinear(6, 10, weight, torch.randn(10), kernel="native")
     x = torch.randn(4, 6)
@@ -125,7 +125,7 @@ def test_float64_inputs_and_int64_weights_take_mkl():
 
 
 def test_the_env_switch_disables_the_kernel_with_a_reason(monkeypatch):
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(_native.KERNEL, "_state", {})
     monkeypatch.setenv(_native.ENV, "0")
     assert _native.load() is None and _native.ENV in _native.reason()
 
@@ -136,7 +136,7 @@ def test_an_unknown_kernel_is_one_clear_error():
 
 
 def test_no_compiler_is_one_line_and_mkl(monkeypatch):
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(_native.KERNEL, "_state", {})
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler \\(no-such-compiler-here\\) on PATH"):
         assert _native.load() is None
