@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_torch_save
+from . import fused_step
 from .arrays import keep_only_
 from .targets import prunable_parameters
 
@@ -238,17 +239,32 @@ class MaskEnforcer:
 
     Cost per step: one Python list of the gradients and one multiply pass over them, measured
     in ``benchmarks/results/enforcement.md`` beside the bare pass itself.
+
+    ``fused=True`` (SGD, Adam, AdamW; see :mod:`prunekit.core.fused_step`) removes that pass:
+    the pre-hook updates the pruned tensors itself, mask included, in one pass each (torch's
+    formulas, state in ``optimizer.state`` under torch's keys), and hides their gradients from
+    the optimizer's own step, which updates the other parameters; a post-hook gives the
+    gradients back, unmasked. A closure, a ``GradScaler`` step handing the optimizer its scale
+    (``fused=True`` optimizers) or a tensor the kernel cannot take (not float32 on the CPU) take
+    the unfused path for that step.
     """
 
-    def __init__(self, mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None):
+    def __init__(self, mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None,
+                 fused: bool = False):
         params = mask.parameters(model)
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in params.items() if id(p) not in in_optimizer]
         if missing:
             raise ValueError(f"the optimizer does not update the masked parameters {missing[:3]}...: "
                              "build the optimizer over model.parameters() of the pruned model")
+        if fused:
+            problem = fused_step.unsupported(optimizer)
+            if problem:
+                raise ValueError(problem)
         self.mask = mask
         self.optimizer = optimizer
+        self.fused = bool(fused)
+        self._hidden: List[tuple] = []  # (param, grad) hidden from the optimizer's step by the fused one
         # exact types: a subclass may change the update
         self.every_step = type(optimizer) not in ELEMENTWISE_OPTIMIZERS
         # Only tensors that actually lose weights need work.
@@ -257,13 +273,17 @@ class MaskEnforcer:
         # Detached views share the parameters' storage, so in-place zeroing needs no no_grad().
         self._weights = [params[n].detach() for n in pruned]
         self._factors = [mask[n].to(device=params[n].device, dtype=params[n].dtype) for n in pruned]
+        # the fused step reads the mask as 0/1 bytes (a quarter of the float factors' traffic)
+        self._fused_step = fused_step.FusedStep(
+            optimizer, self._params, [mask[n].to(device=params[n].device, dtype=torch.uint8) for n in pruned]
+        ) if fused else None
         for p in params.values():
             mark_masked(p)
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_load_state_dict_post_hook(self._after_load),
         ]
-        if self.every_step:
+        if self.every_step or self.fused:
             self._handles.append(optimizer.register_step_post_hook(self._after_step))
         self.zero()
 
@@ -282,7 +302,14 @@ class MaskEnforcer:
     def _before_step(self, optimizer, args, kwargs):
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
         if closure is None:
-            self.mask_gradients()
+            if self.fused and "grad_scale" not in kwargs and "found_inf" not in kwargs:
+                done = self._fused_step()
+                self._hidden = [(p, p.grad) for p in done]
+                for p in done:  # the optimizer's own step skips parameters without a gradient
+                    p.grad = None
+                if len(done) == len(self._params):
+                    return None
+            self.mask_gradients()  # what the fused step did not take (a hidden gradient is None)
             return None
 
         def masked_closure():
@@ -295,7 +322,11 @@ class MaskEnforcer:
         return (args[0], masked_closure, *args[2:]), kwargs
 
     def _after_step(self, optimizer, args, kwargs) -> None:
-        self.zero()
+        for p, grad in self._hidden:
+            p.grad = grad
+        self._hidden = []
+        if self.every_step:
+            self.zero()
 
     def _after_load(self, optimizer) -> None:
         self.zero()
@@ -321,13 +352,15 @@ class MaskEnforcer:
             handle.remove()
 
 
-def enforce(mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None) -> MaskEnforcer:
+def enforce(mask: Mask, optimizer: torch.optim.Optimizer, model: Optional[nn.Module] = None,
+            fused: bool = False) -> MaskEnforcer:
     """Keep ``mask`` enforced while ``optimizer`` trains: through every ``optimizer.step()``
     pruned weights and their momentum / Adam state stay exactly zero (see
     :class:`MaskEnforcer`). Returns a handle with ``remove()``. The weights and any existing
-    optimizer state are masked immediately.
+    optimizer state are masked immediately. ``fused=True``: the pruned tensors' update, mask
+    included, in one pass (SGD, Adam, AdamW; prunekit's C++ kernel, built on first use).
     """
-    return MaskEnforcer(mask, optimizer, model)
+    return MaskEnforcer(mask, optimizer, model, fused=fused)
 
 
 def density_of(tensor: torch.Tensor) -> float:
