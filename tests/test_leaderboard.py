@@ -149,3 +149,34 @@ def test_tiny_leaderboard_sweep_and_its_board(tmp_path):
     assert "2 epochs in total: top-1 (%) by method" in text and "torch global L1" in text
     data = report_boards.board_data(board_rows)
     assert json.dumps(data) and {d["label"] for d in data} >= {"GMP", "one-shot", "torch global L1"}
+
+
+def _row(run_id, method, params, label):
+    spec = {"seed": 0, "data": {"name": "fashion_mnist"}, "method": {"name": method, "label": label, "params": params}}
+    return {"id": run_id, "label": label, "spec": json.dumps(spec)}
+
+
+def test_a_method_targeted_by_another_param_is_one_row_across_its_targets():
+    from prunekit.experiments.report_aggregate import display_labels
+
+    rows = [_row("a", "sparsity_loss", {"budget": 0.02}, "sparsity_loss"),
+            _row("b", "sparsity_loss", {"budget": 0.1}, "sparsity_loss"),
+            _row("c", "gmp", {"sparsity": 0.9, "end_epoch": 5.0}, "GMP"),
+            _row("d", "gmp", {"sparsity": 0.98, "end_epoch": 5.0}, "GMP"),
+            _row("e", "gmp", {"sparsity": 0.98, "end_epoch": 4.0}, "GMP")]  # another recipe: its own row
+    labels = display_labels(rows)
+    assert labels["a"] == labels["b"] == "sparsity_loss"
+    assert labels["c"] == labels["d"] == "GMP #1" and labels["e"] == "GMP #2"
+
+
+def test_target_params_must_be_fields_of_the_params():
+    from dataclasses import dataclass
+
+    from prunekit.pipelines.registry import register_pipeline
+
+    @dataclass
+    class P:
+        budget: float = 0.1
+
+    with pytest.raises(ValueError, match=r"target_params \['fraction'\] are not fields of P"):
+        register_pipeline("not_registered_here", P, target=lambda p: 1 - p.budget, target_params=("fraction",))

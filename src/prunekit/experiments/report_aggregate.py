@@ -8,6 +8,7 @@ import statistics
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..pipelines.registry import PIPELINES
 from .report_types import Table
 
 STAT_KEYS = ("top1", "top5", "loss", "achieved_sparsity", "params", "nonzero_params", "flops",
@@ -30,7 +31,12 @@ def configuration(row: Dict[str, Any]) -> str:
     spec.get("data", {}).pop("test_batch_size", None)
     method = spec.get("method", {})
     method.pop("label", None)
-    (method.get("params") or {}).pop("sparsity", None)
+    name = method.get("name")
+    # the params the requested sparsity comes from (sparsity_loss: its budget): a sweep over
+    # them is one method at several sparsities
+    targets = PIPELINES.get(name).target_params if name in PIPELINES else ("sparsity",)
+    for key in targets:
+        (method.get("params") or {}).pop(key, None)
     return json.dumps(spec, sort_keys=True)
 
 

@@ -59,7 +59,8 @@ def _requested_sparsity(params: Any) -> Optional[float]:
 @dataclass(frozen=True)
 class Pipeline:
     """A registered pipeline. ``target(params)`` gives the requested sparsity (for grouping
-    results; default: the ``sparsity`` param, if any)."""
+    results; default: the ``sparsity`` param, if any); ``target_params`` names the params it is
+    computed from (a sweep over them is one method at several sparsities, not several methods)."""
 
     name: str
     params: type
@@ -67,6 +68,7 @@ class Pipeline:
     requires: Tuple[str, ...] = ()
     target: Callable[[Any], Optional[float]] = _requested_sparsity
     doc: str = ""
+    target_params: Tuple[str, ...] = ("sparsity",)
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,14 @@ def _check_params_class(params: type, what: str) -> None:
 
 
 def register_pipeline(name: str, params: type, requires: Sequence[str] = (),
-                      target: Optional[Callable[[Any], Optional[float]]] = None):
-    """Decorator registering ``run(ctx, params) -> PipelineResult`` as pipeline ``name``."""
+                      target: Optional[Callable[[Any], Optional[float]]] = None,
+                      target_params: Optional[Sequence[str]] = None):
+    """Decorator registering ``run(ctx, params) -> PipelineResult`` as pipeline ``name``
+    (``target`` / ``target_params``: see ``Pipeline``)."""
+    fields = {f.name for f in dataclasses.fields(params)}
+    unknown = [t for t in target_params or () if t not in fields]
+    if unknown:
+        raise ValueError(f"pipeline {name!r}: target_params {unknown} are not fields of {params.__name__}")
     _check_params_class(params, f"pipeline {name!r}")
     bad = [r for r in requires if r not in REQUIREMENTS]
     if bad:
@@ -102,7 +110,8 @@ def register_pipeline(name: str, params: type, requires: Sequence[str] = (),
 
     def add(fn):
         PIPELINES.register(name)(Pipeline(name, params, fn, tuple(requires),
-                                          target or _requested_sparsity, (fn.__doc__ or "").strip()))
+                                          target or _requested_sparsity, (fn.__doc__ or "").strip(),
+                                          tuple(target_params) if target_params is not None else ("sparsity",)))
         return fn
 
     return add

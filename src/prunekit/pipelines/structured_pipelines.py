@@ -164,7 +164,8 @@ def _reconstructed(ctx: RunContext, model, p: StructuredParams):
     return small, plan
 
 
-@register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target)
+@register_pipeline("structured", StructuredParams, requires=("dense",), target=_structured_target,
+                   target_params=("ratio", "fraction"))
 def run_structured(ctx: RunContext, p: StructuredParams) -> PipelineResult:
     """Choose channels of the shared dense model, shrink it, fine-tune the smaller model."""
     dense = ctx.dense_run()
@@ -196,7 +197,7 @@ class SlimmingParams(Slimming.Params):
                                  hashed=False)
 
 
-@register_pipeline("slimming", SlimmingParams, target=lambda p: p.fraction)
+@register_pipeline("slimming", SlimmingParams, target=lambda p: p.fraction, target_params=("fraction",))
 def run_slimming(ctx: RunContext, p: SlimmingParams) -> PipelineResult:
     """Network slimming: train with L1 on BN gammas, threshold globally, shrink, fine-tune."""
     model = ctx.model

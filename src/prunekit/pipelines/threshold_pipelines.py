@@ -80,7 +80,8 @@ class SparsityLossParams(FinetuneParams, SparsityLoss.Params):
     """The method's parameters (``SparsityLoss.Params``) plus fine-tuning."""
 
 
-@register_pipeline("sparsity_loss", SparsityLossParams, target=SparsityLoss.requested_sparsity)
+@register_pipeline("sparsity_loss", SparsityLossParams, target=SparsityLoss.requested_sparsity,
+                   target_params=("budget",))
 def run_sparsity_loss(ctx: RunContext, p: SparsityLossParams) -> PipelineResult:
     """Adaptive sparsity loss with per-layer trainable bounds r_i; hard-pruned at the end."""
     model = ctx.model
@@ -151,7 +152,8 @@ class DenseEquivalentParams:
     kept_fraction: float = param(check=valid.fraction_kept, example=0.15, doc="r_c: fraction of the parameters kept")
 
 
-@register_pipeline("dense_equivalent", DenseEquivalentParams, target=lambda p: 1.0 - p.kept_fraction)
+@register_pipeline("dense_equivalent", DenseEquivalentParams, target=lambda p: 1.0 - p.kept_fraction,
+                   target_params=("kept_fraction",))
 def run_dense_equivalent(ctx: RunContext, p: DenseEquivalentParams) -> PipelineResult:
     """The same architecture with channels x sqrt(kept_fraction), trained from scratch."""
     return _train_thin(ctx, p.kept_fraction, built_on=())
