@@ -4,8 +4,8 @@ Two kernels ship as C++ sources beside the modules that use them: the CSR x dens
 ``export.sparse`` (``export/csr_linear.cpp``) and the masked optimizer step of ``core.mask``
 (``core/masked_step.cpp``). Each is built with ``torch.utils.cpp_extension.load`` (a C++
 compiler is needed; the build is cached under ``$TORCH_EXTENSIONS_DIR``, ~20 s once per machine)
-for the CPU it runs on (``-march=native``; the cache name includes a hash of the CPU and of the
-source, so a shared home directory never loads a build made for another CPU or another version).
+for the CPU it runs on (``-march=native``; the cache name includes a hash of the CPU, the flags and the
+source, so a shared home directory never loads a build made for another CPU, version or flags).
 Without a compiler, or with ``PRUNEKIT_NATIVE=0``, ``load()`` returns None, ``reason()`` says why
 (one warning line when a build was tried and failed), and the caller takes its torch-only path.
 """
@@ -24,8 +24,8 @@ ENV = "PRUNEKIT_NATIVE"
 
 
 def _cpu_tag(source: Path) -> str:
-    """A short hash of the CPU model and instruction-set flags (Linux) or the platform, and of
-    the source."""
+    """A short hash of the CPU model and instruction-set flags (Linux) or the platform, of the
+    source and of the compiler flags (a build with other flags is another build)."""
     text = platform.machine() + platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -36,7 +36,7 @@ def _cpu_tag(source: Path) -> str:
                     break
     except OSError:
         pass
-    return hashlib.sha1((text + source.read_text()).encode()).hexdigest()[:10]
+    return hashlib.sha1((text + source.read_text() + " ".join(_flags())).encode()).hexdigest()[:10]
 
 
 def _put_ninja_on_path() -> None:
