@@ -14,8 +14,9 @@ set-ups of the same model train on the same batch, timed in turn by
   ``weight = weight_orig * weight_mask`` every forward;
 - pass: the *dense* loop plus a bare ``_foreach_mul_`` of the same tensors' gradients by 1,
   inline between ``backward`` and ``step``: the memory pass alone. Any exact scheme touches
-  every pruned weight's gradient (or its weight and moments) once per step, so this is the
-  least enforcement can cost;
+  every pruned weight's gradient (or its weight and moments) once per step on top of the
+  optimizer's own update, so this is the least enforcement can cost *beside* torch's
+  optimizer; "prunekit fused" replaces that update for the pruned tensors, so it can go below;
 - inline: the pruned model with the real 0/1 mask multiplied inline (no hook): exact
   enforcement without prunekit's machinery. It differs from "pass" by what exact zeros in the
   optimizer state cost torch's own kernels: ``torch.sqrt`` on CPU is many times slower on
