@@ -119,6 +119,33 @@ def test_a_layer_without_gradient_this_step_is_skipped():
     assert not model["used"].weight[~mask["used.weight"]].any()
 
 
+def test_a_tensor_the_kernel_cannot_take_is_masked_by_the_unfused_path_in_the_same_step():
+    """A float64 layer beside a float32 one: the kernel takes the float32 tensor, the optimizer
+    updates the float64 one on its masked gradient; both train as unfused and stay exact."""
+    def train(fused):
+        torch.manual_seed(0)
+        model = nn.ModuleDict({"f32": nn.Linear(12, 9), "f64": nn.Linear(12, 9).double()})
+        mask = pk.prune(model, 0.7)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        pk.enforce(mask, optimizer, model, fused=fused)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            x = torch.randn(5, 12, generator=g)
+            optimizer.zero_grad()
+            (model["f32"](x).square().mean() + model["f64"](x.double()).square().mean()).backward()
+            optimizer.step()
+        return model, optimizer, mask
+
+    plain, _, _ = train(False)
+    fused, optimizer, mask = train(True)
+    for (n, a), b in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=n)
+    for n, keep in mask.items():
+        p = fused.get_parameter(n)
+        assert p.grad is not None, f"{n}: its gradient was not given back"
+        assert not p[~keep].any() and not optimizer.state[p]["momentum_buffer"][~keep].any(), n
+
+
 def test_without_the_kernel_it_masks_the_gradients_instead(monkeypatch):
     monkeypatch.setattr(fused_step.KERNEL, "_state", {"reason": "no compiler here"})
     plain, _, _, _ = _train(OPTIMIZERS["sgd_momentum_wd"], fused=False)

@@ -9,7 +9,7 @@ pruned model is a plain model whose ``state_dict`` has the dense model's keys.
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -206,6 +206,19 @@ ELEMENTWISE_OPTIMIZERS = (
 )
 
 
+def _mask_grads(params: Sequence[torch.Tensor], factors: Sequence[torch.Tensor]) -> None:
+    """``grad *= factor`` for each parameter with a gradient (one ``_foreach_mul_``)."""
+    if not params:
+        return
+    grads = [p.grad for p in params]
+    try:
+        torch._foreach_mul_(grads, factors)
+    except TypeError:  # a tensor without a gradient this step (an unused layer)
+        present = [(g, f) for g, f in zip(grads, factors) if g is not None]
+        if present:
+            torch._foreach_mul_([g for g, _ in present], [f for _, f in present])
+
+
 class MaskEnforcer:
     """Keeps pruned weights and their optimizer state at exactly zero while training.
 
@@ -289,15 +302,7 @@ class MaskEnforcer:
 
     def mask_gradients(self) -> None:
         """Multiply the gradients of the pruned tensors by the mask, now."""
-        if not self._params:
-            return
-        grads = [p.grad for p in self._params]
-        try:
-            torch._foreach_mul_(grads, self._factors)
-        except TypeError:  # a tensor without a gradient this step (an unused layer)
-            present = [(g, f) for g, f in zip(grads, self._factors) if g is not None]
-            if present:
-                torch._foreach_mul_([g for g, _ in present], [f for _, f in present])
+        _mask_grads(self._params, self._factors)
 
     def _before_step(self, optimizer, args, kwargs):
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
@@ -307,9 +312,13 @@ class MaskEnforcer:
                 self._hidden = [(p, p.grad) for p in done]
                 for p in done:  # the optimizer's own step skips parameters without a gradient
                     p.grad = None
-                if len(done) == len(self._params):
+                if done:  # the optimizer updates the rest: mask their gradients as unfused
+                    if len(done) < len(self._params):
+                        taken = {id(p) for p in done}
+                        rest = [i for i, p in enumerate(self._params) if id(p) not in taken]
+                        _mask_grads([self._params[i] for i in rest], [self._factors[i] for i in rest])
                     return None
-            self.mask_gradients()  # what the fused step did not take (a hidden gradient is None)
+            self.mask_gradients()
             return None
 
         def masked_closure():
