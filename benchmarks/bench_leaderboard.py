@@ -171,7 +171,14 @@ def main() -> None:
               "finished yet. FLOPs ratio = dense FLOPs / effective FLOPs (a masked layer counts density x "
               "dense FLOPs), a theoretical speedup; the measured one is the sparse export's "
               + (f"at batch {args.bench} (first seed, median of 20 interleaved repeats)." if args.bench
-                 else "(not measured in this run: `--bench B`)."), ""]
+                 else "(not measured in this run: `--bench B`)."), "",
+              "Why some cells say \"at x%\": ste_fixed and sparsity_loss leave layers with fewer than 1000 weights "
+              "dense (`min_weights`, the authors' default; on LeNet-5 the first convolution, 150 weights, and the "
+              "last layer, 840), so they cannot reach the requested sparsity, and sparsity_loss's budget is a soft "
+              "target its penalty pulls towards (with every layer prunable, `min_weights: 0`, it stopped at 92.9% "
+              "for a 98% budget: examples/leaderboard_gmp_tuning.yaml). ste_fixed prunes every other layer to "
+              "the same sparsity, so at 99% LeNet-5's second convolution keeps about 24 of its 2400 weights and 2 of "
+              "3 seeds stay at chance (10%) in 10 epochs.", ""]
     data = {"command": command_line(), "sweep_state": state, "machine": machine_facts(), "boards": [],
             "not_run": not_run(sweep, project)}
     for key, board_rows in report_boards.boards(rows).items():
