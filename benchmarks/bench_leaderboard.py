@@ -26,6 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, machine_facts, write_section  # noqa: E402
 
@@ -177,6 +179,7 @@ def main() -> None:
     if args.bench is not None:
         lock = open(TIMING_LOCK, "w")
         fcntl.flock(lock, fcntl.LOCK_EX)  # no other timing runs meanwhile
+        torch.set_num_threads(args.threads)
         speed = _sparse_speed(project, {"batch_sizes": (args.bench,), "repeats": 20})
     lines = ["## Leaderboard: every unstructured method at equal total epochs (issue #17)", ""]
     lines += [f"`{command_line()}`: `prunekit sweep {os.path.relpath(spec, ROOT)}` then `prunekit report`, "
@@ -189,7 +192,7 @@ def main() -> None:
               "method's achieved sparsity missed the requested one by more than 0.5 points; \"not run\": no seed "
               "finished yet. FLOPs ratio = dense FLOPs / effective FLOPs (a masked layer counts density x "
               "dense FLOPs), a theoretical speedup; the measured one is the sparse export's "
-              + (f"at batch {args.bench} (first seed, median of 20 interleaved repeats)." if args.bench
+              + (f"at batch {args.bench} (first seed, {args.threads} thread(s), median of 20 interleaved repeats)." if args.bench
                  else "(not measured in this run: `--bench B`)."), "",
               "Why some cells say \"at x%\": ste_fixed and sparsity_loss leave layers with fewer than 1000 weights "
               "dense (`min_weights`, the authors' default; on LeNet-5 the first convolution, 150 weights, and the "
