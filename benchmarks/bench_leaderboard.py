@@ -182,8 +182,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         speed = _sparse_speed(project, {"batch_sizes": (args.bench,), "repeats": 20})
     lines = ["## Leaderboard: every unstructured method at equal total epochs (issue #17)", ""]
+    how = (f"{args.threads} thread(s), {args.workers} run(s) at a time; sweep {state}" if args.minutes > 0 else
+           "the sweep not run by this command (the runs come from the earlier commands in manifest.yaml)")
     lines += [f"`{command_line()}`: `prunekit sweep {os.path.relpath(spec, ROOT)}` then `prunekit report`, "
-              f"{args.threads} thread(s), {args.workers} run(s) at a time; sweep {state}. Machine: {json.dumps(machine_facts())}; load average "
+              f"{how}. Machine: {json.dumps(machine_facts())}; load average "
               f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (other work shared the 2 cores: train "
               "times are not speed figures).", "",
               "Each board groups the runs by the epochs they cost in total (the dense training a one-shot or "
@@ -192,7 +194,11 @@ def main() -> None:
               "method's achieved sparsity missed the requested one by more than 0.5 points; \"not run\": no seed "
               "finished yet. FLOPs ratio = dense FLOPs / effective FLOPs (a masked layer counts density x "
               "dense FLOPs), a theoretical speedup; the measured one is the sparse export's "
-              + (f"at batch {args.bench} (first seed, {args.threads} thread(s), median of 20 interleaved repeats)." if args.bench
+              + (f"at batch {args.bench} (first seed, {args.threads} thread(s), median of 20 interleaved repeats): "
+                 "it turns Linear layers into CSR and leaves convolutions dense (no CPU kernel for unstructured "
+                 "sparse convolutions beats the dense one here), and convolutions hold most of LeNet-5's FLOPs "
+                 "and all of ResNet-20's but its last layer, so it stays near 1x whatever the FLOPs ratio; "
+                 "the FLOPs ratio is what a sparse-convolution runtime could gain." if args.bench
                  else "(not measured in this run: `--bench B`)."), "",
               "Why some cells say \"at x%\": ste_fixed and sparsity_loss leave layers with fewer than 1000 weights "
               "dense (`min_weights`, the authors' default; on LeNet-5 the first convolution, 150 weights, and the "
