@@ -197,7 +197,7 @@ def main() -> None:
               + (f"at batch {args.bench} (first seed, {args.threads} thread(s), median of 20 interleaved repeats): "
                  "it turns Linear layers into CSR and leaves convolutions dense (no CPU kernel for unstructured "
                  "sparse convolutions beats the dense one here), and convolutions hold most of LeNet-5's FLOPs "
-                 "and all of ResNet-20's but its last layer, so it stays near 1x whatever the FLOPs ratio; "
+                 "and all of ResNet-20's but its last layer, so it stays far below the FLOPs ratio; "
                  "the FLOPs ratio is what a sparse-convolution runtime could gain." if args.bench
                  else "(not measured in this run: `--bench B`)."), "",
               "Why some cells say \"at x%\": ste_fixed and sparsity_loss leave layers with fewer than 1000 weights "
