@@ -121,7 +121,7 @@ def target_lines(boards: list, project: Project) -> list:
         return []
     s = TARGET["sparsity"]
     eligible = [c for c in cells if c["requested_sparsity"] is not None and abs(c["requested_sparsity"] - s) < 1e-9
-                and c["achieved_sparsity_mean"] is not None and abs(c["achieved_sparsity_mean"] - s) <= 0.005]
+                and c["achieved_sparsity_mean"] is not None and abs(c["achieved_sparsity_mean"] - s) <= report_boards.MISSED]
     if not eligible:
         return []
     best = max(eligible, key=lambda c: c["top1_mean"])

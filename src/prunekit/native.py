@@ -23,7 +23,7 @@ from typing import Any, Optional
 ENV = "PRUNEKIT_NATIVE"
 
 
-def _cpu_tag(source: Path) -> str:
+def _build_tag(source: Path) -> str:
     """A short hash of the CPU model and instruction-set flags (Linux) or the platform, of the
     source and of the compiler flags (a build with other flags is another build)."""
     text = platform.machine() + platform.processor()
@@ -94,7 +94,7 @@ class NativeKernel:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     self._state["module"] = cpp_extension.load(
-                        name=f"{self.name}_{_cpu_tag(self.source)}", sources=[str(self.source)],
+                        name=f"{self.name}_{_build_tag(self.source)}", sources=[str(self.source)],
                         extra_cflags=_flags(), verbose=False)
             except Exception as error:  # noqa: BLE001 - no headers, a failed build: the torch-only path
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
