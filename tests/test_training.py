@@ -428,3 +428,60 @@ def test_train_state_is_a_dataclass_with_the_interface_fields():
     fields = set(TrainState.__dataclass_fields__)
     assert fields >= {"model", "optimizer", "scheduler", "epoch", "step", "steps_per_epoch",
                       "total_steps", "history", "device", "loss"}
+
+
+# ------------------------------------------------------------------------ collapse
+class KillHiddenUnits(Callback):
+    """From epoch ``at`` on, every hidden ReLU is dead: the network can only output its last
+    bias, a constant. What ste_fixed at 99% does to LeNet-5 at a high lr, made on purpose."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_start(self, state):
+        if state.epoch == self.at:
+            with torch.no_grad():
+                state.model[0].bias.fill_(-1e4)
+
+
+def balanced_loader(classes=5, n=100, seed=0):
+    centers = torch.randn(classes, 8, generator=torch.Generator().manual_seed(1234)) * 3
+    y = torch.arange(n) % classes  # balanced: a constant output scores exactly chance
+    x = centers[y] + torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+    return TinyLoader(x, y, batch_size=20)
+
+
+def test_a_run_that_collapses_to_a_constant_output_warns_once_with_the_epoch():
+    from prunekit.training import CollapseWarning
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    with pytest.warns(CollapseWarning) as caught:
+        hist = fit(model, balanced_loader(), epochs=8, lr=0.1, schedule="constant",
+                   callbacks=[KillHiddenUnits(at=3)])
+    collapse = [w for w in caught if issubclass(w.category, CollapseWarning)]
+    assert len(collapse) == 1  # once, not every collapsed epoch
+    message = str(collapse[0].message)
+    first = next(r["epoch"] for r in hist if r["train_loss"] >= 0.99 * math.log(5))
+    assert first >= 4 and message.startswith(f"training collapsed in epoch {first}: ")
+    assert "ln 5" in message and "lower the learning rate (it was 0.1)" in message
+    assert hist.last["train_top1"] == pytest.approx(20.0)  # the run went on; its numbers are true
+
+
+def test_no_collapse_warning_when_training_learns_or_never_learned():
+    import warnings
+    from prunekit.training import CollapseWarning
+    from prunekit.training.health import warn_if_collapsed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        fit(make_model(), *loaders(), epochs=4, lr=0.05, seed=0)
+        # at chance from the first epoch (nothing learned): a hard task, not a collapse
+        chance = {"epoch": 2, "train_loss": math.log(10), "train_top1": 10.0}
+        assert not warn_if_collapsed([dict(chance, epoch=1)], chance, 10)
+        # no classes (regression) or no accuracy: nothing to compare with
+        assert not warn_if_collapsed([{"epoch": 1, "train_loss": 0.1}], chance, None)
+    learned = {"epoch": 1, "train_loss": 0.5, "train_top1": 85.0}
+    with pytest.warns(CollapseWarning, match=r"epoch 2: .* ~ ln 10 .* \(epoch 1: 0\.500\)"):
+        assert warn_if_collapsed([learned], dict(chance, train_top1=10.5), 10)
+    # above 1.5x chance or clearly below ln C: still learning something
+    assert not warn_if_collapsed([learned], dict(chance, train_top1=16.0), 10)
+    assert not warn_if_collapsed([learned], dict(chance, train_loss=2.2), 10)

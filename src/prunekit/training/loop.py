@@ -5,12 +5,11 @@ writes after every epoch and the guards on resuming it in :mod:`.resume`.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from prunekit.training.callbacks import Callback, TrainState
 from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.training import data_parallel
 from prunekit.training.data_parallel import my_slice, sync_buffers
+from prunekit.training.health import DivergedError, check_finite, warn_if_collapsed  # noqa: F401
 from prunekit.training.metrics import History, evaluate, on_device, to_device, topk_correct
 from prunekit.training.optim import make_optimizer
 # The checkpoint layout and resume guards have their own module; its names stay importable here.
@@ -199,9 +199,12 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
     try:
         for epoch in range(start_epoch, epochs):
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            metrics = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar, run)
+            metrics, classes = _run_epoch(state, epoch, train, test, loss_fn, callbacks, bar, run)
             # before a NaN model is checkpointed; the lr named is the configured (peak) one
-            check_finite(model, metrics, epoch, opt.param_groups[0].get("initial_lr", metrics.get("lr")))
+            peak_lr = opt.param_groups[0].get("initial_lr", metrics.get("lr"))
+            check_finite(model, metrics, epoch, peak_lr)
+            if distributed.is_main():
+                warn_if_collapsed(state.history, metrics, classes, peak_lr)
             state.history.append(metrics)
             if path is not None:
                 if distributed.is_main():
@@ -222,26 +225,6 @@ def fit(model: nn.Module, train: Iterable, test: Optional[Iterable] = None, epoc
 # ------------------------------------------------------------------------------ epochs
 
 
-class DivergedError(ValueError):
-    """Training diverged: the loss or the weights are no longer finite numbers."""
-
-
-def check_finite(model: nn.Module, metrics: Dict[str, Any], epoch: int, lr: Optional[float] = None) -> None:
-    """Raise ``DivergedError`` when the epoch's training loss or any weight or buffer of
-    ``model`` is NaN or infinite. The loss is summed over the ranks and the weights are the
-    same on each, so every rank of a data-parallel job stops alike."""
-    loss = metrics.get("train_loss")
-    hint = f"lower the learning rate (it was {lr:g})" if isinstance(lr, (int, float)) else "lower the learning rate"
-    if loss is not None and not math.isfinite(loss):
-        raise DivergedError(f"training diverged in epoch {epoch + 1}: the training loss is {loss}; {hint}")
-    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise DivergedError(f"training diverged in epoch {epoch + 1}: {bad[0]}{more} hold NaN or infinite "
-                            f"values; {hint}")
-
-
 class _Runner:
     """How a step computes: the forward callable (the model, DDP or compiled), mixed
     precision, memory format, and the optimizer's parameters DDP does not reduce."""
@@ -256,7 +239,9 @@ class _Runner:
 
 
 def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[Iterable],
-               loss_fn: Callable, callbacks: List[Callback], bar, run: _Runner) -> Dict[str, Any]:
+               loss_fn: Callable, callbacks: List[Callback], bar, run: _Runner) -> Tuple[Dict[str, Any], Optional[int]]:
+    """Train one epoch and evaluate: the history row, and the number of classes the model
+    scores (its output width; None when the task is not classification)."""
     model, opt = state.model, state.optimizer
     state.epoch = epoch
     if hasattr(train, "set_epoch"):
@@ -266,7 +251,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         cb.on_epoch_start(state)
     start = time.perf_counter()
     loss_sum, penalty_sum, seen, correct, steps = 0.0, 0.0, 0, 0, 0
-    has_penalty, classification = False, True
+    has_penalty, classification, classes = False, True, None
     lr = opt.param_groups[0]["lr"]
     world = distributed.world_size()
     sharded = world > 1 and getattr(train, "sharded", False)
@@ -317,6 +302,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
                 classification = False
             else:
                 correct += counts.get(1, 0)
+                classes = out.size(1)
         for cb in callbacks:
             cb.on_step_end(state)
         bar.update(1)
@@ -351,7 +337,7 @@ def _run_epoch(state: TrainState, epoch: int, train: Iterable, test: Optional[It
         bar.set_postfix(loss=f"{state.loss:.4f}", top1=f"{metrics['test_top1']:.2f}")
     row = {k: _plain_number(v) for k, v in metrics.items()}
     # Rank 0's row everywhere (its seconds, its callbacks' numbers): one history per job.
-    return distributed.broadcast_object(row) if world > 1 else row
+    return (distributed.broadcast_object(row) if world > 1 else row), (classes if classification else None)
 
 
 def _plain_number(value: Any) -> Any:
