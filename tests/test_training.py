@@ -480,7 +480,7 @@ def test_no_collapse_warning_when_training_learns_or_never_learned():
         # no classes (regression) or no accuracy: nothing to compare with
         assert not warn_if_collapsed([{"epoch": 1, "train_loss": 0.1}], chance, None)
     learned = {"epoch": 1, "train_loss": 0.5, "train_top1": 85.0}
-    with pytest.warns(CollapseWarning, match=r"epoch 2: .* ~ ln 10 .* \(epoch 1: 0\.500\)"):
+    with pytest.warns(CollapseWarning, match=r"epoch 2: .* ~ ln 10 .* chance, after 0\.500 in epoch 1: "):
         assert warn_if_collapsed([learned], dict(chance, train_top1=10.5), 10)
     # above 1.5x chance or clearly below ln C: still learning something
     assert not warn_if_collapsed([learned], dict(chance, train_top1=16.0), 10)

@@ -73,7 +73,7 @@ def warn_if_collapsed(history: Iterable[Dict[str, Any]], metrics: Dict[str, Any]
     best = min(learned, key=lambda m: m["train_loss"])
     warnings.warn(
         f"training collapsed in epoch {metrics['epoch']}: the training loss is {metrics['train_loss']:.3f} "
-        f"~ ln {num_classes} and top-1 {metrics['train_top1']:.1f}% is chance (epoch {best['epoch']}: "
-        f"{best['train_loss']:.3f}), i.e. a constant output that will not recover; {lr_hint(lr)}",
+        f"~ ln {num_classes} and top-1 {metrics['train_top1']:.1f}% is chance, after {best['train_loss']:.3f} in "
+        f"epoch {best['epoch']}: the output is constant and will not recover; {lr_hint(lr)}",
         CollapseWarning, stacklevel=2)
     return True
