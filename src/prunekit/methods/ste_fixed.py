@@ -25,6 +25,14 @@ recomputed only when the weight changed (its version counter), i.e. once per opt
     method.attach(model, optimizer)
     ...  # train
     mask = method.finalize()     # hard-prunes at the current bounds; plain model
+
+Learning rate: pruned weights keep receiving gradients they have no effect on, so at very high
+sparsity they drift, the kept set churns and one large step can kill every ReLU of a layer; the
+network then outputs a constant and never recovers (``fit`` warns: ``CollapseWarning``). On
+Fashion-MNIST LeNet-5 (no BatchNorm) at 98-99%, SGD lr 0.05 left 5 of 12 leaderboard runs at
+chance, lr 0.01 none (10 epochs, 98 / 99%: 87.11 / 85.32% top-1 against 85.89 / 32.14% at lr
+0.05; BENCHMARKS.md, "Leaderboard" and "ste_fixed at 99% on LeNet-5"). Give it a lower lr than
+magnitude methods need there.
 """
 from __future__ import annotations
 
