@@ -20,12 +20,14 @@ broadcasts) in :func:`_follow`, write nothing, take no lock, open no store, and 
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from .. import distributed
 from ..artifacts import save_model
@@ -67,8 +69,10 @@ class Outcome:
         m = self.metrics or {}
         top1 = m.get("top1")
         acc = f"top-1 {top1:.2f}%" if top1 is not None else "top-1 n/a"
+        warned = (self.record or {}).get("warnings") or []
+        note = f"; {len(warned)} warning(s), first: {warned[0]}" if warned else ""
         return (f"{head}: {acc}, sparsity {m.get('achieved_sparsity', 0):.4f}, "
-                f"{m.get('nonzero_params', 0):,} nonzero params ({self.elapsed:.1f} s) [{self.id}]")
+                f"{m.get('nonzero_params', 0):,} nonzero params ({self.elapsed:.1f} s) [{self.id}]{note}")
 
 
 def execute(root: Union[str, Path], spec: RunSpec, progress: bool = False, store_writes: bool = True) -> Outcome:
@@ -147,14 +151,17 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
         writes = not isinstance(store, _NoStore)  # a requirement run here writes alike
         ctx = Context(project, spec, progress,
                       run_required=lambda dep: execute(project.root, dep, progress, store_writes=writes))
-        if spec.baseline is not None:
-            result = spec.baseline.entry.run(ctx, spec.baseline.params, ctx.main_run())
-        else:
-            result = spec.method.pipeline.run(ctx, spec.method.params)
+        with _prunekit_warnings() as warned:
+            if spec.baseline is not None:
+                result = spec.baseline.entry.run(ctx, spec.baseline.params, ctx.main_run())
+            else:
+                result = spec.method.pipeline.run(ctx, spec.method.params)
         if not isinstance(result, PipelineResult):
             raise TypeError(f"{spec.label}: the run function returned {type(result).__name__}, "
                             "expected a PipelineResult (use ctx.result(model, mask))")
         record = summarize(ctx, result)
+        if warned:
+            record["warnings"] = warned
         _save_model(ctx, result, record)
         record["elapsed"] = time.time() - started
         record["finished"] = time.time()
@@ -169,6 +176,30 @@ def _run(project: Project, store, spec: RunSpec, progress: bool) -> Outcome:
         return _outcome(spec, status, elapsed=time.time() - started, error=message)
     store.finish(spec, record)
     return _outcome(spec, "done", record["metrics"], record["elapsed"], record=record)
+
+
+@contextlib.contextmanager
+def _prunekit_warnings() -> Iterator[List[str]]:
+    """Collect the warnings prunekit's own code raises while a run trains ("CollapseWarning:
+    training collapsed in epoch 3: ..."), for its record; every warning is still shown as usual
+    and the caller's filters apply (an ignored warning is not recorded). A run whose pipeline
+    builds a requirement first (a shared dense run) records that run's warnings too."""
+    found: List[str] = []
+    with warnings.catch_warnings():  # restores showwarning and the filters on exit
+        show = warnings.showwarning
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            text = f"{category.__name__}: {message}"
+            if category.__module__.startswith("prunekit.") and text not in found:
+                found.append(text)
+            show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = record
+        # Changing the filters (here: appending one that changes nothing) clears Python's
+        # "already shown" memory, so a warning an earlier run in this process raised from the
+        # same line is shown, and recorded, again.
+        warnings.filterwarnings("default", module=r"prunekit\.", append=True)
+        yield found
 
 
 def summarize(ctx: Context, result: PipelineResult) -> Dict[str, Any]:
