@@ -62,3 +62,18 @@ def test_ignored_warnings_are_not_recorded_and_filters_are_restored(tmp_path):
         execute(tmp_path, item.spec)
     assert "warnings" not in json.loads((tmp_path / "runs" / item.spec.id / "metrics.json").read_text())
     assert warnings.filters == before
+
+
+def test_the_report_lists_the_runs_that_warned(tmp_path):
+    from prunekit.experiments.report import write_report
+    from prunekit.experiments.sweep import run_sweep
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the test pipeline's other warning
+        warnings.simplefilter("default", CollapseWarning)
+        run_sweep(tmp_path, Sweep.from_yaml(SPEC), quiet=True)
+    md, _ = write_report(tmp_path, out=tmp_path / "report")
+    text = md.read_text()
+    assert "Runs with warnings" in text
+    ids = [item.spec.id for item in plan(Sweep.from_yaml(SPEC))]
+    rows = [line for line in text.splitlines() if "CollapseWarning: training collapsed in epoch 2: test" in line]
+    assert len(rows) == 2 and all(any(i in row for i in ids) for row in rows)

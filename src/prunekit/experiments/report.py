@@ -91,12 +91,28 @@ def build_section(store, project: Project, name: str, spec: Dict[str, Any], out:
             ["run", "method", "seed", "status", "error"],
             [[r["id"], r["label"], str(r["seed"]), _live_status(project, r), r.get("error") or ""]
              for r in problems])))
+    warned = _warned_runs(project, rows)
+    if warned:
+        section.tables.append(("Runs with warnings (from their metrics.json: what prunekit warned while they "
+                               "trained, e.g. a collapse to a constant output)", warned))
     if bench is not None and groups and not leaderboard:
         section.tables.append(("Measured inference, first seed's model (median latency; speedup = dense / form, "
                                "paired; FLOPs ratio = dense / effective FLOPs)", speed_table(project, groups, **bench)))
     if groups and not leaderboard:  # figures of several boards would mix datasets and budgets
         section.figures = _figures(store, name, groups, out, y, setting)
     return section
+
+
+def _warned_runs(project: Project, rows) -> Optional[Table]:
+    """The finished runs whose record keeps warnings (``runner._prunekit_warnings``), one row each."""
+    found = []
+    for r in rows:
+        if r["status"] != "done" or not project.is_done(r["id"]):
+            continue
+        warned = project.read_record(r["id"]).get("warnings") or []
+        if warned:
+            found.append([r["id"], r["label"], str(r["seed"]), "; ".join(warned)])
+    return Table(["run", "method", "seed", "warnings"], found) if found else None
 
 
 def _sparse_speed(project: Project, bench: Dict[str, Any]):
