@@ -232,7 +232,7 @@ def main() -> None:
             "not_run": not_run(sweep, project)}
     for key, board_rows in report_boards.boards(rows).items():
         notes, accuracy, cost = report_boards.board_tables(board_rows, speed)
-        lines += [f"### {report_boards.board_title(key)}", ""] + [f"- {n}" for n in notes] + [""]
+        lines += [f"### {report_boards.board_title(key)}", ""] + ([f"- {n}" for n in notes] + [""] if notes else [])
         lines += _md_table(accuracy) + [""] + _md_table(cost) + [""]
         data["boards"].append({"key": list(key), "title": report_boards.board_title(key),
                                "cells": report_boards.board_data(board_rows)})
