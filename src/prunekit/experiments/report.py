@@ -107,9 +107,12 @@ def _warned_runs(project: Project, rows) -> Optional[Table]:
     """The finished runs whose record keeps warnings (``runner._prunekit_warnings``), one row each."""
     found = []
     for r in rows:
-        if r["status"] != "done" or not project.is_done(r["id"]):
+        if r["status"] != "done":
             continue
-        warned = project.read_record(r["id"]).get("warnings") or []
+        try:  # one read per run; a missing or damaged record is reported elsewhere
+            warned = project.read_record(r["id"]).get("warnings") or []
+        except (FileNotFoundError, ValueError):
+            continue
         if warned:
             found.append([r["id"], r["label"], str(r["seed"]), "; ".join(warned)])
     return Table(["run", "method", "seed", "warnings"], found) if found else None

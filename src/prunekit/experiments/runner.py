@@ -185,7 +185,10 @@ def _prunekit_warnings() -> Iterator[List[str]]:
     and the caller's filters apply (an ignored warning is not recorded). A run whose pipeline
     builds a requirement first (a shared dense run) records that run's warnings too."""
     found: List[str] = []
-    with warnings.catch_warnings():  # restores showwarning and the filters on exit
+    # catch_warnings restores showwarning and the filters on exit; on entry it marks the filters
+    # changed, which clears Python's "already shown" memory, so a warning an earlier run in this
+    # process raised from the same line is shown, and recorded, again.
+    with warnings.catch_warnings():
         show = warnings.showwarning
 
         def record(message, category, filename, lineno, file=None, line=None):
@@ -195,10 +198,6 @@ def _prunekit_warnings() -> Iterator[List[str]]:
             show(message, category, filename, lineno, file, line)
 
         warnings.showwarning = record
-        # Changing the filters (here: appending one that changes nothing) clears Python's
-        # "already shown" memory, so a warning an earlier run in this process raised from the
-        # same line is shown, and recorded, again.
-        warnings.filterwarnings("default", module=r"prunekit\.", append=True)
         yield found
 
 
