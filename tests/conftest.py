@@ -1,4 +1,7 @@
 """Shared fixtures: tiny models whose counts can be checked by hand."""
+import multiprocessing
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +11,11 @@ import _torchvision_shim
 # torchvision's model definitions (and transformers, which imports torchvision when it is
 # installed) import here only with this test-only shim: see _torchvision_shim.py.
 TORCHVISION = _torchvision_shim.install()
+# ... and in DataLoader workers, which start from multiprocessing's forkserver, not by fork.
+# Python 3.11's forkserver ignores the sys.path it is handed, so this folder goes to PYTHONPATH.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                         os.environ.get("PYTHONPATH")]))
+multiprocessing.set_forkserver_preload(["_torchvision_shim_installed"])
 
 
 class TinyNet(nn.Module):

@@ -140,3 +140,19 @@ def test_in_process_loader_stops_at_a_corrupt_file_with_one_clear_error(tmp_path
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
     with pytest.raises(ValueError, match="zz_.*cannot decode this image.*FileLoader"):
         fit(model, train, epochs=1, progress=False)
+
+
+def test_workers_are_not_forked_and_the_transforms_travel_pickled(folder):
+    """A worker forked from a process with threads (gloo's, the other loader's queue feeders)
+    can hang for ever in PyOS_AfterFork_Child (seen under torchrun): workers start from the
+    forkserver, so everything they need is pickled, the transforms of both backends included."""
+    import pickle
+
+    assert _loader(folder, workers=1).loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert _loader(folder, workers=0).loader.multiprocessing_context is None  # no workers, nothing started
+    image = torch.randint(0, 256, (3, 40, 30), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for backend in ("torch", "torchvision"):
+        for transform in (T.train_transform(16, backend=backend), T.eval_transform(16, backend=backend)):
+            copy = pickle.loads(pickle.dumps(transform))
+            assert torch.equal(copy(image, torch.Generator().manual_seed(2)),
+                               transform(image, torch.Generator().manual_seed(2)))

@@ -9,6 +9,8 @@ For image folders (the ImageNet layout, :mod:`.imagefolder`) too big to hold in 
   apply the ImageNet transforms of :mod:`.transforms` (``torchvision.transforms.v2`` when it
   imports, the plain-torch twin otherwise); batches travel as uint8 and are normalised here;
   ``persistent_workers`` keeps the workers between epochs; pinned memory when CUDA is present;
+  workers start from the forkserver, not by fork (``WORKER_START``: a fork beside threads can
+  hang), importing torch once each per loader;
 - order: training batches follow a ``DistributedSampler`` (with one process: ``num_replicas=1``)
   reseeded per epoch by ``set_epoch``; each sample's augmentation is drawn from a generator
   seeded by (seed, epoch, index). Epoch ``e`` is therefore the same batches, crops and flips
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -72,6 +75,14 @@ class _Files(Dataset):
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
             return None, int(self.labels[index]), f"{path}: {type(err).__name__}: {err}"
         return self.transform(image, sample_generator(self.seed, epoch, index)), int(self.labels[index]), None
+
+
+# How worker processes start. Not "fork": this process has threads by then (gloo's under
+# torchrun, the other loader's queue feeders, tqdm's monitor), and a child forked while one of
+# them holds an interpreter lock waits on it forever (seen here: a rank's evaluation worker stuck
+# in PyOS_AfterFork_Child, the other rank in all_reduce). "forkserver" forks from a clean
+# single-threaded server instead; the workers persist, so they start once per loader.
+WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
 
 
 def _collate(items):
@@ -161,7 +172,8 @@ class FileLoader:
         else:
             self.sampler = _Stride(n, self.world, self.rank)
         self.pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        extra: Dict[str, Any] = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers else {}
+        extra: Dict[str, Any] = {"persistent_workers": True, "prefetch_factor": prefetch_factor,
+                                 "multiprocessing_context": WORKER_START} if workers else {}
         self.loader = DataLoader(_Files(dataset.paths, dataset.labels, transform, self.seed),
                                  batch_size=self.local_batch, sampler=_Keys(self.sampler, lambda: self.epoch),
                                  num_workers=workers, collate_fn=_collate, **extra)

@@ -99,18 +99,8 @@ def shorter_side(image: torch.Tensor, side: int) -> Tuple[int, int]:
 def train_transform(size: int, backend: str = "auto") -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """``f(image, generator)``: RandomResizedCrop(size) + RandomHorizontalFlip()."""
     if resolve_backend(backend) == "torchvision":
-        v2 = torchvision_v2()
-        pipeline = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
-        return _seeded(pipeline)
-
-    def apply(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], gen)
-        out = resize(image[..., top:top + h, left:left + w], (size, size))
-        if float(torch.rand((), generator=gen)) < 0.5:
-            out = out.flip(-1)
-        return out.contiguous()
-
-    return apply
+        return _TorchvisionTrain(size)
+    return _TorchTrain(size)
 
 
 def eval_transform(size: int, resize_size: Optional[int] = None,
@@ -119,21 +109,72 @@ def eval_transform(size: int, resize_size: Optional[int] = None,
     crop ``size``; deterministic (the generator is unused)."""
     resize_size = int(resize_size or round(size / 0.875))
     if resolve_backend(backend) == "torchvision":
-        v2 = torchvision_v2()
-        pipeline = v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(size)])
-        return lambda image, gen=None: pipeline(image).contiguous()
-
-    def apply(image: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
-        return center_crop(resize(image, shorter_side(image, resize_size)), size).contiguous()
-
-    return apply
+        return _TorchvisionEval(size, resize_size)
+    return _TorchEval(size, resize_size)
 
 
-def _seeded(pipeline):
-    def apply(image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+# The transforms are small classes, not closures: DataLoader workers that are not forked
+# (forkserver, spawn: prunekit.data.files.WORKER_START, macOS, Python 3.14's default) receive
+# them pickled. torchvision's pipeline is built in the process that uses it.
+
+class _TorchTrain:
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], gen)
+        out = resize(image[..., top:top + h, left:left + w], (self.size, self.size))
+        if float(torch.rand((), generator=gen)) < 0.5:
+            out = out.flip(-1)
+        return out.contiguous()
+
+
+class _TorchEval:
+    def __init__(self, size: int, resize_size: int):
+        self.size, self.resize_size = size, resize_size
+
+    def __call__(self, image: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        return center_crop(resize(image, shorter_side(image, self.resize_size)), self.size).contiguous()
+
+
+class _Torchvision:
+    """torchvision's v2 pipeline from ``build()``, made on first use in each process."""
+
+    def __init__(self):
+        self._pipeline = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_pipeline": None}
+
+    def pipeline(self):
+        if self._pipeline is None:
+            self._pipeline = self.build(torchvision_v2())
+        return self._pipeline
+
+
+class _TorchvisionTrain(_Torchvision):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def build(self, v2):
+        return v2.Compose([v2.RandomResizedCrop(self.size, antialias=True), v2.RandomHorizontalFlip()])
+
+    def __call__(self, image: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # torchvision draws from the global RNG: fork it, seeded from the sample's generator
         seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return pipeline(image).contiguous()
+            return self.pipeline()(image).contiguous()
 
-    return apply
+
+class _TorchvisionEval(_Torchvision):
+    def __init__(self, size: int, resize_size: int):
+        super().__init__()
+        self.size, self.resize_size = size, resize_size
+
+    def build(self, v2):
+        return v2.Compose([v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.size)])
+
+    def __call__(self, image: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.pipeline()(image).contiguous()
